@@ -1,0 +1,9 @@
+"""Store tables and queries for auto (filled in by the auto work)."""
+
+from __future__ import annotations
+
+import duckdb
+
+
+def migrate(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create this area's tables (called by the numbered migration in migrations.py)."""
