@@ -45,6 +45,9 @@ COLUMNS: dict[str, pa.DataType] = {
     "request_id": pa.string(),
     "source": pa.string(),
     "served_by": pa.string(),
+    # For a second answer to the same request (shadow student, or teacher sampled to check a
+    # canary): the id of the capture whose answer the client got.
+    "paired_with": pa.string(),
 }
 SCHEMA = pa.schema(list(COLUMNS.items()))
 META_SCHEMA = pa.schema([("seq", pa.int64()), ("key", pa.string()), ("value", pa.string())])
@@ -85,6 +88,7 @@ class Completion(SQLModel, table=True):
     request_id: str | None = None
     source: str = "proxy"
     served_by: str | None = None
+    paired_with: str | None = None
 
 
 def record_from_completion(

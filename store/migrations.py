@@ -53,7 +53,8 @@ def _v1_completions(conn: duckdb.DuckDBPyConnection) -> None:
             key_hash VARCHAR,
             request_id VARCHAR,
             source VARCHAR NOT NULL DEFAULT 'proxy',
-            served_by VARCHAR
+            served_by VARCHAR,
+            paired_with VARCHAR
         )
         """
     )

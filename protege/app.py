@@ -1,0 +1,83 @@
+"""Wiring: the store, the capture writer, the proxy, and every area's HTTP API in one process.
+
+This is the only place (with the CLI) that imports ``protege.proxy``: the proxy receives the
+other areas' routers and hooks as arguments, so it never imports them either.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from protege.settings import Settings
+from protege.store import CaptureWriter, Store
+
+log = logging.getLogger("protege.app")
+
+# Each area's FastAPI router, mounted when the module exists: "module:attribute".
+_ROUTERS = (
+    "protege.evals.api:router",
+    "protege.distill.api:router",
+    "protege.distill.finetune_api:router",
+    "protege.distill.auto_api:router",
+)
+
+
+def _optional(path: str) -> Any | None:
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+
+
+def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Store, CaptureWriter]:
+    """The ASGI app with its store and writer (the writer starts and stops with the app's lifespan)."""
+    from protege.proxy import create_app
+
+    store = store or Store(settings.db, data_dir=settings.data_path)
+    writer = CaptureWriter(
+        store, max_queue=settings.queue_size, batch_size=settings.batch_size, flush_interval=settings.flush_interval
+    )
+    routers = [r for r in (_optional(p) for p in _ROUTERS) if r is not None]
+    registry_cls = _optional("protege.distill.students:StudentRegistry")
+    local_models = registry_cls(store) if registry_cls is not None else None
+    router_cls = _optional("protege.distill.routing:StoreRouter")
+    router = router_cls(store) if router_cls is not None else None
+    app = create_app(settings, store, writer, routers=routers, local_models=local_models, router=router)
+    # Areas that run background work inside `serve` (the automatic-distillation loop) read these.
+    app.state.protege_settings = settings  # type: ignore[attr-defined]
+    app.state.protege_store = store  # type: ignore[attr-defined]
+    return app, store, writer
+
+
+def serve(settings: Settings) -> None:
+    """Run the proxy until SIGTERM/SIGINT; uvicorn lets in-flight requests finish, then the
+    lifespan drains the capture queue to the store before the process exits."""
+    import uvicorn
+
+    logging.getLogger().setLevel(settings.log_level.upper())
+    app, store, _writer = build_app(settings)
+    worker = None
+    if settings.run_worker:
+        worker_cls = _optional("protege.distill.auto:Worker")
+        if worker_cls is None:
+            raise RuntimeError("the automatic-distillation worker is not available in this install")
+        worker = worker_cls(store, settings)
+        worker.start()
+    log.info("protege listening on http://%s:%d (store %s)", settings.host, settings.port, settings.db)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    if worker is not None:
+        worker.stop()

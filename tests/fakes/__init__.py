@@ -1,0 +1,1 @@
+"""Local stand-ins for paid cloud APIs (OpenAI, Azure OpenAI) that answer like the real ones."""
