@@ -26,14 +26,20 @@ def settings() -> Settings:
 
 
 def open_cli_store(read_only: bool = False):  # -> protege.store.Store
-    """Open the configured store, or exit with one line if another process holds it."""
+    """Open the configured store, or exit with one line if it cannot be opened (held by another
+    process, written by a newer release, not a DuckDB file, ...)."""
+    import duckdb
+
     from protege.store import Store, StoreLockedError
+    from protege.store.migrations import SchemaTooNewError
 
     s = settings()
     try:
         return Store(s.db, data_dir=s.data_path, read_only=read_only)
-    except StoreLockedError as exc:
+    except (StoreLockedError, SchemaTooNewError) as exc:
         fail(str(exc))
+    except duckdb.Error as exc:
+        fail(f"cannot open {s.db}: {str(exc).splitlines()[0]}")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

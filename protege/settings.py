@@ -68,7 +68,10 @@ class Settings(BaseSettings):
     # Capture writer.
     queue_size: int = 100_000
     batch_size: int = 2_000
-    flush_interval: float = 0.05
+    flush_interval: float = 0.2  # longest a capture waits for its batch to fill
+
+    # Fine-tune jobs: how often cloud jobs are polled.
+    finetune_poll_interval: float = 1.0
 
     # Automatic distillation loop inside `protege serve`.
     policies_file: str | None = None

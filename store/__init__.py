@@ -14,9 +14,12 @@ from .completions import (
     record_from_completion,
     update_metadata,
 )
+from .completions import completion_filter, count, count_records, select_records
 from .db import Store, StoreLockedError, open_store
-from .migrations import SCHEMA_VERSION, migrate
+from .migrations import SCHEMA_VERSION, SchemaTooNewError, migrate
 from .writer import Capture, CaptureWriter, Spool
+from .io import ImportResult, export_jsonl, export_parquet, import_jsonl
+from .stats import completion_stats
 
 __all__ = [
     "COLUMNS",
@@ -25,6 +28,7 @@ __all__ = [
     "Completion",
     "Page",
     "SCHEMA_VERSION",
+    "SchemaTooNewError",
     "Spool",
     "Store",
     "StoreLockedError",
@@ -39,4 +43,13 @@ __all__ = [
     "open_store",
     "record_from_completion",
     "update_metadata",
+    "completion_filter",
+    "count",
+    "count_records",
+    "select_records",
+    "ImportResult",
+    "export_jsonl",
+    "export_parquet",
+    "import_jsonl",
+    "completion_stats",
 ]

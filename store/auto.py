@@ -1,9 +1,482 @@
-"""Store tables and queries for auto (filled in by the auto work)."""
+"""Store tables and queries for automatic distillation: policies, cycles, decisions, routes.
+
+Every step of the loop is a row here *before* its side effect happens, so that a worker that is
+killed resumes from the store alone (see ``distill/auto.py``). Routes carry a version counter: the
+proxy's in-memory route table reloads only when it changes, never per request.
+"""
 
 from __future__ import annotations
 
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
 import duckdb
+import orjson
+from sqlalchemy import Double
+from sqlmodel import Field, SQLModel, select
+
+from .db import Store
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def dumps(obj: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def loads(text: str | None, default: Any = None) -> Any:
+    if not text:
+        return default
+    return orjson.loads(text)
+
+
+class AutoPolicy(SQLModel, table=True):
+    __tablename__ = "auto_policies"
+
+    id: str = Field(primary_key=True)
+    name: str = Field(index=True)
+    spec: str  # JSON of the validated policy (distill.policies.Policy)
+    enabled: bool = True
+    created_at: int
+    updated_at: int
+
+
+class AutoCycle(SQLModel, table=True):
+    """One distillation attempt of a policy: dataset -> fine-tune -> evaluation -> decision."""
+
+    __tablename__ = "auto_cycles"
+
+    id: str = Field(primary_key=True)
+    policy_id: str = Field(index=True)
+    # pending -> dataset_built -> launching -> training -> evaluating -> promoted|rejected|failed
+    state: str
+    created_at: float = Field(sa_type=Double)
+    updated_at: float = Field(sa_type=Double)
+    until_seq: int = 0  # traffic up to this capture seq is "seen" by this cycle
+    dataset_id: str | None = None
+    job_id: str | None = None
+    student_model: str | None = None
+    evaluation: str | None = None  # JSON
+    decision_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+class AutoDecision(SQLModel, table=True):
+    __tablename__ = "auto_decisions"
+
+    id: str = Field(primary_key=True)
+    policy_id: str = Field(index=True)
+    cycle_id: str | None = None
+    route_id: str | None = None
+    kind: str  # gate | advance | rollback | promote (manual) | manual_rollback
+    outcome: str  # promote | reject | advance | rollback | hold
+    reason: str = ""
+    details: str = "{}"  # JSON: the numbers behind the decision
+    created_at: float = Field(sa_type=Double)
+
+
+class AutoRoute(SQLModel, table=True):
+    __tablename__ = "auto_routes"
+
+    id: str = Field(primary_key=True)
+    policy_id: str = Field(index=True)
+    cycle_id: str | None = None
+    student_model: str
+    match_model: str | None = None
+    match_metadata: str = "{}"  # JSON
+    stage: str  # shadow | canary | full
+    percent: float = Field(default=0.0, sa_type=Double)
+    compare_percent: float = Field(default=0.0, sa_type=Double)
+    timeout: float = Field(default=10.0, sa_type=Double)
+    active: bool = True
+    stage_started_at: float = Field(default=0.0, sa_type=Double)
+    stage_started_seq: int = 0
+    created_at: float = Field(default=0.0, sa_type=Double)
+    updated_at: float = Field(default=0.0, sa_type=Double)
+    ended_at: float | None = Field(default=None, sa_type=Double)
+
+
+TABLES = (AutoPolicy, AutoCycle, AutoDecision, AutoRoute)
 
 
 def migrate(conn: duckdb.DuckDBPyConnection) -> None:
     """Create this area's tables (called by the numbered migration in migrations.py)."""
+    from .migrations import create_tables
+
+    create_tables(conn, *TABLES)
+    conn.execute("CREATE TABLE auto_meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)")
+    conn.execute("INSERT INTO auto_meta VALUES ('routes_version', 0)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies
+
+
+def put_policy(store: Store, name: str, spec: dict[str, Any], enabled: bool = True) -> AutoPolicy:
+    """Create or replace the policy called ``name`` (its id stays stable across updates)."""
+    now = int(time.time())
+    with store.session() as s:
+        row = s.exec(select(AutoPolicy).where(AutoPolicy.name == name)).first()
+        if row is None:
+            row = AutoPolicy(id=new_id("policy"), name=name, spec=dumps(spec), enabled=enabled, created_at=now, updated_at=now)
+        else:
+            row.spec = dumps(spec)
+            row.enabled = enabled
+            row.updated_at = now
+        s.add(row)
+        s.commit()
+        return row
+
+
+def get_policy(store: Store, id_or_name: str) -> AutoPolicy | None:
+    with store.session() as s:
+        row = s.get(AutoPolicy, id_or_name)
+        if row is None:
+            row = s.exec(select(AutoPolicy).where(AutoPolicy.name == id_or_name)).first()
+        return row
+
+
+def list_policies(store: Store, enabled_only: bool = False) -> list[AutoPolicy]:
+    with store.session() as s:
+        q = select(AutoPolicy).order_by(AutoPolicy.created_at, AutoPolicy.id)
+        if enabled_only:
+            q = q.where(AutoPolicy.enabled == True)
+        return list(s.exec(q).all())
+
+
+def delete_policy(store: Store, policy_id: str) -> bool:
+    """Delete a policy and deactivate its routes (its history of cycles and decisions stays)."""
+    with store.session() as s:
+        row = s.get(AutoPolicy, policy_id)
+        if row is None:
+            return False
+        s.delete(row)
+        s.commit()
+    for route in active_routes(store, policy_id=policy_id):
+        end_route(store, route.id)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Cycles
+
+
+def create_cycle(store: Store, policy_id: str, until_seq: int) -> AutoCycle:
+    now = time.time()
+    row = AutoCycle(id=new_id("cycle"), policy_id=policy_id, state="pending", created_at=now, updated_at=now, until_seq=until_seq)
+    with store.session() as s:
+        s.add(row)
+        s.commit()
+    return row
+
+
+def update_cycle(store: Store, cycle_id: str, **fields: Any) -> AutoCycle:
+    with store.session() as s:
+        row = s.get(AutoCycle, cycle_id)
+        if row is None:
+            raise KeyError(cycle_id)
+        for key, value in fields.items():
+            if key == "evaluation" and not isinstance(value, (str, type(None))):
+                value = dumps(value)
+            setattr(row, key, value)
+        row.updated_at = time.time()
+        s.add(row)
+        s.commit()
+        return row
+
+
+def get_cycle(store: Store, cycle_id: str) -> AutoCycle | None:
+    with store.session() as s:
+        return s.get(AutoCycle, cycle_id)
+
+
+OPEN_CYCLE_STATES = ("pending", "dataset_built", "launching", "training", "evaluating")
+
+
+def open_cycle(store: Store, policy_id: str) -> AutoCycle | None:
+    """The policy's unfinished cycle, if any (at most one runs at a time)."""
+    with store.session() as s:
+        q = (
+            select(AutoCycle)
+            .where(AutoCycle.policy_id == policy_id, AutoCycle.state.in_(OPEN_CYCLE_STATES))  # type: ignore[attr-defined]
+            .order_by(AutoCycle.created_at.desc())  # type: ignore[attr-defined]
+        )
+        return s.exec(q).first()
+
+
+def list_cycles(store: Store, policy_id: str, limit: int = 20) -> list[AutoCycle]:
+    with store.session() as s:
+        q = select(AutoCycle).where(AutoCycle.policy_id == policy_id).order_by(AutoCycle.created_at.desc()).limit(limit)  # type: ignore[attr-defined]
+        return list(s.exec(q).all())
+
+
+def last_cycle(store: Store, policy_id: str) -> AutoCycle | None:
+    cycles = list_cycles(store, policy_id, limit=1)
+    return cycles[0] if cycles else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions
+
+
+def record_decision(
+    store: Store,
+    policy_id: str,
+    kind: str,
+    outcome: str,
+    reason: str = "",
+    details: dict[str, Any] | None = None,
+    cycle_id: str | None = None,
+    route_id: str | None = None,
+) -> AutoDecision:
+    row = AutoDecision(
+        id=new_id("decision"), policy_id=policy_id, cycle_id=cycle_id, route_id=route_id, kind=kind,
+        outcome=outcome, reason=reason, details=dumps(details or {}), created_at=time.time(),
+    )
+    with store.session() as s:
+        s.add(row)
+        s.commit()
+    return row
+
+
+def list_decisions(store: Store, policy_id: str, limit: int = 100, after: str | None = None) -> tuple[list[AutoDecision], bool]:
+    """Newest first; ``after`` is a decision id (cursor), as in OpenAI's list endpoints."""
+    with store.session() as s:
+        q = select(AutoDecision).where(AutoDecision.policy_id == policy_id)
+        if after:
+            cursor_row = s.get(AutoDecision, after)
+            if cursor_row is not None:
+                q = q.where(AutoDecision.created_at < cursor_row.created_at)
+        q = q.order_by(AutoDecision.created_at.desc()).limit(limit + 1)  # type: ignore[attr-defined]
+        rows = list(s.exec(q).all())
+    return rows[:limit], len(rows) > limit
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes (and the version counter the proxy's route table watches)
+
+_local_versions: dict[int, int] = {}
+_local_lock = threading.Lock()
+
+
+def _bump(store: Store) -> None:
+    store.cursor().execute("UPDATE auto_meta SET value = value + 1 WHERE key = 'routes_version'")
+    with _local_lock:
+        _local_versions[id(store)] = _local_versions.get(id(store), 0) + 1
+
+
+def local_routes_version(store: Store) -> int:
+    """Changes made through this process's Store object: a dict lookup, no query (hot path)."""
+    return _local_versions.get(id(store), 0)
+
+
+def routes_version(store: Store) -> int:
+    """The stored counter (sees changes made by other processes too)."""
+    row = store.cursor().execute("SELECT value FROM auto_meta WHERE key = 'routes_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def create_route(
+    store: Store,
+    policy_id: str,
+    student_model: str,
+    stage: str,
+    *,
+    match_model: str | None,
+    match_metadata: dict[str, str],
+    percent: float,
+    compare_percent: float = 0.0,
+    timeout: float = 10.0,
+    cycle_id: str | None = None,
+    start_seq: int = 0,
+) -> AutoRoute:
+    """A new active route for the policy; any earlier active route of the policy ends."""
+    now = time.time()
+    row = AutoRoute(
+        id=new_id("route"), policy_id=policy_id, cycle_id=cycle_id, student_model=student_model,
+        match_model=match_model, match_metadata=dumps(match_metadata or {}), stage=stage, percent=percent,
+        compare_percent=compare_percent, timeout=timeout, active=True, stage_started_at=now,
+        stage_started_seq=start_seq, created_at=now, updated_at=now,
+    )
+    with store.session() as s:
+        for old in s.exec(select(AutoRoute).where(AutoRoute.policy_id == policy_id, AutoRoute.active == True)).all():
+            old.active = False
+            old.ended_at = now
+            old.updated_at = now
+            s.add(old)
+        s.add(row)
+        s.commit()
+    _bump(store)
+    return row
+
+
+def set_route_stage(
+    store: Store, route_id: str, stage: str, percent: float, start_seq: int, compare_percent: float | None = None
+) -> AutoRoute:
+    now = time.time()
+    with store.session() as s:
+        row = s.get(AutoRoute, route_id)
+        if row is None:
+            raise KeyError(route_id)
+        row.stage = stage
+        row.percent = percent
+        if compare_percent is not None:
+            row.compare_percent = compare_percent
+        row.stage_started_at = now
+        row.stage_started_seq = start_seq
+        row.updated_at = now
+        s.add(row)
+        s.commit()
+    _bump(store)
+    return row
+
+
+def end_route(store: Store, route_id: str) -> AutoRoute | None:
+    now = time.time()
+    with store.session() as s:
+        row = s.get(AutoRoute, route_id)
+        if row is None:
+            return None
+        row.active = False
+        row.ended_at = now
+        row.updated_at = now
+        s.add(row)
+        s.commit()
+    _bump(store)
+    return row
+
+
+def get_route(store: Store, route_id: str) -> AutoRoute | None:
+    with store.session() as s:
+        return s.get(AutoRoute, route_id)
+
+
+def active_routes(store: Store, policy_id: str | None = None) -> list[AutoRoute]:
+    with store.session() as s:
+        q = select(AutoRoute).where(AutoRoute.active == True)
+        if policy_id is not None:
+            q = q.where(AutoRoute.policy_id == policy_id)
+        return list(s.exec(q.order_by(AutoRoute.created_at)).all())
+
+
+def list_routes(store: Store, policy_id: str | None = None, include_ended: bool = True, limit: int = 100) -> list[AutoRoute]:
+    with store.session() as s:
+        q = select(AutoRoute)
+        if policy_id is not None:
+            q = q.where(AutoRoute.policy_id == policy_id)
+        if not include_ended:
+            q = q.where(AutoRoute.active == True)
+        return list(s.exec(q.order_by(AutoRoute.created_at.desc()).limit(limit)).all())  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# Traffic queries (read the completions table with bound parameters)
+
+
+def _traffic_filter(alias: str, model: str | None, metadata: dict[str, str] | None) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if model:
+        where.append(f"({alias}.model_requested = ? OR {alias}.model = ?)")
+        params += [model, model]
+    for key, value in (metadata or {}).items():
+        where.append(f"{alias}.seq IN (SELECT seq FROM completion_metadata WHERE key = ? AND value = ?)")
+        params += [key, str(value)]
+    return (" AND ".join(where) or "TRUE"), params
+
+
+# Teacher answers only: a student's answers (canary/full, shadow rows) must never train a student.
+_ELIGIBLE = "c.outcome = 'ok' AND c.response IS NOT NULL AND c.source = 'proxy' AND coalesce(c.served_by, 'teacher') = 'teacher'"
+
+
+def eligible_count(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> int:
+    where, params = _traffic_filter("c", model, metadata)
+    sql = f"SELECT count(*) FROM completions c WHERE {_ELIGIBLE} AND c.seq > ? AND {where}"
+    return int(store.cursor().execute(sql, [after_seq] + params).fetchone()[0])
+
+
+def eligible_ids(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> list[str]:
+    where, params = _traffic_filter("c", model, metadata)
+    sql = f"SELECT c.id FROM completions c WHERE {_ELIGIBLE} AND c.seq > ? AND {where} ORDER BY c.seq"
+    return [r[0] for r in store.cursor().execute(sql, [after_seq] + params).fetchall()]
+
+
+def max_seq(store: Store) -> int:
+    return int(store.cursor().execute("SELECT coalesce(max(seq), 0) FROM completions").fetchone()[0])
+
+
+def paired_answers(
+    store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0, limit: int = 100_000
+) -> list[tuple[str, str, str | None, str | None]]:
+    """(primary response JSON, paired response JSON, primary served_by, paired served_by) for each
+    second answer (shadow student, or teacher sampled behind a student) to traffic matching the route."""
+    where, params = _traffic_filter("p", model, metadata)
+    sql = (
+        "SELECT p.response, s.response, p.served_by, s.served_by FROM completions s "
+        "JOIN completions p ON p.id = s.paired_with "
+        "WHERE s.paired_with IS NOT NULL AND s.outcome = 'ok' AND p.outcome = 'ok' "
+        "AND s.response IS NOT NULL AND p.response IS NOT NULL AND s.seq > ? AND p.source <> 'shadow' "
+        f"AND {where} ORDER BY s.seq DESC LIMIT ?"
+    )
+    return [tuple(r) for r in store.cursor().execute(sql, [after_seq] + params + [limit]).fetchall()]  # type: ignore[misc]
+
+
+def served_counts(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> dict[str, int]:
+    """How many matching requests each side answered since ``after_seq`` (for status)."""
+    where, params = _traffic_filter("c", model, metadata)
+    sql = (
+        "SELECT coalesce(c.served_by, 'teacher'), count(*) FROM completions c "
+        f"WHERE c.source = 'proxy' AND c.seq > ? AND {where} GROUP BY 1"
+    )
+    return {r[0]: int(r[1]) for r in store.cursor().execute(sql, [after_seq] + params).fetchall()}
+
+
+def as_dict(row: SQLModel) -> dict[str, Any]:
+    out = row.model_dump()
+    for key in ("spec", "evaluation", "details", "match_metadata"):
+        if key in out and isinstance(out[key], str):
+            out[key] = loads(out[key], {})
+    return out
+
+
+__all__: Sequence[str] = [
+    "OPEN_CYCLE_STATES",
+    "AutoCycle",
+    "AutoDecision",
+    "AutoPolicy",
+    "AutoRoute",
+    "active_routes",
+    "as_dict",
+    "create_cycle",
+    "create_route",
+    "delete_policy",
+    "eligible_count",
+    "eligible_ids",
+    "end_route",
+    "get_cycle",
+    "get_policy",
+    "get_route",
+    "last_cycle",
+    "list_cycles",
+    "list_decisions",
+    "list_policies",
+    "list_routes",
+    "local_routes_version",
+    "max_seq",
+    "migrate",
+    "new_id",
+    "open_cycle",
+    "paired_answers",
+    "put_policy",
+    "record_decision",
+    "routes_version",
+    "served_counts",
+    "set_route_stage",
+    "update_cycle",
+]

@@ -1,9 +1,383 @@
-"""Store tables and queries for datasets (filled in by the datasets work)."""
+"""Dataset versions and the SQL side of building them.
+
+The builder needs to look at up to millions of captures; every filter and the exact dedupe run
+here, inside DuckDB, over one pass that stores only small per-row flags in a temp table. Python then
+streams just the surviving rows in Arrow batches. Each built version is recorded with its options,
+counts, file hashes and the completions it used (a link table), so a dataset can be reproduced
+and audited.
+"""
 
 from __future__ import annotations
 
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
 import duckdb
+import orjson
+import pyarrow as pa
+from sqlmodel import Field, SQLModel
+
+from .db import Store
+
+
+class DatasetVersionRow(SQLModel, table=True):
+    __tablename__ = "datasets"
+
+    id: str = Field(primary_key=True)
+    name: str = Field(index=True)
+    version: int
+    kind: str = "sft"
+    created_at: int
+    options: str = "{}"
+    counts: str = "{}"
+    stats: str = "{}"
+    files: str = "{}"  # {"train": {"path":..., "sha256":..., "bytes":..., "lines":...}, ...}
+    system_prompt: str | None = None
+    system_prompt_sha256: str | None = None
+
+
+class DatasetCompletion(SQLModel, table=True):
+    """Which captures a dataset version used, and on which side of the split."""
+
+    __tablename__ = "dataset_completions"
+
+    dataset_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    completion_id: str
+    split: str
 
 
 def migrate(conn: duckdb.DuckDBPyConnection) -> None:
     """Create this area's tables (called by the numbered migration in migrations.py)."""
+    # Explicit DDL (matching the models) so that column types and the deliberately absent
+    # link-table key are visible here.
+    conn.execute(
+        """
+        CREATE TABLE datasets (
+            id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            kind VARCHAR NOT NULL DEFAULT 'sft',
+            created_at BIGINT NOT NULL,
+            options VARCHAR NOT NULL DEFAULT '{}',
+            counts VARCHAR NOT NULL DEFAULT '{}',
+            stats VARCHAR NOT NULL DEFAULT '{}',
+            files VARCHAR NOT NULL DEFAULT '{}',
+            system_prompt VARCHAR,
+            system_prompt_sha256 VARCHAR
+        )
+        """
+    )
+    conn.execute("CREATE INDEX datasets_name ON datasets(name)")
+    # No primary key: DuckDB checks ART constraints row by row, which would slow 1M-link inserts.
+    conn.execute(
+        "CREATE TABLE dataset_completions (dataset_id VARCHAR NOT NULL, seq BIGINT NOT NULL, "
+        "completion_id VARCHAR NOT NULL, split VARCHAR NOT NULL)"
+    )
+
+
+def new_dataset_id() -> str:
+    # Time-ordered (nanoseconds, then randomness): ids sort in creation order, so lists that break
+    # ties on the same second by id stay chronological.
+    return "ds_" + format(time.time_ns(), "016x") + secrets.token_hex(4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection
+
+
+@dataclass
+class Selection:
+    """Filters pushed into SQL. Values are always bound parameters."""
+
+    models: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    since: int | None = None
+    until: int | None = None
+    require_ok: bool = True
+    # Only answers the teacher gave to real traffic: never train a student on its own (or another
+    # student's) answers, nor on shadow/comparison captures.
+    exclude_students: bool = True
+    finish_reasons: list[str] | None = field(default_factory=lambda: ["stop", "tool_calls"])
+    exclude_refusals: bool = True
+    refusal_pattern: str | None = None  # a regex over the lower-cased answer
+    min_score: float | None = None
+    exclude_rejected: bool = True
+    dedupe: bool = True
+    # A regex superset of the PII patterns: rows it does not match skip Python-side scrubbing.
+    scrub_trigger: str | None = None
+
+
+# Answer text and tool calls of the first choice, and the corrected answer where there is one.
+_ANSWER = "json_extract_string(c.response, '$.choices[0].message.content')"
+_TOOLS = "json_extract_string(c.response, '$.choices[0].message.tool_calls')"
+_REFUSAL = "json_extract_string(c.response, '$.choices[0].message.refusal')"
+
+
+def _scope(sel: Selection) -> tuple[str, list[Any]]:
+    where = ["TRUE"]
+    params: list[Any] = []
+    if sel.models:
+        where.append("(c.model IN (SELECT unnest(?)) OR c.model_requested IN (SELECT unnest(?)))")
+        params += [list(sel.models), list(sel.models)]
+    if sel.since is not None:
+        where.append("c.created >= ?")
+        params.append(int(sel.since))
+    if sel.until is not None:
+        where.append("c.created < ?")
+        params.append(int(sel.until))
+    for key, value in sel.metadata.items():
+        where.append("c.seq IN (SELECT seq FROM completion_metadata WHERE key = ? AND value = ?)")
+        params += [key, str(value)]
+    if sel.exclude_students:
+        where.append("c.source <> 'shadow' AND coalesce(c.served_by, 'teacher') = 'teacher'")
+    return " AND ".join(where), params
+
+
+STEPS = ("selected", "status_ok", "finish_reason", "no_refusal", "min_score", "exact_dedupe")
+
+
+def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConnection, dict[str, int]]:
+    """Run every SQL filter once into a temp table on a fresh cursor; return it and counts per step.
+
+    A step's count is the number of rows left after it, so the dataset card can show what each
+    filter removed. A corrected answer (feedback) replaces the teacher's, so it passes the
+    finish-reason and refusal checks that judged the teacher's answer.
+
+    Cost matters at millions of rows: each JSON column is parsed once (multi-path extracts). Exact
+    duplicate means: the same conversation (messages and tools, re-serialised by DuckDB so that
+    whitespace and formatting do not matter; metadata and sampling parameters are ignored) and the
+    same final answer. md5, not DuckDB's hash(): that one is not collision-resistant on
+    near-identical strings (two digit changes can cancel out).
+    """
+    cur = store.cursor()
+    scope, params = _scope(sel)
+    ok = "(c.outcome = 'ok' AND c.response IS NOT NULL)" if sel.require_ok else "c.response IS NOT NULL"
+    if sel.finish_reasons:
+        fin = "(fb.correction IS NOT NULL OR c.finish_reason IN (SELECT unnest(?)))"
+        fin_params: list[Any] = [list(sel.finish_reasons)]
+    else:
+        fin, fin_params = "TRUE", []
+    if sel.exclude_refusals:
+        ref = "(fb.correction IS NOT NULL OR (x[2] IS NULL"
+        ref_params: list[Any] = []
+        if sel.refusal_pattern:
+            ref += " AND NOT coalesce(regexp_matches(lower(left(x[1], 260)), ?), false)"
+            ref_params.append(sel.refusal_pattern)
+        ref += "))"
+    else:
+        ref, ref_params = "TRUE", []
+    if sel.min_score is not None:
+        score = "coalesce(fb.score >= ?, false)"
+        score_params: list[Any] = [float(sel.min_score)]
+    else:
+        score, score_params = "TRUE", []
+    if sel.exclude_rejected:
+        score = f"({score} AND coalesce(fb.accepted, true))"
+    conv = (
+        "coalesce(CAST(y[1] AS VARCHAR), '') || chr(1) || coalesce(CAST(y[2] AS VARCHAR), '') || chr(1) || "
+        "coalesce(fb.correction, x[1], '') || chr(1) || coalesce(x[3], '')"
+    )
+    if sel.scrub_trigger:
+        flag, flag_params = f"coalesce(regexp_matches({conv}, ?), false)", [sel.scrub_trigger]
+    else:
+        flag, flag_params = "false", []
+    sql = f"""
+        CREATE OR REPLACE TEMP TABLE _ds_cand AS
+        WITH fb AS (
+            SELECT completion_id,
+                   arg_max(score, created_at) FILTER (WHERE score IS NOT NULL) AS score,
+                   arg_max(label, created_at) FILTER (WHERE label IS NOT NULL) AS label,
+                   arg_max(correction, created_at) FILTER (WHERE correction IS NOT NULL) AS correction,
+                   arg_max(accepted, created_at) FILTER (WHERE accepted IS NOT NULL) AS accepted
+            FROM feedback GROUP BY completion_id
+        ), scoped AS (
+            SELECT c.*, json_extract_string(c.response, ['$.choices[0].message.content',
+                       '$.choices[0].message.refusal', '$.choices[0].message.tool_calls']) AS x,
+                   json_extract(c.request, ['$.messages', '$.tools']) AS y
+            FROM completions c WHERE {scope}
+        ), flagged AS (
+            SELECT c.seq,
+                   {ok} AS f_ok,
+                   {fin} AS f_fin,
+                   {ref} AS f_ref,
+                   {score} AS f_score,
+                   fb.score AS fb_score, fb.label AS fb_label, fb.correction AS fb_correction,
+                   fb.accepted AS fb_accepted,
+                   md5_number({conv}) AS dkey,
+                   {flag} AS needs_scrub
+            FROM scoped c LEFT JOIN fb ON fb.completion_id = c.id
+        )
+        SELECT *, (f_ok AND f_fin AND f_ref AND f_score) AS f_pass FROM flagged
+    """
+    cur.execute(sql, params + fin_params + ref_params + score_params + flag_params)
+    if sel.dedupe:
+        keep = "SELECT seq, needs_scrub FROM _ds_cand WHERE f_pass QUALIFY row_number() OVER (PARTITION BY dkey ORDER BY seq) = 1"
+    else:
+        keep = "SELECT seq, needs_scrub FROM _ds_cand WHERE f_pass"
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE _ds_keep AS {keep}")
+    row = cur.execute(
+        """
+        SELECT count(*),
+               count(*) FILTER (WHERE f_ok),
+               count(*) FILTER (WHERE f_ok AND f_fin),
+               count(*) FILTER (WHERE f_ok AND f_fin AND f_ref),
+               count(*) FILTER (WHERE f_pass),
+               (SELECT count(*) FROM _ds_keep)
+        FROM _ds_cand
+        """
+    ).fetchall()[0]
+    return cur, {name: int(v or 0) for name, v in zip(STEPS, row)}
+
+
+def top_system_prompt(cur: duckdb.DuckDBPyConnection) -> tuple[str | None, int, int]:
+    """The most common leading system prompt among the kept rows: (text, its count, kept rows)."""
+    total = int(cur.execute("SELECT count(*) FROM _ds_keep").fetchall()[0][0])
+    row = cur.execute(
+        """
+        SELECT sys, count(*) AS n FROM (
+            SELECT json_extract_string(c.request, '$.messages[0].content') AS sys,
+                   json_extract_string(c.request, '$.messages[0].role') AS role
+            FROM _ds_keep k JOIN completions c ON c.seq = k.seq
+        ) WHERE role IN ('system', 'developer') AND sys IS NOT NULL
+        GROUP BY sys ORDER BY n DESC, sys LIMIT 1
+        """
+    ).fetchall()
+    if not row:
+        return None, 0, total
+    row = row[0]
+    return row[0], int(row[1]), total
+
+
+KEPT_COLUMNS = (
+    "seq", "id", "created", "request", "response", "metadata", "prompt_tokens", "completion_tokens",
+    "fb_score", "fb_label", "fb_correction", "fb_accepted", "needs_scrub",
+)
+
+
+def iter_kept_batches(cur: duckdb.DuckDBPyConnection, batch_size: int = 20_000) -> Iterator[pa.RecordBatch]:
+    """The surviving rows in capture order, as Arrow batches (never all in memory at once)."""
+    reader = cur.sql(
+        """
+        SELECT c.seq, c.id, c.created, c.request, c.response, c.metadata, c.prompt_tokens, c.completion_tokens,
+               t.fb_score, t.fb_label, t.fb_correction, t.fb_accepted, k.needs_scrub
+        FROM _ds_keep k JOIN _ds_cand t ON t.seq = k.seq JOIN completions c ON c.seq = k.seq
+        ORDER BY c.seq
+        """
+    ).to_arrow_reader(batch_size)
+    yield from reader
+
+
+def drop_selection(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute("DROP TABLE IF EXISTS _ds_keep")
+    cur.execute("DROP TABLE IF EXISTS _ds_cand")
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions
+
+
+def next_version(store: Store, name: str) -> int:
+    row = store.cursor().execute("SELECT coalesce(max(version), 0) FROM datasets WHERE name = ?", [name]).fetchone()
+    return int(row[0]) + 1
+
+
+def save_dataset(store: Store, row: DatasetVersionRow, links: pa.Table | None = None) -> DatasetVersionRow:
+    """Record a version and its completion links (bulk, via Arrow) in one transaction."""
+    cur = store.cursor()
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        cur.execute(
+            "INSERT INTO datasets (id, name, version, kind, created_at, options, counts, stats, files, system_prompt, system_prompt_sha256) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [row.id, row.name, row.version, row.kind, row.created_at, row.options, row.counts, row.stats, row.files,
+             row.system_prompt, row.system_prompt_sha256],
+        )
+        if links is not None and links.num_rows:
+            cur.register("_ds_links", links)
+            try:
+                cur.execute(
+                    "INSERT INTO dataset_completions (dataset_id, seq, completion_id, split) "
+                    "SELECT ?, seq, completion_id, split FROM _ds_links",
+                    [row.id],
+                )
+            finally:
+                cur.unregister("_ds_links")
+        cur.execute("COMMIT")
+    except Exception:
+        cur.execute("ROLLBACK")
+        raise
+    return row
+
+
+_VCOLS = "id, name, version, kind, created_at, options, counts, stats, files, system_prompt, system_prompt_sha256"
+
+
+def _row(r: tuple) -> DatasetVersionRow:
+    return DatasetVersionRow(**dict(zip(_VCOLS.split(", "), r)))
+
+
+def get_dataset_row(store: Store, dataset_id: str) -> DatasetVersionRow | None:
+    r = store.cursor().execute(f"SELECT {_VCOLS} FROM datasets WHERE id = ?", [dataset_id]).fetchone()
+    return _row(r) if r else None
+
+
+def list_dataset_rows(store: Store, name: str | None = None, after: str | None = None, limit: int = 100) -> tuple[list[DatasetVersionRow], bool]:
+    """Newest first."""
+    where, params = ["TRUE"], []
+    if name is not None:
+        where.append("name = ?")
+        params.append(name)
+    cur = store.cursor()
+    if after:
+        pos = cur.execute("SELECT created_at, id FROM datasets WHERE id = ?", [after]).fetchone()
+        if pos is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [pos[0], pos[0], pos[1]]
+    rows = cur.execute(
+        f"SELECT {_VCOLS} FROM datasets WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?",
+        params + [int(limit) + 1],
+    ).fetchall()
+    return [_row(r) for r in rows[:limit]], len(rows) > limit
+
+
+def dataset_completion_ids(store: Store, dataset_id: str, split: str | None = None) -> list[str]:
+    if split is None:
+        rows = store.cursor().execute(
+            "SELECT completion_id FROM dataset_completions WHERE dataset_id = ? ORDER BY seq", [dataset_id]
+        ).fetchall()
+    else:
+        rows = store.cursor().execute(
+            "SELECT completion_id FROM dataset_completions WHERE dataset_id = ? AND split = ? ORDER BY seq", [dataset_id, split]
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+__all__ = [
+    "STEPS",
+    "DatasetCompletion",
+    "DatasetVersionRow",
+    "Selection",
+    "dataset_completion_ids",
+    "drop_selection",
+    "get_dataset_row",
+    "iter_kept_batches",
+    "list_dataset_rows",
+    "migrate",
+    "new_dataset_id",
+    "next_version",
+    "prepare_selection",
+    "save_dataset",
+    "top_system_prompt",
+]

@@ -9,6 +9,7 @@ included. Every statement takes its values as bound parameters; no SQL is built 
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ from duckdb_engine import ConnectionWrapper
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session, create_engine
 
-from .migrations import SCHEMA_VERSION, migrate
+from .migrations import SCHEMA_VERSION, SchemaTooNewError, migrate
 
 
 class StoreLockedError(RuntimeError):
@@ -33,10 +34,13 @@ class Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = duckdb.connect(path, read_only=read_only)
-        except duckdb.IOException as exc:  # the file is locked by another process
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():  # e.g. no such directory: DuckDB's own message says it
+                raise
+            pid = re.search(r"\(PID (\d+)\)", str(exc))
             raise StoreLockedError(
-                f"cannot open {path}: it is in use by another process (one process writes a DuckDB file; "
-                "stop it or query its HTTP API)"
+                f"cannot open {path}: it is in use by another process{f' (PID {pid.group(1)})' if pid else ''} "
+                "(one process writes a DuckDB file; stop it or query its HTTP API)"
             ) from exc
         self.read_only = read_only
         if data_dir is None:
@@ -50,7 +54,11 @@ class Store:
             max_overflow=16,
         )
         if not read_only:
-            migrate(self.conn)
+            try:
+                migrate(self.conn)
+            except BaseException:
+                self.conn.close()  # release the file lock: the caller gets the error, not a held file
+                raise
         self._seq_lock = threading.Lock()
         start = self.conn.execute("SELECT coalesce(max(seq), 0) FROM completions").fetchone()[0]
         self._seq = itertools.count(int(start) + 1)
@@ -91,4 +99,4 @@ def open_store(path: str = ":memory:", data_dir: str | Path | None = None, read_
     return Store(path, data_dir=data_dir, read_only=read_only)
 
 
-__all__ = ["Store", "StoreLockedError", "open_store", "SCHEMA_VERSION"]
+__all__ = ["Store", "StoreLockedError", "SchemaTooNewError", "open_store", "SCHEMA_VERSION"]

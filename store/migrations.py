@@ -9,16 +9,22 @@ from __future__ import annotations
 from typing import Callable
 
 import duckdb
-from duckdb_engine import ConnectionWrapper
-from sqlalchemy import create_engine
-from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 
 def create_tables(conn: duckdb.DuckDBPyConnection, *models: type[SQLModel]) -> None:
-    """Create SQLModel tables on this connection (for migrations of ORM-managed tables)."""
-    engine = create_engine("duckdb://", creator=lambda: ConnectionWrapper(conn), poolclass=StaticPool)
-    SQLModel.metadata.create_all(engine, tables=[m.__table__ for m in models])  # type: ignore[attr-defined]
+    """Create SQLModel tables (and their indexes) on this connection, inside the migration's
+    transaction: the DDL is compiled by duckdb-engine's dialect and run here, because SQLAlchemy's
+    ``create_all`` would commit the open transaction."""
+    from duckdb_engine import Dialect
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialect = Dialect()
+    for model in models:
+        table = model.__table__  # type: ignore[attr-defined]
+        conn.execute(str(CreateTable(table).compile(dialect=dialect)))
+        for index in table.indexes:
+            conn.execute(str(CreateIndex(index).compile(dialect=dialect)))
 
 
 def _v1_completions(conn: duckdb.DuckDBPyConnection) -> None:
@@ -54,12 +60,17 @@ def _v1_completions(conn: duckdb.DuckDBPyConnection) -> None:
             request_id VARCHAR,
             source VARCHAR NOT NULL DEFAULT 'proxy',
             served_by VARCHAR,
-            paired_with VARCHAR
+            paired_with VARCHAR,
+            meta_pairs VARCHAR[]
         )
         """
     )
     conn.execute("CREATE INDEX completions_id ON completions(id)")
-    # One row per metadata pair: filters are a semi-join on short columns, fast at millions of rows.
+    # Metadata is kept twice, on purpose (see store/completions.py, "Metadata filters"):
+    # `meta_pairs` (each pair as a JSON string '["key","value"]') makes a filtered, ordered page a
+    # single-table scan that DuckDB's top-N cuts short with zone maps (~10 ms at 1M rows, where a
+    # semi-join on the table below took 50-250 ms for common pairs); `completion_metadata` (one row
+    # per pair) is the relational form for joins and analytics.
     conn.execute("CREATE TABLE completion_metadata (seq BIGINT NOT NULL, key VARCHAR NOT NULL, value VARCHAR NOT NULL)")
 
 
@@ -92,6 +103,10 @@ MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] =
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+class SchemaTooNewError(RuntimeError):
+    """The file was written by a newer Protege; opening it could corrupt it, so we refuse."""
+
+
 def current_version(conn: duckdb.DuckDBPyConnection) -> int:
     conn.execute("CREATE TABLE IF NOT EXISTS protege_schema (version INTEGER NOT NULL, name VARCHAR, applied_at TIMESTAMP DEFAULT now())")
     row = conn.execute("SELECT max(version) FROM protege_schema").fetchone()
@@ -102,7 +117,7 @@ def migrate(conn: duckdb.DuckDBPyConnection, target: int | None = None) -> int:
     """Apply pending migrations up to ``target`` (default: all). Returns the resulting version."""
     version = current_version(conn)
     if version > SCHEMA_VERSION:
-        raise RuntimeError(
+        raise SchemaTooNewError(
             f"this database has schema version {version}, newer than this release understands ({SCHEMA_VERSION}); upgrade protege"
         )
     for number, name, fn in MIGRATIONS:

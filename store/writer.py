@@ -89,6 +89,7 @@ class CaptureWriter:
         self._queue: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
         self._stop = False
+        self._flush_now = False
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._in_flight = 0
@@ -137,12 +138,14 @@ class CaptureWriter:
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything submitted so far is written (tests, CLI, shutdown)."""
         deadline = time.monotonic() + timeout
+        self._flush_now = True
         self._wake.set()
         with self._idle:
             while self._queue or self._in_flight:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
+                self._flush_now = True
                 self._wake.set()
                 self._idle.wait(min(remaining, 0.05))
         return True
@@ -156,7 +159,11 @@ class CaptureWriter:
         return out
 
     def _run(self) -> None:
-        cursor = self.store.cursor()
+        try:
+            cursor = self.store.cursor()
+        except Exception as exc:  # the database is gone: every batch will go to the spool
+            log.error("capture writer has no database connection (%s); captures go to the spool", exc)
+            cursor = None
         while True:
             if not self._queue:
                 if self._stop:
@@ -164,6 +171,12 @@ class CaptureWriter:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
                 continue
+            if len(self._queue) < self.batch_size and not (self._stop or self._flush_now):
+                # An insert costs ~10 ms of CPU whatever its size: let a batch gather for up to
+                # flush_interval (a full batch, flush() or close() wakes the thread at once).
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+            self._flush_now = False
             self._in_flight = min(self.batch_size, len(self._queue))
             batch = self._drain(self._in_flight)
             try:

@@ -1,0 +1,82 @@
+"""Summary numbers over captured completions (``protege completions stats``).
+
+One aggregate query per section, run by DuckDB over the columns it needs only, so that a summary of
+millions of captures takes a fraction of a second and never loads request or response text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .completions import completion_filter
+from .db import Store
+
+
+def completion_stats(
+    store: Store,
+    *,
+    model: str | None = None,
+    metadata: dict[str, str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> dict[str, Any]:
+    """Counts by model and outcome, tokens, latency p50/p95, ttft p50, error rate, captures per day."""
+    where, params = completion_filter(model=model, metadata=metadata, since=since, until=until)
+    cur = store.cursor()
+    total, ok, prompt, completion, tokens, p50, p95, ttft50, first, last = cur.execute(
+        f"""
+        SELECT count(*), count(*) FILTER (WHERE outcome = 'ok'),
+               coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0),
+               quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95), quantile_cont(ttft_ms, 0.5),
+               min(created), max(created)
+        FROM completions c WHERE {where}
+        """,
+        params,
+    ).fetchone()
+    by_model = [
+        {"model": m, "count": n, "ok": k, "errors": n - k, "prompt_tokens": int(pt), "completion_tokens": int(ct),
+         "latency_p50_ms": _round(lp)}
+        for m, n, k, pt, ct, lp in cur.execute(
+            f"""
+            SELECT coalesce(model, model_requested, '(unknown)') AS m, count(*), count(*) FILTER (WHERE outcome = 'ok'),
+                   coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), quantile_cont(latency_ms, 0.5)
+            FROM completions c WHERE {where} GROUP BY m ORDER BY count(*) DESC, m
+            """,
+            params,
+        ).fetchall()
+    ]
+    by_outcome = dict(
+        cur.execute(
+            f"SELECT outcome, count(*) FROM completions c WHERE {where} GROUP BY outcome ORDER BY count(*) DESC, outcome",
+            params,
+        ).fetchall()
+    )
+    per_day = [
+        {"day": str(day), "count": n}
+        for day, n in cur.execute(
+            f"SELECT CAST(to_timestamp(created) AT TIME ZONE 'UTC' AS DATE) AS d, count(*) FROM completions c "
+            f"WHERE {where} GROUP BY d ORDER BY d",
+            params,
+        ).fetchall()
+    ]
+    return {
+        "total": int(total),
+        "ok": int(ok),
+        "errors": int(total - ok),
+        "error_rate": round((total - ok) / total, 4) if total else 0.0,
+        "tokens": {"prompt": int(prompt), "completion": int(completion), "total": int(tokens)},
+        "latency_ms": {"p50": _round(p50), "p95": _round(p95)},
+        "ttft_ms": {"p50": _round(ttft50)},
+        "first_created": first,
+        "last_created": last,
+        "by_model": by_model,
+        "by_outcome": by_outcome,
+        "per_day": per_day,
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 1)
+
+
+__all__ = ["completion_stats"]

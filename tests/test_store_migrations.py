@@ -1,0 +1,75 @@
+"""Schema versions: a newer release opens an older file; an older release refuses a newer one."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from protege.store import SCHEMA_VERSION, SchemaTooNewError, Store, get_stored, list_stored, migrate
+from protege.store.migrations import current_version
+
+
+def test_v1_file_is_upgraded_with_rows_intact(tmp_path):
+    path = str(tmp_path / "old.duckdb")
+    conn = duckdb.connect(path)
+    assert migrate(conn, target=1) == 1
+    # a row as a version-1 release wrote it (plain SQL, no help from today's code)
+    conn.execute(
+        "INSERT INTO completions (seq, id, created, started_at, request, response, metadata, outcome, model, meta_pairs) "
+        "VALUES (7, 'chatcmpl-old', 1700000000, 1700000000.0, ?, ?, '{\"env\":\"prod\"}', 'ok', 'gpt-4o', ['[\"env\",\"prod\"]'])",
+        ['{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}',
+         '{"id":"chatcmpl-old","object":"chat.completion","created":1700000000,"model":"gpt-4o","choices":[]}'],
+    )
+    conn.execute("INSERT INTO completion_metadata VALUES (7, 'env', 'prod')")
+    tables_v1 = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    conn.close()
+
+    store = Store(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION
+        tables = {r[0] for r in store.cursor().execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert tables > tables_v1  # later migrations added their tables
+        assert get_stored(store, "chatcmpl-old")["model"] == "gpt-4o"
+        assert [o["id"] for o in list_stored(store, metadata={"env": "prod"}).data] == ["chatcmpl-old"]
+        assert store.next_seqs(1) == [8]  # capture order continues after the old rows
+    finally:
+        store.close()
+    # opening again is a no-op
+    store = Store(path)
+    assert store.schema_version == SCHEMA_VERSION
+    versions = [r[0] for r in store.cursor().execute("SELECT version FROM protege_schema ORDER BY version").fetchall()]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    store.close()
+
+
+def test_newer_file_is_refused_clearly(tmp_path):
+    path = str(tmp_path / "new.duckdb")
+    Store(path).close()
+    conn = duckdb.connect(path)
+    conn.execute("INSERT INTO protege_schema (version, name) VALUES (?, 'from the future')", [SCHEMA_VERSION + 1])
+    conn.close()
+    with pytest.raises(SchemaTooNewError, match=rf"schema version {SCHEMA_VERSION + 1}, newer than this release"):
+        Store(path)
+    # the refused open released the file: another connection can have it
+    conn = duckdb.connect(path)
+    assert current_version(conn) == SCHEMA_VERSION + 1
+    conn.close()
+
+
+def test_failed_migration_rolls_back(tmp_path, monkeypatch):
+    from protege.store import migrations
+
+    path = str(tmp_path / "f.duckdb")
+    conn = duckdb.connect(path)
+    migrate(conn, target=1)
+
+    def broken(c):
+        c.execute("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [migrations.MIGRATIONS[0], (2, "broken", broken)])
+    with pytest.raises(RuntimeError, match="boom"):
+        migrations.migrate(conn)
+    assert current_version(conn) == 1
+    assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half_done'").fetchone()[0] == 0
+    conn.close()
