@@ -47,7 +47,18 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
     local_models = registry_cls(store) if registry_cls is not None else None
     router_cls = _optional("protege.distill.routing:StoreRouter")
     router = router_cls(store) if router_cls is not None else None
-    app = create_app(settings, store, writer, routers=routers, local_models=local_models, router=router)
+    on_startup, on_shutdown = [], []
+    if settings.run_worker:
+        worker_cls = _optional("protege.distill.auto:Worker")
+        if worker_cls is None:
+            raise RuntimeError("the automatic-distillation worker is not available in this install")
+        worker = worker_cls(store, settings)
+        on_startup.append(worker.start)
+        on_shutdown.append(lambda: (worker.stop(), worker.wait_local_jobs()))
+    app = create_app(
+        settings, store, writer, routers=routers, local_models=local_models, router=router,
+        on_startup=on_startup, on_shutdown=on_shutdown,
+    )
     # Areas that run background work inside `serve` (the automatic-distillation loop) read these.
     app.state.protege_settings = settings  # type: ignore[attr-defined]
     app.state.protege_store = store  # type: ignore[attr-defined]
@@ -60,14 +71,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     logging.getLogger().setLevel(settings.log_level.upper())
-    app, store, _writer = build_app(settings)
-    worker = None
-    if settings.run_worker:
-        worker_cls = _optional("protege.distill.auto:Worker")
-        if worker_cls is None:
-            raise RuntimeError("the automatic-distillation worker is not available in this install")
-        worker = worker_cls(store, settings)
-        worker.start()
+    app, _store, _writer = build_app(settings)
     log.info("protege listening on http://%s:%d (store %s)", settings.host, settings.port, settings.db)
     uvicorn.run(
         app,
@@ -79,5 +83,3 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
-    if worker is not None:
-        worker.stop()

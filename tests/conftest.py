@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# `tests.fakes...` imports work however pytest is started (rootdir on sys.path).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fakes.openai_upstream import FakeOpenAI, start_fake_openai
 
@@ -13,3 +19,62 @@ def fake_openai() -> FakeOpenAI:
     fake = start_fake_openai()
     yield fake
     fake.stop()
+
+
+class ProxyServer:
+    """The proxy (protege.proxy.create_app) under uvicorn in a background thread on an ephemeral port."""
+
+    def __init__(self, settings, local_models=None, router=None) -> None:
+        import threading
+        import time
+
+        import uvicorn
+
+        from protege.proxy import create_app
+        from protege.store import CaptureWriter, Store
+
+        self.settings = settings
+        self.store = Store(settings.db, data_dir=settings.data_path)
+        self.writer = CaptureWriter(self.store, max_queue=settings.queue_size, batch_size=settings.batch_size, flush_interval=0.01)
+        self.app = create_app(settings, self.store, self.writer, local_models=local_models, router=router)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("proxy did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = self.url + "/v1"
+
+    def records(self) -> list[dict]:
+        from protege.store import iter_records
+
+        assert self.writer.flush(10)
+        return list(iter_records(self.store))
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture
+def run_proxy(tmp_path):
+    """Factory: ``run_proxy(upstream=fake.base_url, **settings)`` -> a started :class:`ProxyServer`."""
+    from protege.settings import Settings
+
+    servers = []
+
+    def start(local_models=None, router=None, **overrides) -> ProxyServer:
+        overrides.setdefault("db", str(tmp_path / f"proxy{len(servers)}.duckdb"))
+        settings = Settings(**overrides)
+        srv = ProxyServer(settings, local_models=local_models, router=router)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()

@@ -1,0 +1,147 @@
+"""``create_app``: a small raw-ASGI layer for the hot path in front of a FastAPI app for the rest.
+
+FastAPI routing and request objects cost ~25% of throughput on the reference machine
+(shared/reference/proxy-measurements.md), so chat-completion creates and the ``/v1/*`` passthrough
+never reach it; the Stored Completions API, ``/healthz``, ``/metrics`` and other areas' routers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Match
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from protege.settings import Settings
+from protege.store import CaptureWriter, Store
+
+from .errors import error_obj
+from .forward import ChatForwarder
+from .hooks import LocalModels, Router
+from .metrics import Metrics
+from .passthrough import Passthrough
+from .stored_api import stored_router
+from .upstream import Upstream
+
+log = logging.getLogger("protege.proxy")
+
+_CHAT_SHAPES = {"/v1/chat/completions": "v1", "/openai/v1/chat/completions": "azure_v1"}
+_DEPLOYMENTS = "/openai/deployments/"
+_CHAT_SUFFIX = "/chat/completions"
+
+
+class ProxyApp:
+    """The ASGI callable uvicorn runs. ``state`` is the FastAPI app's, so ``app.state.x`` works."""
+
+    def __init__(self, api: FastAPI, chat: ChatForwarder, passthrough: Passthrough, upstream: Upstream, writer: CaptureWriter, store: Store, metrics: Metrics) -> None:
+        self.api = api
+        self.chat = chat
+        self.passthrough = passthrough
+        self.upstream = upstream
+        self.writer = writer
+        self.store = store
+        self.metrics = metrics
+
+    @property
+    def state(self) -> Any:
+        return self.api.state
+
+    def _api_serves(self, scope: dict) -> bool:
+        """Another area's router may serve OpenAI-shaped paths (e.g. /v1/files): those win over the passthrough."""
+        for route in self.api.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return True
+        return False
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            method = scope["method"]
+            if method == "POST":
+                shape = _CHAT_SHAPES.get(path)
+                if shape is not None:
+                    return await self.chat(scope, receive, send, shape)
+                if path.startswith(_DEPLOYMENTS) and path.endswith(_CHAT_SUFFIX):
+                    dep = path[len(_DEPLOYMENTS) : -len(_CHAT_SUFFIX)]
+                    if dep and "/" not in dep:
+                        return await self.chat(scope, receive, send, "deployment", dep)
+            if path.startswith(("/v1/", "/openai/")) and not self._api_serves(scope):
+                if path.startswith("/v1/") or path.startswith("/openai/v1/") or self.upstream.azure:
+                    return await self.passthrough(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.api(scope, receive, send)
+        metrics = self.metrics
+
+        async def counted(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                metrics.request("api", message["status"])
+            await send(message)
+
+        await self.api(scope, receive, counted)
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    writer: CaptureWriter,
+    *,
+    routers: Sequence[APIRouter] = (),
+    local_models: LocalModels | None = None,
+    router: Router | None = None,
+    on_startup: Sequence[Callable[[], None]] = (),
+    on_shutdown: Sequence[Callable[[], None]] = (),
+) -> ProxyApp:
+    """The proxy as an ASGI app. Its lifespan starts the writer and the upstream session, and on
+    shutdown waits for background (shadow) work, writes every queued capture, and closes the store."""
+    metrics = Metrics()
+    upstream = Upstream(settings)
+    chat = ChatForwarder(settings, upstream, writer, metrics, local_models=local_models, router=router)
+    allowed = list(settings.proxy_keys) + list(settings.admin_keys) if settings.proxy_keys else []
+    passthrough = Passthrough(upstream, metrics, allowed, settings.max_body_bytes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if getattr(writer, "_thread", None) is None:
+            writer.start()
+        await upstream.start()
+        for hook in on_startup:
+            hook()
+        try:
+            yield
+        finally:
+            for hook in on_shutdown:  # e.g. the distillation worker: stopped while the store is open
+                await asyncio.to_thread(hook)
+            await chat.drain()
+            await upstream.close()
+            writer.close()
+            try:
+                store.close()
+            except Exception as exc:  # already closed by its owner
+                log.debug("store close: %s", exc)
+
+    api = FastAPI(title="Protege", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Any, exc: StarletteHTTPException) -> JSONResponse:
+        # OpenAI-style error JSON for unknown paths and methods too.
+        message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        return JSONResponse(error_obj(message, "invalid_request_error"), status_code=exc.status_code)
+
+    @api.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok", "capture_queue": writer.depth})
+
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(writer), media_type="text/plain; version=0.0.4")
+
+    api.include_router(stored_router(store, list(settings.proxy_keys), list(settings.admin_keys)))
+    for r in routers:
+        api.include_router(r)
+    return ProxyApp(api, chat, passthrough, upstream, writer, store, metrics)

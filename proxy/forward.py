@@ -1,0 +1,471 @@
+"""The hot path: ``POST .../chat/completions`` as a raw ASGI handler.
+
+Per request: read the body, parse it once (orjson), check metadata, forward bytes, send bytes back,
+hand a :class:`ChatCapture` to the writer. No framework, no database, no re-serialisation unless the
+body must change (injected ``include_usage``, stripped ``store``/``metadata``, a student's model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from protege.settings import Settings
+from protege.store import CaptureWriter
+
+from . import errors
+from .auth import key_in
+from .capture import ChatCapture
+from .hooks import LocalModels, Route, Router
+from .metrics import Metrics
+from .streaming import UsageFilter, completion_to_sse
+from .upstream import Upstream, forward_headers, response_headers
+from .validation import metadata_error
+
+log = logging.getLogger("protege.proxy")
+
+BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP "
+    "library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
+)
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+SERVED_TEACHER = (b"x-protege-served-by", b"teacher")
+SERVED_STUDENT = (b"x-protege-served-by", b"student")
+_IDENTITY = {"accept-encoding": "identity"}
+
+
+class _Disconnect:
+    __slots__ = ("gone", "resp")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.resp: Any = None
+
+
+class ChatForwarder:
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        writer: CaptureWriter,
+        metrics: Metrics,
+        local_models: LocalModels | None = None,
+        router: Router | None = None,
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.writer = writer
+        self.metrics = metrics
+        self.local_models = local_models
+        self.router = router
+        self.allowed_keys = list(settings.proxy_keys) + list(settings.admin_keys) if settings.proxy_keys else []
+        self.max_body = settings.max_body_bytes
+        self.capture_mode = settings.capture
+        self.forward_store = settings.forward_store
+        self.background: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------------------------------
+    async def __call__(self, scope: dict, receive: Any, send: Any, shape: str, deployment: str | None = None) -> None:
+        t0 = time.perf_counter()
+        started = time.time()
+        key = style = None
+        opt_out = False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                v = value.decode("latin-1")
+                if v[:7].lower() == "bearer " and v[7:].strip() and style != "api-key":
+                    key, style = v[7:].strip(), "bearer"
+            elif name == b"api-key" and value:
+                key, style = value.decode("latin-1").strip(), "api-key"
+            elif name == b"x-protege-capture" and value.lower() in (b"off", b"false", b"0", b"no"):
+                opt_out = True
+            elif name == b"content-length":
+                try:
+                    if int(value) > self.max_body:
+                        return await self._fail(send, 413, self._too_big())
+                except ValueError:
+                    pass
+        if self.allowed_keys:
+            if not key:
+                return await self._fail(send, 401, errors.error_bytes(errors.NO_KEY, code="missing_api_key"))
+            if not key_in(key, self.allowed_keys):
+                return await self._fail(send, 401, errors.error_bytes(errors.BAD_KEY, code="invalid_api_key"))
+            use_server = True
+        else:
+            use_server = key is None
+
+        body = b""
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            if len(body) > self.max_body:
+                return await self._fail(send, 413, self._too_big())
+            if not msg.get("more_body"):
+                break
+        try:
+            req = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return await self._fail(send, 400, errors.error_bytes(BAD_JSON))
+        if not isinstance(req, dict):
+            return await self._fail(send, 400, errors.error_bytes(BAD_JSON))
+        metadata = req.get("metadata")
+        if metadata is not None:
+            problem = metadata_error(metadata)
+            if problem is not None:
+                return await self._fail(send, 400, errors.error_bytes(problem[0], param="metadata", code=problem[1]))
+        model = req.get("model")
+        if model is not None and not isinstance(model, str):
+            return await self._fail(send, 400, errors.error_bytes(
+                f"Invalid type for 'model': expected a string, but got {type(model).__name__} instead.",
+                param="model", code="invalid_type"))
+        stream = req.get("stream") is True
+        mode = self.capture_mode
+        capture = not opt_out and (mode == "all" or (mode == "store" and req.get("store") is True))
+
+        # What goes upstream: the client's bytes unless something must change.
+        fwd: dict[str, Any] | None = None
+        injected = False
+        if stream and capture and not (req.get("stream_options") or {}).get("include_usage"):
+            fwd = dict(req)
+            fwd["stream_options"] = dict(req.get("stream_options") or {}, include_usage=True)
+            injected = True
+        if not self.forward_store and ("store" in req or "metadata" in req):
+            fwd = dict(fwd or req)
+            fwd.pop("store", None)
+            fwd.pop("metadata", None)
+        if deployment and not model:
+            fwd = dict(fwd or req)
+            fwd["model"] = model = deployment
+        data = orjson.dumps(fwd) if fwd is not None else body
+
+        cap = ChatCapture(started, t0, body, req, stream, self.upstream.name, key) if capture else None
+
+        if self.local_models is not None and model and self.local_models.has(model):
+            if cap is not None:
+                cap.upstream = "local"
+            await self._local(send, req, cap, model, "student")
+            return
+
+        route: Route | None = None
+        if self.router is not None:
+            route = self.router.route(model, metadata or {})
+        if route is not None and route.stage in ("canary", "full") and (
+            route.stage == "full" or random.random() * 100.0 < route.percent
+        ):
+            if await self._student(scope, receive, send, req, fwd, route, stream, injected, key, style, use_server, cap, shape, deployment):
+                compare = getattr(route, "compare_percent", 0.0) or 0.0
+                if cap is not None and compare > 0 and random.random() * 100.0 < compare:
+                    # Online agreement: the teacher answers the same request in the background.
+                    teacher = model or deployment or ""
+                    self._spawn(self._second_answer(req, teacher, self.settings.upstream_timeout, "teacher", cap, key, style, use_server, shape, scope))
+                return
+            if cap is not None:  # the student failed: the teacher answers, timed from the start
+                cap.chunks = [] if stream else None
+
+        url = self.upstream.chat_url(shape, deployment, model, scope.get("query_string", b""))
+        headers = forward_headers(scope["headers"], await self.upstream.auth_headers(key, style, use_server))
+        headers.update(_IDENTITY)
+        await self._forward(receive, send, url, headers, data, stream, injected, cap, SERVED_TEACHER)
+        if route is not None and route.stage == "shadow" and cap is not None:
+            self._spawn(self._second_answer(req, route.student_model, route.timeout, "student", cap, key, style, use_server, shape, scope))
+
+    # ------------------------------------------------------------------------------------------
+    def _too_big(self) -> bytes:
+        return errors.error_bytes(
+            f"Request body too large: the limit is {self.max_body} bytes.", code="request_too_large"
+        )
+
+    async def _fail(self, send: Any, status: int, body: bytes) -> None:
+        self.metrics.request("chat", status)
+        await errors.send_json(send, status, body)
+
+    async def _forward(
+        self, receive: Any, send: Any, url: Any, headers: dict[str, str], data: bytes, stream: bool,
+        injected: bool, cap: ChatCapture | None, served: tuple[bytes, bytes],
+    ) -> None:
+        session = self.upstream.session
+        assert session is not None
+        t_up = time.perf_counter()
+        try:
+            if stream:
+                resp = await session.post(url, data=data, headers=headers, timeout=self.upstream.stream_timeout)
+            else:
+                resp = await session.post(url, data=data, headers=headers)
+            # Errors, and servers that answer a stream request with plain JSON, are relayed whole.
+            relay = stream and resp.status < 400 and resp.content_type == "text/event-stream"
+            if not relay:
+                rbody = await resp.read()
+                resp.release()
+        except asyncio.TimeoutError:
+            return await self._upstream_failed(send, cap, 504, "timeout", "The upstream model did not answer in time.", "upstream_timeout")
+        except aiohttp.ClientError as exc:
+            return await self._upstream_failed(send, cap, 502, "unreachable", f"The upstream model could not be reached ({type(exc).__name__}).", "upstream_unreachable")
+        if relay:
+            await self._relay_stream(receive, send, resp, injected, cap, served, t_up)
+            return
+        t_end = time.perf_counter()
+        self.metrics.upstream_latency(t_end - t_up)
+        status = resp.status
+        hdrs = response_headers(resp.raw_headers)
+        hdrs.append((b"content-length", str(len(rbody)).encode()))
+        hdrs.append(served)
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": rbody})
+        self.metrics.request("chat", status)
+        if cap is not None:
+            cap.t_first = cap.t_end = t_end
+            cap.status = status
+            cap.body = rbody
+            cap.chunks = None
+            cap.request_id = resp.headers.get("x-request-id")
+            cap.served_by = served[1].decode()
+            if status >= 400:
+                cap.outcome = "upstream_error"
+            self.writer.submit(cap)
+
+    async def _upstream_failed(self, send: Any, cap: ChatCapture | None, status: int, outcome: str, message: str, code: str) -> None:
+        body = errors.error_bytes(message, type="upstream_error", code=code)
+        await self._fail(send, status, body)
+        if cap is not None:
+            cap.t_end = time.perf_counter()
+            cap.status = status
+            cap.outcome = outcome
+            cap.error = body
+            self.writer.submit(cap)
+
+    async def _relay_stream(
+        self, receive: Any, send: Any, resp: Any, injected: bool, cap: ChatCapture | None,
+        served: tuple[bytes, bytes], t_up: float,
+    ) -> None:
+        hdrs = list(SSE_HEADERS)
+        rid = resp.headers.get("x-request-id")
+        if rid:
+            hdrs.append((b"x-request-id", rid.encode("latin-1")))
+        hdrs.append(served)
+        await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
+        watch = _Disconnect()
+        watch.resp = resp
+        watcher = asyncio.ensure_future(self._watch(receive, watch))
+        filt = UsageFilter() if injected else None
+        chunks = cap.chunks if cap is not None else None
+        outcome = "ok"
+        error_event = None
+        t_first = None
+        try:
+            async for data in resp.content.iter_any():
+                if t_first is None:
+                    t_first = time.perf_counter()
+                if chunks is not None:
+                    chunks.append(data)
+                if watch.gone:
+                    break
+                out = filt.feed(data) if filt is not None else data
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        except asyncio.TimeoutError:
+            outcome = "timeout"
+            error_event = errors.error_obj("The upstream model stopped sending in time.", "upstream_error", code="upstream_timeout")
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            if not watch.gone:
+                outcome = "upstream_error"
+                error_event = errors.error_obj(f"The upstream stream broke ({type(exc).__name__}).", "upstream_error", code="upstream_error")
+        finally:
+            watcher.cancel()
+        if watch.gone:
+            outcome = "client_disconnected"
+            resp.close()
+        else:
+            tail = filt.flush() if filt is not None else b""
+            if error_event is not None:
+                tail += b"data: " + orjson.dumps(error_event) + b"\n\n"
+                resp.close()
+            else:
+                resp.release()
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        t_end = time.perf_counter()
+        self.metrics.upstream_latency(t_end - t_up)
+        self.metrics.request("chat", resp.status)
+        if cap is not None:
+            cap.t_first = t_first
+            cap.t_end = t_end
+            cap.status = resp.status
+            cap.outcome = outcome
+            cap.error = error_event
+            cap.request_id = rid
+            cap.served_by = served[1].decode()
+            self.writer.submit(cap)
+
+    @staticmethod
+    async def _watch(receive: Any, watch: _Disconnect) -> None:
+        """Notice a client that goes away mid-stream, and stop reading upstream at once."""
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                watch.gone = True
+                if watch.resp is not None:
+                    watch.resp.close()
+                return
+
+    # -- local models, students, shadow ---------------------------------------------------------
+    async def _complete_local(self, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        assert self.local_models is not None
+        body = dict(body, stream=False)
+        body.pop("stream_options", None)
+        coro = asyncio.to_thread(self.local_models.complete, body)
+        out = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+        out.setdefault("id", f"chatcmpl-{secrets.token_hex(12)}")
+        out.setdefault("object", "chat.completion")
+        out.setdefault("created", int(time.time()))
+        out.setdefault("model", body.get("model"))
+        return out
+
+    async def _local(self, send: Any, req: dict[str, Any], cap: ChatCapture | None, model: str, served_by: str, completion: dict | None = None) -> None:
+        served = SERVED_STUDENT if served_by == "student" else SERVED_TEACHER
+        if completion is None:
+            try:
+                completion = await self._complete_local(req)
+            except Exception as exc:
+                log.warning("local model %s failed: %s", model, type(exc).__name__)
+                body = errors.error_bytes(f"The local model {model} failed.", type="server_error", code="local_model_error")
+                await self._fail(send, 500, body)
+                if cap is not None:
+                    cap.t_end = time.perf_counter()
+                    cap.status, cap.outcome, cap.error, cap.served_by = 500, "upstream_error", body, served_by
+                    self.writer.submit(cap)
+                return
+        if req.get("stream") is True:
+            include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+            out = completion_to_sse(completion, include_usage)
+            hdrs = list(SSE_HEADERS) + [served]
+            await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+            await send({"type": "http.response.body", "body": out})
+        else:
+            out = orjson.dumps(completion)
+            await errors.send_json(send, 200, out, [served])
+        self.metrics.request("chat", 200)
+        if cap is not None:
+            cap.t_first = cap.t_end = time.perf_counter()
+            cap.status = 200
+            cap.completion = completion
+            cap.chunks = None
+            cap.served_by = served_by
+            self.writer.submit(cap)
+
+    async def _student(
+        self, scope: dict, receive: Any, send: Any, req: dict[str, Any], fwd: dict[str, Any] | None, route: Route,
+        stream: bool, injected: bool, key: str | None, style: str | None, use_server: bool, cap: ChatCapture | None,
+        shape: str, deployment: str | None,
+    ) -> bool:
+        """Let the student answer; False (nothing sent) when it errors or times out."""
+        student = route.student_model
+        if self.local_models is not None and self.local_models.has(student):
+            try:
+                completion = await self._complete_local(dict(req, model=student), route.timeout)
+            except Exception as exc:
+                log.warning("student %s failed (%s); the teacher answers", student, type(exc).__name__)
+                return False
+            if cap is not None:
+                cap.upstream = "local"
+            await self._local(send, req, cap, student, "student", completion)
+            return True
+        sbody = dict(fwd or req, model=student)
+        url = self.upstream.chat_url(shape if shape != "deployment" else "v1", None, student, b"")
+        headers = forward_headers(scope["headers"], await self.upstream.auth_headers(key, style, use_server))
+        headers.update(_IDENTITY)
+        session = self.upstream.session
+        assert session is not None
+        t_up = time.perf_counter()
+        try:
+            resp = await asyncio.wait_for(session.post(url, data=orjson.dumps(sbody), headers=headers), route.timeout)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("student %s failed (%s); the teacher answers", student, type(exc).__name__)
+            return False
+        if resp.status >= 400:
+            resp.close()
+            return False
+        if stream:
+            await self._relay_stream(receive, send, resp, injected, cap, SERVED_STUDENT, t_up)
+            return True
+        try:
+            rbody = await asyncio.wait_for(resp.read(), route.timeout)
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            resp.close()
+            return False
+        resp.release()
+        hdrs = response_headers(resp.raw_headers)
+        hdrs += [(b"content-length", str(len(rbody)).encode()), SERVED_STUDENT]
+        await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": rbody})
+        self.metrics.request("chat", resp.status)
+        if cap is not None:
+            cap.t_first = cap.t_end = time.perf_counter()
+            cap.status, cap.body, cap.served_by = resp.status, rbody, "student"
+            cap.request_id = resp.headers.get("x-request-id")
+            self.writer.submit(cap)
+        return True
+
+    async def _second_answer(
+        self, req: dict[str, Any], model: str, timeout: float, served_by: str, primary: ChatCapture,
+        key: str | None, style: str | None, use_server: bool, shape: str, scope: dict,
+    ) -> None:
+        """After the client got its answer: the other model answers too, captured with source "shadow",
+        ``served_by`` and ``paired_with`` (the capture the client got), for online agreement."""
+        body = dict(req, model=model, stream=False)
+        body.pop("stream_options", None)
+        if not self.forward_store:
+            body.pop("store", None)
+            body.pop("metadata", None)
+        shown = dict(req, model=model)
+        cap = ChatCapture(time.time(), time.perf_counter(), orjson.dumps(shown), shown, False, self.upstream.name, key)
+        cap.source = "shadow"
+        cap.served_by = served_by
+        cap.pair = primary
+        cap.metadata = dict(req.get("metadata") or {})
+        try:
+            if self.local_models is not None and self.local_models.has(model):
+                cap.upstream = "local"
+                cap.completion = await self._complete_local(body, timeout)
+                cap.status = 200
+            else:
+                session = self.upstream.session
+                assert session is not None
+                url = self.upstream.chat_url(shape if shape != "deployment" else "v1", None, model, b"")
+                headers = forward_headers(scope["headers"], await self.upstream.auth_headers(key, style, use_server))
+                headers.update(_IDENTITY)
+
+                async def call() -> tuple[int, bytes, Any]:
+                    async with session.post(url, data=orjson.dumps(body), headers=headers) as resp:
+                        return resp.status, await resp.read(), resp.headers.get("x-request-id")
+
+                cap.status, cap.body, cap.request_id = await asyncio.wait_for(call(), timeout)
+                if cap.status >= 400:
+                    cap.outcome = "upstream_error"
+        except asyncio.TimeoutError:
+            cap.outcome, cap.status = "timeout", 504
+        except Exception as exc:
+            cap.outcome, cap.status, cap.error = "unreachable", 502, errors.error_obj(type(exc).__name__)
+        cap.t_first = cap.t_end = time.perf_counter()
+        self.writer.submit(cap)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Shutdown: let shadow runs finish so their captures are written too."""
+        if self.background:
+            await asyncio.wait(list(self.background), timeout=timeout)

@@ -1,0 +1,175 @@
+"""OpenAI's Stored Completions API served from the store (and its Azure path variants).
+
+Endpoints are plain ``def`` so FastAPI runs the DuckDB queries in its threadpool, off the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from protege.store import Store, delete_completion, get_stored, input_messages, list_stored, update_metadata
+
+from . import errors
+from .auth import key_in
+from .validation import metadata_error
+
+PREFIXES = ("/v1/chat/completions", "/openai/v1/chat/completions", "/openai/chat/completions")
+MAX_LIMIT = 100
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, type: str = "invalid_request_error") -> None:
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+
+
+def _error(exc: ApiError) -> Response:
+    return _json(errors.error_obj(exc.message, exc.type, exc.param, exc.code), exc.status)
+
+
+def _key(request: Request) -> str | None:
+    api_key = request.headers.get("api-key")
+    if api_key:
+        return api_key.strip()
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return auth[7:].strip()
+    return None
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return 20
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(400, f"Invalid 'limit': expected an integer, but got {value!r} instead.", "limit", "invalid_type")
+    if n < 1 or n > MAX_LIMIT:
+        raise ApiError(400, f"Invalid 'limit': expected a value between 1 and {MAX_LIMIT}, but got {n} instead.", "limit", "integer_out_of_range")
+    return n
+
+
+def _order(value: str | None) -> str:
+    if value in (None, "asc", "desc"):
+        return value or "asc"
+    raise ApiError(400, f"Invalid value for 'order': expected one of asc or desc, but got {value!r} instead.", "order", "invalid_value")
+
+
+def _not_found(completion_id: str) -> ApiError:
+    return ApiError(404, f"Chat completion with id '{completion_id}' not found.", None, "not_found")
+
+
+def _envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) -> APIRouter:
+    router = APIRouter()
+    guarded = bool(proxy_keys or admin_keys)
+
+    def check(request: Request) -> None:
+        if not guarded:
+            return
+        key = _key(request)
+        if not key:
+            raise ApiError(401, errors.NO_KEY, code="missing_api_key")
+        if key_in(key, admin_keys):
+            return
+        if key_in(key, proxy_keys):
+            raise ApiError(403, errors.NOT_ADMIN, code="insufficient_permissions", type="permission_error")
+        raise ApiError(401, errors.BAD_KEY, code="invalid_api_key")
+
+    def endpoint(fn: Callable[..., Any]) -> Callable[..., Response]:
+        @functools.wraps(fn)
+        def wrapped(request: Request, *args: Any, **kwargs: Any) -> Response:
+            try:
+                check(request)
+                return fn(request, *args, **kwargs)
+            except ApiError as exc:
+                return _error(exc)
+
+        return wrapped
+
+    @endpoint
+    def list_completions(request: Request) -> Response:
+        q = request.query_params
+        metadata = {k[len("metadata[") : -1]: v for k, v in q.multi_items() if k.startswith("metadata[") and k.endswith("]")}
+        page = list_stored(
+            store, model=q.get("model") or None, metadata=metadata or None, after=q.get("after") or None,
+            limit=_limit(q.get("limit")), order=_order(q.get("order")),
+        )
+        return _json(_envelope(page.data, page.has_more))
+
+    @endpoint
+    def retrieve(request: Request, completion_id: str) -> Response:
+        obj = get_stored(store, completion_id)
+        if obj is None:
+            raise _not_found(completion_id)
+        return _json(obj)
+
+    @endpoint
+    def update(request: Request, completion_id: str, body: bytes) -> Response:
+        try:
+            payload = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "We could not parse the JSON body of your request.")
+        if not isinstance(payload, dict) or "metadata" not in payload:
+            raise ApiError(400, "Missing required parameter: 'metadata'.", "metadata", "missing_required_parameter")
+        problem = metadata_error(payload["metadata"])
+        if problem is not None:
+            raise ApiError(400, problem[0], "metadata", problem[1])
+        if get_stored(store, completion_id) is None:
+            raise _not_found(completion_id)
+        obj = update_metadata(store, completion_id, payload["metadata"])
+        if obj is None:
+            raise _not_found(completion_id)
+        return _json(obj)
+
+    @endpoint
+    def delete(request: Request, completion_id: str) -> Response:
+        if get_stored(store, completion_id) is None or not delete_completion(store, completion_id):
+            raise _not_found(completion_id)
+        return _json({"object": "chat.completion.deleted", "id": completion_id, "deleted": True})
+
+    @endpoint
+    def messages(request: Request, completion_id: str) -> Response:
+        q = request.query_params
+        limit, order, after = _limit(q.get("limit")), _order(q.get("order")), q.get("after")
+        msgs = input_messages(store, completion_id)
+        if msgs is None:
+            raise _not_found(completion_id)
+        if order == "desc":
+            msgs = msgs[::-1]
+        if after:
+            ids = [m["id"] for m in msgs]
+            msgs = msgs[ids.index(after) + 1 :] if after in ids else []
+        return _json(_envelope(msgs[:limit], len(msgs) > limit))
+
+    for prefix in PREFIXES:
+        router.add_api_route(prefix, list_completions, methods=["GET"], include_in_schema=prefix == PREFIXES[0])
+        router.add_api_route(prefix + "/{completion_id}", retrieve, methods=["GET"], include_in_schema=prefix == PREFIXES[0])
+
+        async def _update(request: Request, completion_id: str, _fn: Callable[..., Response] = update) -> Response:
+            from starlette.concurrency import run_in_threadpool
+
+            body = await request.body()
+            return await run_in_threadpool(_fn, request, completion_id, body)
+
+        router.add_api_route(prefix + "/{completion_id}", _update, methods=["POST"], include_in_schema=prefix == PREFIXES[0])
+        router.add_api_route(prefix + "/{completion_id}", delete, methods=["DELETE"], include_in_schema=prefix == PREFIXES[0])
+        router.add_api_route(prefix + "/{completion_id}/messages", messages, methods=["GET"], include_in_schema=prefix == PREFIXES[0])
+    return router

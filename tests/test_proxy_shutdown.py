@@ -1,0 +1,97 @@
+"""SIGTERM under load: in-flight requests finish and every answered request is in the store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+from protege.store import Store
+from protege.store.completions import count
+
+KEY = "sk-shutdown-secret-777"
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_sigterm_under_load_loses_no_capture(tmp_path, fake_openai):
+    from tests.fakes.openai_upstream import start_fake_openai
+
+    slow = start_fake_openai(delay=0.05)
+    db = tmp_path / "serve.duckdb"
+    port = _free_port()
+    env = dict(os.environ, PROTEGE_LOG_LEVEL="DEBUG")
+    env.pop("OPENAI_API_KEY", None)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "protege", "--db", str(db), "serve", "--port", str(port), "--upstream", slow.base_url],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parent.parent),
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+
+        answered = []
+        stop = threading.Event()
+
+        def worker(n: int) -> None:
+            with httpx.Client(timeout=10) as c:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    try:
+                        r = c.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                                   json={"model": "m", "stream": i % 2 == 0, "messages": [{"role": "user", "content": f"w{n} r{i}"}]})
+                        if r.status_code == 200:
+                            r.read()
+                            answered.append(r)
+                    except httpx.TransportError:
+                        if proc.poll() is not None:
+                            return
+                        time.sleep(0.01)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is a clean exit too
+        assert proc.wait(30) in (0, -signal.SIGTERM), log_path.read_text()
+        stop.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        slow.stop()
+    assert len(answered) > 20
+    store = Store(str(db), read_only=True)
+    try:
+        rows = count(store)
+        assert rows >= len(answered), (rows, len(answered))
+    finally:
+        store.close()
+    assert KEY.encode() not in db.read_bytes()
+    assert KEY not in log_path.read_text()
