@@ -1,0 +1,175 @@
+"""HTTP API for eval runs under ``/protege/v1/evals`` (mounted by protege.app).
+
+A POST starts a run in the background of the server process (the process that owns the DuckDB
+file) and returns at once with the queued run; clients follow it with GET until ``completed``.
+Runs that were in progress when the server stopped are continued with ``POST .../{id}/resume``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import hmac
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from protege.store import evals as db
+
+log = logging.getLogger("protege.evals.api")
+
+router = APIRouter(prefix="/protege/v1/evals", tags=["evals"])
+
+# Strong references to background runs (asyncio keeps only weak ones), by run id.
+_tasks: dict[str, asyncio.Task] = {}
+
+
+def _error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
+
+
+def _denied(request: Request) -> JSONResponse | None:
+    """When the server has admin keys, eval runs (they read captured traffic) need one."""
+    settings = getattr(request.app.state, "protege_settings", None)
+    keys = list(getattr(settings, "admin_keys", None) or [])
+    if not keys:
+        return None
+    auth = request.headers.get("authorization", "")
+    key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("api-key", "").strip()
+    if key and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
+        return None
+    return _error(401, "This endpoint needs an admin key (Authorization: Bearer <admin key>).", code="invalid_api_key")
+
+
+def _store(request: Request) -> Any:
+    store = getattr(request.app.state, "protege_store", None)
+    if store is None:  # pragma: no cover - protege.app always sets it
+        raise RuntimeError("the app has no store (app.state.protege_store)")
+    return store
+
+
+def _start(store: Any, run_id: str) -> None:
+    from .runs import execute_run
+
+    async def runner() -> None:
+        try:
+            await execute_run(store, run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the run row records the failure
+            log.warning("eval run %s did not complete", run_id)
+        finally:
+            _tasks.pop(run_id, None)
+
+    _tasks[run_id] = asyncio.get_running_loop().create_task(runner())
+
+
+def _reconcile(store: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """This process owns the store, so a queued/running run with no task here was cut off (a
+    restart or crash): show it as canceled with the reason, and resumable."""
+    if run["status"] in ("queued", "in_progress") and run["id"] not in _tasks:
+        error = {"code": "interrupted", "message": "the server stopped during this run; POST .../resume to continue"}
+        db.update_run(store, run["id"], status="canceled", error=error)
+        run = {**run, "status": "canceled", "error": error}
+    return run
+
+
+def _not_found(run_id: str) -> JSONResponse:
+    return _error(404, f"No eval run found with id '{run_id}'.", param="run_id", code="not_found")
+
+
+@router.post("")
+async def create_eval_run(request: Request) -> Response:
+    if (denied := _denied(request)) is not None:
+        return denied
+    from .runs import RunSpec, RunSpecError, create_run
+
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "We could not parse the JSON body of your request.")
+    if not isinstance(body, dict):
+        return _error(400, "The request body must be a JSON object.")
+    if "items_file" in body:
+        return _error(400, "items_file is not accepted over HTTP; send the items inline as 'items'.", param="items_file")
+    try:
+        spec = RunSpec.from_dict(body)
+    except (RunSpecError, TypeError) as exc:
+        return _error(400, str(exc))
+    store = _store(request)
+    try:
+        run = await asyncio.to_thread(create_run, store, spec)
+    except RunSpecError as exc:
+        return _error(400, str(exc))
+    _start(store, run["id"])
+    return JSONResponse(run)
+
+
+@router.get("")
+async def list_eval_runs(request: Request, after: str | None = None, limit: int = 20, order: str = "desc") -> Response:
+    if (denied := _denied(request)) is not None:
+        return denied
+    from .runs import run_object
+
+    if not 1 <= limit <= 100:
+        return _error(400, "limit must be between 1 and 100.", param="limit", code="integer_out_of_range")
+    if order not in ("asc", "desc"):
+        return _error(400, "order must be 'asc' or 'desc'.", param="order")
+    store = _store(request)
+    runs, has_more = db.list_runs(store, after=after, limit=limit, order=order)
+    data = [run_object(store, _reconcile(store, r)) for r in runs]
+    return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                         "last_id": data[-1]["id"] if data else None, "has_more": has_more})
+
+
+@router.get("/{run_id}")
+async def get_eval_run(request: Request, run_id: str) -> Response:
+    if (denied := _denied(request)) is not None:
+        return denied
+    from .runs import run_object
+
+    store = _store(request)
+    run = db.get_run(store, run_id)
+    if run is None:
+        return _not_found(run_id)
+    return JSONResponse(run_object(store, _reconcile(store, run)))
+
+
+@router.post("/{run_id}/resume")
+async def resume_eval_run(request: Request, run_id: str) -> Response:
+    if (denied := _denied(request)) is not None:
+        return denied
+    from .runs import run_object
+
+    store = _store(request)
+    run = db.get_run(store, run_id)
+    if run is None:
+        return _not_found(run_id)
+    if run_id in _tasks:
+        return _error(409, f"Eval run '{run_id}' is already running.", code="run_in_progress")
+    _start(store, run_id)
+    return JSONResponse(run_object(store, {**run, "status": "in_progress", "error": None}))
+
+
+@router.get("/{run_id}/report")
+async def eval_run_report(request: Request, run_id: str, format: str = "html") -> Response:
+    if (denied := _denied(request)) is not None:
+        return denied
+    from .summary import FORMATS, render_report
+
+    if format not in FORMATS:
+        return _error(400, f"format must be one of {', '.join(FORMATS)}.", param="format")
+    store = _store(request)
+    if db.get_run(store, run_id) is None:
+        return _not_found(run_id)
+    try:
+        text = await asyncio.to_thread(render_report, store, run_id, format)
+    except ValueError as exc:
+        return _error(409, str(exc), code="run_not_completed")
+    return Response(text, media_type=FORMATS[format])
+
+
+__all__ = ["router"]
