@@ -1,0 +1,72 @@
+"""End to end: traffic sent with the openai SDK through the real proxy becomes a dataset."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+import uvicorn
+
+from protege.settings import load_settings
+from tests.test_feedback_api import call
+
+pytest.importorskip("protege.app")
+
+
+def test_traffic_through_the_proxy_becomes_a_dataset(tmp_path, fake_openai):
+    from openai import OpenAI
+
+    from protege.app import build_app
+
+    settings = load_settings(db=str(tmp_path / "e2e.duckdb"), upstream=fake_openai.base_url)
+    app, store, writer = build_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "proxy did not start"
+            time.sleep(0.02)
+        root = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        client = OpenAI(base_url=root + "/v1", api_key="sk-test-not-a-real-key", max_retries=0)
+        ids = []
+        system = "You are a long-winded teacher prompt that the student will not need."
+        for i in range(14):
+            # The fake echoes the last user message; one request repeats (a duplicate).
+            user = f"Ticket {i % 13}: please mail the invoice to person{i % 13}@example.com"
+            resp = client.chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                store=True,
+                metadata={"app": "support", "session": f"s{i // 4}"},
+            )
+            ids.append(resp.id)
+        assert writer.flush(10)
+
+        status, fb = call("POST", f"{root}/protege/v1/completions/{ids[1]}/feedback", {"score": 1, "correction": "Invoice sent."})
+        assert status == 200 and fb["id"].startswith("fb_")
+        status, err = call("POST", f"{root}/protege/v1/completions/chatcmpl-unknown/feedback", {"score": 1})
+        assert status == 404 and err["error"]["code"] == "not_found"
+
+        status, dv = call("POST", f"{root}/protege/v1/datasets", {
+            "name": "e2e", "metadata": {"app": "support"}, "prune_system_prompt": True,
+            "group_by": "session", "validation_fraction": 0.25, "seed": 1,
+        })
+        assert status == 200, dv
+        assert dv["counts"]["selected"] == 14 and dv["counts"]["exact_dedupe"] == 13
+        assert dv["system_prompt"] == system
+        lines = [orjson.loads(x) for x in open(dv["files"]["train"]["path"], "rb")]
+        lines += [orjson.loads(x) for x in open(dv["files"]["validation"]["path"], "rb")]
+        assert len(lines) == 13
+        text = orjson.dumps(lines).decode()
+        assert "example.com" not in text and "[EMAIL]" in text and system not in text
+        assert {"role": "assistant", "content": "Invoice sent."} in [e["messages"][-1] for e in lines]
+        assert all(e["messages"][0]["role"] == "user" for e in lines)
+        # Exact token counts from the captured usage, except the corrected/pruned ones.
+        assert dv["stats"]["tokens"]["train"]["total"] > 0
+    finally:
+        server.should_exit = True
+        thread.join(20)
