@@ -1,0 +1,165 @@
+"""One interface for every fine-tune backend (OpenAI, Azure OpenAI, the local student).
+
+Protege's job records (``store/jobs.py``) are backend-neutral: the job runner only ever calls
+``start``/``status``/``events``/``cancel``, so adding a provider means adding a backend, not touching
+the runner, the CLI or the HTTP API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+METHODS = ("supervised", "dpo")
+HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")
+
+
+class FineTuneError(Exception):
+    """A fine-tune request that cannot go ahead (bad input, provider refusal); the message is user-facing.
+
+    ``param`` and ``code`` follow OpenAI's error object so the API can return them unchanged.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status
+
+
+@dataclass
+class JobSpec:
+    """What to train. Files are local paths (the backend uploads them where needed)."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    method: str = "supervised"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    name: str | None = None  # local students: the served name (protege/<name>)
+    job_id: str | None = None  # Protege's ftjob_ id, for backends that record artifacts against it
+
+
+@dataclass
+class StartResult:
+    provider_job_id: str
+    status: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BackendStatus:
+    status: str  # one of store.jobs.STATUSES
+    fine_tuned_model: str | None = None
+    error: dict[str, Any] | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    trained_tokens: int | None = None
+    hyperparameters: dict[str, Any] | None = None
+
+
+class FineTuneBackend(Protocol):
+    name: str
+
+    def start(self, spec: JobSpec) -> StartResult: ...
+
+    def status(self, provider_job_id: str) -> BackendStatus: ...
+
+    def events(self, provider_job_id: str, known: set[str] | None = None) -> list[dict[str, Any]]:
+        """Events so far, oldest first, each with a stable ``id`` (the store de-duplicates); a backend
+        may stop early at ids in ``known`` (already recorded)."""
+        ...
+
+    def cancel(self, provider_job_id: str) -> BackendStatus: ...
+
+    def checkpoints(self, provider_job_id: str) -> list[dict[str, Any]]: ...
+
+
+BackendFactory = Callable[..., FineTuneBackend]
+_REGISTRY: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """``factory(store=..., settings=..., **options) -> backend``; tests register fakes the same way."""
+    _REGISTRY[name] = factory
+
+
+def backend_names() -> list[str]:
+    _ensure_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str, **kwargs: Any) -> FineTuneBackend:
+    _ensure_builtin()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise FineTuneError(
+            f"unknown backend {name!r}; expected one of {', '.join(sorted(_REGISTRY))}", param="backend", code="invalid_backend"
+        ) from None
+    return factory(**kwargs)
+
+
+def _ensure_builtin() -> None:
+    if "openai" in _REGISTRY and "local" in _REGISTRY:
+        return
+    from . import local_student, openai_backend
+
+    _REGISTRY.setdefault("openai", openai_backend.openai_backend_from_settings)
+    _REGISTRY.setdefault("azure", openai_backend.azure_backend_from_settings)
+    _REGISTRY.setdefault("local", local_student.local_backend)
+
+
+def validate_hyperparameters(method: str, hp: dict[str, Any]) -> dict[str, Any]:
+    """Check against OpenAI's documented domains before anything is uploaded (fail fast, one clear line)."""
+    if method not in METHODS:
+        raise FineTuneError(f"method must be one of {', '.join(METHODS)}, not {method!r}", param="method")
+    out: dict[str, Any] = {}
+    for key, value in hp.items():
+        if value is None:
+            continue
+        if key not in HYPERPARAMETERS:
+            raise FineTuneError(f"unknown hyperparameter {key!r}", param=f"hyperparameters.{key}")
+        if key == "beta" and method != "dpo":
+            raise FineTuneError("beta applies only to dpo jobs", param="hyperparameters.beta")
+        if value == "auto":
+            out[key] = value
+            continue
+        try:
+            if key in ("n_epochs", "batch_size"):
+                num: float = int(value)
+                if str(num) != str(value).strip() and float(value) != num:
+                    raise ValueError
+            else:
+                num = float(value)
+        except (TypeError, ValueError):
+            raise FineTuneError(f"hyperparameter {key} must be a number or 'auto', not {value!r}", param=f"hyperparameters.{key}") from None
+        ok = {
+            "n_epochs": 1 <= num <= 50,
+            "batch_size": 1 <= num <= 256,
+            "learning_rate_multiplier": num > 0,
+            "beta": 0 < num <= 2,
+        }[key]
+        if not ok:
+            ranges = {"n_epochs": "1..50", "batch_size": "1..256", "learning_rate_multiplier": "> 0", "beta": "(0, 2]"}
+            raise FineTuneError(f"hyperparameter {key}={value} is out of range ({ranges[key]})", param=f"hyperparameters.{key}")
+        out[key] = num
+    return out
+
+
+__all__ = [
+    "BackendStatus",
+    "FineTuneBackend",
+    "FineTuneError",
+    "HYPERPARAMETERS",
+    "JobSpec",
+    "METHODS",
+    "StartResult",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+    "validate_hyperparameters",
+]

@@ -1,0 +1,188 @@
+"""`protege finetune start|status|cancel|list|events`: fine-tune jobs from the command line.
+
+A local-student job started here trains in this process; without ``--wait`` the job record is
+printed first and the command returns when training ends (the process cannot leave a thread behind).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import typer
+
+from protege import clikit
+
+from . import jobs
+from .backends import FineTuneError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Fine-tune jobs (OpenAI, Azure OpenAI, local student).")
+
+
+def _parse_metadata(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            clikit.fail(f"--metadata expects key=value, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _num(value: str | None) -> Any:
+    """'auto' stays a string; numbers become numbers (the backend checks ranges)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            clikit.fail(f"expected a number or 'auto', got {value!r}")
+
+
+def _line(job: dict[str, Any]) -> str:
+    model = job.get("fine_tuned_model") or "-"
+    acc = ((job.get("result") or {}).get("metrics") or {}).get("validation_accuracy")
+    extra = f"  val_acc={acc}" if acc is not None else ""
+    return f"{job['id']}  {job['backend']:<6} {job['status']:<16} {job['model']}  -> {model}{extra}"
+
+
+def _show(store, job: dict[str, Any], as_json: bool) -> None:
+    view = jobs.job_view(store, job)
+    if as_json:
+        clikit.print_json(view)
+        return
+    typer.echo(_line(view))
+    if view.get("error"):
+        typer.echo(f"  error: {view['error'].get('message')}")
+    metrics = (view.get("result") or {}).get("metrics") or {}
+    if metrics.get("per_class"):
+        for label, m in metrics["per_class"].items():
+            typer.echo(f"  {label:<24} acc={m['accuracy']:.3f}  n={m['support']}")
+    for h in view.get("status_history", []):
+        typer.echo(f"  {h['at']:.0f}  {h['status']}")
+
+
+@app.command()
+def start(
+    training_file: Optional[str] = typer.Option(None, "--training-file", "-t", help="Training JSONL (OpenAI chat format)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset version id (ds_...) instead of files."),
+    validation_file: Optional[str] = typer.Option(None, "--validation-file", "-v", help="Validation JSONL."),
+    backend: str = typer.Option("openai", "--backend", "-b", help="openai, azure or local."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model, or ft:... to continue a fine-tune."),
+    method: Optional[str] = typer.Option(None, help="supervised or dpo (default: the dataset's kind, else supervised)."),
+    n_epochs: Optional[str] = typer.Option(None, help="1..50 or auto."),
+    batch_size: Optional[str] = typer.Option(None, help="1..256 or auto."),
+    learning_rate_multiplier: Optional[str] = typer.Option(None, help="> 0 or auto."),
+    beta: Optional[str] = typer.Option(None, help="DPO only: (0, 2] or auto."),
+    suffix: Optional[str] = typer.Option(None, help="Name part of the fine-tuned model (1..64 chars)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed."),
+    metadata: Optional[List[str]] = typer.Option(None, "--metadata", help="key=value (repeatable)."),
+    name: Optional[str] = typer.Option(None, help="Local student name (served as protege/<name>)."),
+    wait: bool = typer.Option(False, "--wait", help="Poll until the job ends."),
+    poll_interval: float = typer.Option(5.0, help="Seconds between polls with --wait."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Start a fine-tune job."""
+    store = clikit.open_cli_store()
+    hp = {"n_epochs": _num(n_epochs), "batch_size": _num(batch_size), "learning_rate_multiplier": _num(learning_rate_multiplier), "beta": _num(beta)}
+    try:
+        job = jobs.start_job(
+            store,
+            backend=backend,
+            model=model,
+            dataset=dataset,
+            training_file=training_file,
+            validation_file=validation_file,
+            method=method,
+            hyperparameters={k: v for k, v in hp.items() if v is not None},
+            suffix=suffix,
+            seed=seed,
+            metadata=_parse_metadata(metadata),
+            name=name,
+            settings=clikit.settings(),
+        )
+        if wait or backend == "local":
+            if not as_json and not wait:
+                typer.echo(f"{job['id']} started; training the local student in this process...", err=True)
+            interval = min(poll_interval, 0.2) if backend == "local" else poll_interval
+            job = jobs.wait_job(store, job["id"], interval=interval, settings=clikit.settings())
+    except FineTuneError as exc:
+        clikit.fail(exc.message)
+    except Exception as exc:  # the openai SDK is imported lazily; only its connection error is expected here
+        if type(exc).__name__ != "APIConnectionError":
+            raise
+        clikit.fail(f"the fine-tuning provider could not be reached: {exc}")
+    _show(store, job, as_json)
+    if job["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show a job (polling its backend if it is still running)."""
+    store = clikit.open_cli_store()
+    try:
+        job = jobs.get_job(store, job_id, settings=clikit.settings())
+    except FineTuneError as exc:
+        clikit.fail(exc.message)
+    _show(store, job, as_json)
+
+
+@app.command()
+def cancel(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Cancel a running job."""
+    store = clikit.open_cli_store()
+    try:
+        job = jobs.cancel_job(store, job_id, settings=clikit.settings())
+    except FineTuneError as exc:
+        clikit.fail(exc.message)
+    _show(store, job, as_json)
+
+
+@app.command("list")
+def list_(
+    limit: int = typer.Option(20, help="At most this many (1..100)."),
+    after: Optional[str] = typer.Option(None, help="Cursor: a job id."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List jobs, newest first."""
+    store = clikit.open_cli_store(read_only=False)
+    try:
+        items, more = jobs.list_jobs(store, after=after, limit=limit)
+    except FineTuneError as exc:
+        clikit.fail(exc.message)
+    views = [jobs.job_view(store, j, history=False) for j in items]
+    if as_json:
+        clikit.print_json(
+            {"object": "list", "data": views, "first_id": views[0]["id"] if views else None, "last_id": views[-1]["id"] if views else None, "has_more": more}
+        )
+        return
+    for v in views:
+        typer.echo(_line(v))
+    if more:
+        typer.echo(f"(more: --after {views[-1]['id']})")
+
+
+@app.command()
+def events(
+    job_id: str,
+    limit: int = typer.Option(20, help="At most this many (1..100)."),
+    after: Optional[str] = typer.Option(None, help="Cursor: an event id."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A job's events, newest first."""
+    store = clikit.open_cli_store()
+    try:
+        jobs.get_job(store, job_id, settings=clikit.settings())
+        items, more = jobs.list_events(store, job_id, after=after, limit=limit)
+    except FineTuneError as exc:
+        clikit.fail(exc.message)
+    if as_json:
+        clikit.print_json({"object": "list", "data": items, "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None, "has_more": more})
+        return
+    for e in items:
+        typer.echo(f"{e['created_at']}  {e['level']:<5} {e['message']}")

@@ -1,0 +1,331 @@
+"""The local scikit-learn student: trained on real labelled text (chatterbot-corpus, offline),
+saved as a versioned artifact, reloaded, answering in the teacher's format, served as protege/<name>."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from protege.distill import jobs
+from protege.distill.backends import FineTuneError
+from protege.distill.local_student import (
+    FastScorer,
+    examples_from_jsonl,
+    load_student,
+    normalise_label,
+    train,
+)
+from protege.distill.students import StudentRegistry, parse_model
+from protege.store import Store
+from protege.store import jobs as store_jobs
+
+SYSTEM = "Classify the user's message into one topic. Answer with JSON."
+
+
+def corpus() -> list[tuple[str, str]]:
+    """(question, category) from chatterbot-corpus' English YAML files (shipped in the wheel)."""
+    import chatterbot_corpus
+
+    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    pairs = []
+    for path in sorted(folder.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        category = doc["categories"][0]
+        for conv in doc.get("conversations") or []:
+            if isinstance(conv, list) and conv and isinstance(conv[0], str) and conv[0].strip():
+                pairs.append((conv[0].strip(), category))
+    return pairs
+
+
+def split(pairs, seed=0, frac=0.2):
+    """Stratified: every category with 2+ examples is on both sides."""
+    by = {}
+    for q, c in pairs:
+        by.setdefault(c, []).append((q, c))
+    rng = random.Random(seed)
+    train_, val = [], []
+    for c, items in sorted(by.items()):
+        rng.shuffle(items)
+        k = int(len(items) * frac) if len(items) >= 5 else 0
+        val += items[:k]
+        train_ += items[k:]
+    return train_, val
+
+
+def write_chat(path: Path, pairs, template) -> str:
+    with open(path, "w") as fh:
+        for q, c in pairs:
+            fh.write(json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}, {"role": "assistant", "content": template(c)}]}) + "\n")
+    return str(path)
+
+
+def json_template(c: str) -> str:
+    return json.dumps({"label": c})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    tr, va = split(corpus())
+    return {
+        "train_pairs": tr,
+        "val_pairs": va,
+        "train": write_chat(folder / "train.jsonl", tr, json_template),
+        "validation": write_chat(folder / "validation.jsonl", va, json_template),
+        "folder": folder,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """One local job through the job runner, shared by the tests that read its result."""
+    root = tmp_path_factory.mktemp("store")
+    store = Store(str(root / "p.duckdb"), data_dir=root / "data")
+    job = jobs.start_job(store, backend="local", training_file=data["train"], validation_file=data["validation"], name="topics")
+    job = jobs.wait_job(store, job["id"], interval=0.05, timeout=120)
+    yield store, job
+    store.close()
+
+
+def test_corpus_is_real_and_labelled():
+    pairs = corpus()
+    counts = Counter(c for _, c in pairs)
+    assert len(pairs) > 1900 and len(counts) >= 20
+    assert counts["trivia"] > 200
+
+
+def test_local_job_trains_a_useful_student(trained):
+    store, job = trained
+    assert job["status"] == "succeeded", job["error"]
+    assert job["fine_tuned_model"] == "protege/topics@v1"
+    metrics = job["result"]["metrics"]
+    # a topic classifier on short questions: well above guessing the majority class
+    assert metrics["validation_accuracy"] >= 0.80
+    assert metrics["validation_accuracy"] >= metrics["majority_baseline_accuracy"] + 0.3
+    assert metrics["validation_examples"] > 300
+    per_class = metrics["per_class"]
+    assert per_class["tech support"]["accuracy"] > 0.9 and per_class["trivia"]["support"] > 40
+    statuses = [h["status"] for h in store_jobs.status_history(store, job["id"])]
+    assert statuses[0] == "validating_files" and statuses[-1] == "succeeded"
+    messages = [e["message"] for e in jobs.list_events(store, job["id"], limit=100)[0]]
+    assert "New local student created: protege/topics@v1" in messages
+    assert any(m.startswith("Validation accuracy") for m in messages)
+
+
+def test_artifact_is_versioned_hashed_and_reloads(trained, data):
+    store, job = trained
+    student = job["result"]["student"]
+    folder = Path(student["path"]).parent
+    assert folder == store.data_dir / "students" / "topics" / "v1"
+    manifest = json.loads(Path(student["manifest"]).read_text())
+    row = store_jobs.get_student(store, "topics", 1)
+    assert manifest["sha256"] == row["sha256"] == student["sha256"]
+    assert manifest["classes"] == sorted({normalise_label(json_template(c)) for _, c in data["train_pairs"]})
+    assert manifest["templates"]["trivia"] == '{"label": "trivia"}'
+    assert manifest["metrics"]["validation_accuracy"] == job["result"]["metrics"]["validation_accuracy"]
+
+    loaded, _ = load_student(store, "topics")
+    texts = [q for q, _ in data["val_pairs"]]
+    labels = loaded.predict_labels(texts)
+    acc = sum(p == c.lower() for p, c in zip(labels, [c for _, c in data["val_pairs"]])) / len(texts)
+    assert abs(acc - job["result"]["metrics"]["validation_accuracy"]) < 1e-4  # metrics are rounded to 4 places
+    # the serving fast path agrees with scikit-learn's pipeline on every input
+    fast = FastScorer(loaded.pipeline)
+    assert [fast.predict(t)[0] for t in texts] == labels
+    answer, label, conf = loaded.answer([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Who was the 37th President of the United States?"}])
+    assert label == "trivia" and answer == '{"label": "trivia"}' and 0 <= conf <= 1
+
+
+def test_tampered_artifact_is_refused(tmp_path, data):
+    store = Store(str(tmp_path / "t.duckdb"))
+    try:
+        job = jobs.start_job(store, backend="local", training_file=data["train"], name="tamper")
+        job = jobs.wait_job(store, job["id"], interval=0.05, timeout=120)
+        path = Path(job["result"]["student"]["path"])
+        path.write_bytes(path.read_bytes() + b"x")
+        with pytest.raises(FineTuneError, match="does not match its recorded sha256"):
+            load_student(store, "tamper")
+    finally:
+        store.close()
+
+
+def test_answers_in_the_teachers_format():
+    rows = [(f"ticket {i}: my {w} is broken", w) for i in range(40) for w in ("printer", "laptop", "phone")]
+    # most answers use "Category: x", a few use another spelling: the student uses the most frequent one
+    answers = [(q, f"Category: {w.title()}" if i % 10 else f"category: {w}") for i, (q, w) in enumerate(rows)]
+    student = train(answers, random_state=0)
+    assert set(student.classes) == {"printer", "laptop", "phone"}
+    assert student.templates["laptop"] == "Category: Laptop"
+    text, label, _ = student.answer([{"role": "user", "content": "ticket 999: my laptop is broken"}])
+    assert (text, label) == ("Category: Laptop", "laptop")
+
+
+def test_normalise_label():
+    assert normalise_label('{"label": "Spam"}') == "spam"
+    assert normalise_label('{"category": "Tech Support", "confidence": 0.9}') == "tech support"
+    assert normalise_label('{"x": "billing"}') == "billing"
+    assert normalise_label("Category: spam.") == "spam"
+    assert normalise_label("  SPAM  ") == "spam"
+    assert normalise_label('"ham"') == "ham"
+
+
+def test_free_form_answers_are_refused():
+    pairs = [(f"question {i}", f"a long, unique free-form answer number {i}") for i in range(40)]
+    with pytest.raises(FineTuneError, match="free-form"):
+        train(pairs)
+    with pytest.raises(FineTuneError, match="same label"):
+        train([("a", "x"), ("b", "x"), ("c", "x")])
+
+
+def test_bad_local_job_fails_with_a_reason(tmp_path):
+    store = Store(str(tmp_path / "b.duckdb"))
+    try:
+        free = tmp_path / "free.jsonl"
+        free.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"unique answer {i}"}]}) for i in range(30)))
+        job = jobs.wait_job(store, jobs.start_job(store, backend="local", training_file=str(free), name="free")["id"], interval=0.05, timeout=60)
+        assert job["status"] == "failed" and job["error"]["code"] == "not_label_like"
+        with pytest.raises(FineTuneError, match="invalid student name"):
+            jobs.start_job(store, backend="local", training_file=str(free), name="../etc")
+        with pytest.raises(FineTuneError, match="supervised"):
+            jobs.start_job(store, backend="local", training_file=str(free), name="x", method="dpo")
+    finally:
+        store.close()
+
+
+def test_examples_use_the_last_assistant_turn(tmp_path):
+    path = tmp_path / "multi.jsonl"
+    path.write_text(json.dumps({"messages": [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "first"}, {"role": "assistant", "content": "A"},
+        {"role": "user", "content": "second"}, {"role": "assistant", "content": "B"},
+    ]}) + "\n")
+    assert examples_from_jsonl(path) == [("first\nsecond", "B")]
+    assert examples_from_jsonl(path, include_system=True) == [("sys\nfirst\nsecond", "B")]
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def test_registry_has_and_complete(trained, data):
+    store, _ = trained
+    reg = StudentRegistry(store, latest_ttl=0.0)
+    assert parse_model("protege/topics@v3") == ("topics", 3) and parse_model("gpt-4o") is None
+    assert reg.has("protege/topics") and reg.has("protege/topics@v1")
+    assert not reg.has("protege/topics@v9") and not reg.has("protege/other") and not reg.has("gpt-4o-mini")
+    body = {"model": "protege/topics", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is a computer?"}]}
+    out = reg.complete(body)
+    assert out["id"].startswith("chatcmpl-") and out["object"] == "chat.completion" and isinstance(out["created"], int)
+    assert out["model"] == "protege/topics@v1"
+    choice = out["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] == "stop" and choice["index"] == 0
+    assert json.loads(choice["message"]["content"])["label"] in {c.lower() for _, c in data["train_pairs"]} | {c for _, c in data["train_pairs"]}
+    usage = out["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    with pytest.raises(FineTuneError, match="does not exist"):
+        reg.complete({"model": "protege/topics@v7", "messages": body["messages"]})
+    with pytest.raises(FineTuneError, match="messages"):
+        reg.complete({"model": "protege/topics", "messages": []})
+
+    # a second version becomes "latest"; @v1 still answers from v1
+    job2 = jobs.wait_job(store, jobs.start_job(store, backend="local", training_file=data["train"], name="topics")["id"], interval=0.05, timeout=120)
+    assert job2["fine_tuned_model"] == "protege/topics@v2"
+    assert reg.complete(body)["model"] == "protege/topics@v2"
+    assert reg.complete(dict(body, model="protege/topics@v1"))["model"] == "protege/topics@v1"
+
+
+def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
+    """End to end: protege.app.build_app under uvicorn on 127.0.0.1, the OpenAI SDK as client."""
+    app_mod = pytest.importorskip("protege.app")
+    try:
+        import protege.proxy  # noqa: F401
+    except ImportError:
+        pytest.skip("the proxy is not there yet")
+    import openai
+    import uvicorn
+
+    from protege.settings import load_settings
+
+    # Its own store: the proxy's lifespan closes the store it was given on shutdown.
+    store = Store(str(tmp_path / "e2e.duckdb"), data_dir=tmp_path / "e2e-data")
+    job = jobs.start_job(store, backend="local", training_file=data["train"], name="topics")
+    assert jobs.wait_job(store, job["id"], interval=0.05, timeout=120)["status"] == "succeeded"
+    settings = load_settings(db=store.path, data_dir=str(store.data_dir), upstream="http://127.0.0.1:9/v1", upstream_api_key="sk-unused")
+    app, _store, _writer = app_mod.build_app(settings, store=store)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-client", max_retries=0)
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Who was the 37th President of the United States?"}]
+        out = client.chat.completions.create(model="protege/topics@v1", messages=messages)
+        assert out.choices[0].message.content == '{"label": "trivia"}'
+        assert out.model == "protege/topics@v1" and out.id.startswith("chatcmpl-") and out.usage.total_tokens > 0
+        chunks = list(client.chat.completions.create(model="protege/topics@v1", messages=messages, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == '{"label": "trivia"}'
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model="protege/unknown-student", messages=messages)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_cli_and_http_start_local_jobs(data, tmp_path):
+    from fastapi import FastAPI
+    from typer.testing import CliRunner
+
+    from protege.cli import app as cli_app
+    from protege.distill.finetune_api import router
+    from tests.test_finetune_jobs import _Server
+
+    db = str(tmp_path / "cli.duckdb")
+    r = CliRunner().invoke(cli_app, ["--db", db, "finetune", "start", "--backend", "local", "-t", data["train"], "-v", data["validation"], "--name", "topics", "--json"])
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.stdout)
+    assert job["status"] == "succeeded" and job["fine_tuned_model"] == "protege/topics@v1"
+    assert job["result"]["metrics"]["validation_accuracy"] >= 0.8
+    r = CliRunner().invoke(cli_app, ["--db", db, "finetune", "status", job["id"]])
+    assert "val_acc=" in r.stdout and "tech support" in r.stdout  # per-class lines
+
+    store = Store(str(tmp_path / "http.duckdb"))
+    try:
+        api = FastAPI()
+        api.include_router(router)
+        api.state.protege_store = store
+        with _Server(api) as srv:
+            status, created = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "training_file": data["train"], "name": "web"})
+            assert status == 200 and created["backend"] == "local"
+            deadline = time.monotonic() + 60
+            job = created
+            while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+                time.sleep(0.05)
+                status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{created['id']}")
+            assert job["status"] == "succeeded" and job["fine_tuned_model"] == "protege/web@v1"
+            status, err = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "training_file": data["train"], "name": "bad name!"})
+            assert status == 400 and err["error"]["param"] == "name"
+    finally:
+        store.close()
+
+
+def test_local_job_of_an_exited_process_reads_as_interrupted(tmp_path):
+    store = Store(str(tmp_path / "i.duckdb"))
+    try:
+        job = store_jobs.create_job(store, backend="local", model="tfidf-sgd", name="gone", status="running")
+        store_jobs.update_job(store, job["id"], provider_job_id=f"local-{job['id']}")
+        job = jobs.get_job(store, job["id"])
+        assert job["status"] == "failed" and job["error"]["code"] == "interrupted"
+        assert [h["status"] for h in store_jobs.status_history(store, job["id"])] == ["running", "failed"]
+    finally:
+        store.close()
