@@ -1,0 +1,626 @@
+"""The automatic distillation loop: watch traffic, train, evaluate on held-out data, roll out, back out.
+
+Each policy advances one small step per pass (:meth:`Worker.run_once`) through a *cycle* whose state
+lives in the store, and every state is written BEFORE the side effect it leads to:
+
+    pending --build dataset--> dataset_built --(state=launching)--> start job --> training
+    training --poll--> evaluating --gate--> promoted (a route is created) | rejected | failed
+
+So a worker killed at any point resumes from the store: a ``launching`` cycle first looks for a job
+already tagged with its cycle id (adopting it instead of starting a second one), a ``training`` cycle
+polls its recorded job, and a local job whose training thread died with the old process is restarted
+into the same job row. Fine-tunes are never waited for: a pass polls, so one slow job never holds up
+another policy.
+
+Live routes are checked on every pass too: online agreement between student and teacher on paired
+answers since the route entered its stage moves it forward (shadow -> canary -> full) or rolls it
+back, once at least ``min_compared`` pairs exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from protege.store import auto as store_auto
+
+from .agreement import AgreementResult, online_agreement
+from .gate import run_gate
+from .policies import Policy, PolicyError, stored_policy, sync_policies_file
+
+log = logging.getLogger("protege.distill.auto")
+
+STAGE_ORDER = ("shadow", "canary", "full")
+
+
+class AutoError(RuntimeError):
+    """A user-facing failure of a manual action (promote/rollback)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters to the other areas (dataset builder, fine-tune jobs, students). Kept here, small, so
+# that a change of their API is a change in one place.
+
+
+def _build_dataset(store: Any, policy: Policy, cycle: store_auto.AutoCycle) -> dict[str, Any]:
+    """Build a dataset version for the policy; returns {id, train_path, validation_path}."""
+    from dataclasses import fields
+
+    from protege.distill.builder import DatasetOptions, build_dataset  # type: ignore[attr-defined]
+
+    known = {f.name for f in fields(DatasetOptions)}
+    opts: dict[str, Any] = {}
+    defaults = {
+        "name": f"auto-{policy.name}",
+        "models": [policy.match.model] if policy.match.model else [],
+        "metadata": dict(policy.match.metadata),
+        # Only the teacher's own answers: never train a student on a student's output (used when
+        # the builder offers it).
+        "exclude_students": True,
+        # The validation split is the gate's held-out set: the student never trains on it.
+        "validation_fraction": 0.2,
+        "seed": 0,
+    }
+    for key, value in defaults.items():
+        if key in known:
+            opts[key] = value
+    opts.update(policy.dataset)
+    ds = build_dataset(store, DatasetOptions.from_dict(opts) if hasattr(DatasetOptions, "from_dict") else DatasetOptions(**opts))
+    return {"id": ds.id, "train_path": _str(ds.train_path), "validation_path": _str(ds.validation_path)}
+
+
+def _str(path: Any) -> str | None:
+    return None if path is None else str(path)
+
+
+def _jobs() -> Any:
+    from protege.distill import jobs  # type: ignore[attr-defined]
+
+    return jobs
+
+
+def _launch_job(store: Any, settings: Any, policy: Policy, cycle: store_auto.AutoCycle, ds: dict[str, Any],
+                backend_options: dict[str, Any] | None = None) -> str:
+    """Start the fine-tune on the TRAIN split only (the validation split is the held-out gate set)."""
+    jobs = _jobs()
+    student = policy.student
+    job = jobs.start_job(
+        store,
+        backend=student.backend,
+        model=student.base_model,
+        training_file=ds.get("train_path"),
+        validation_file=None,
+        hyperparameters=dict(student.hyperparameters),
+        suffix=student.suffix or (policy.name[:40] if student.backend != "local" else None),
+        seed=0,
+        metadata={"protege_policy": cycle.policy_id, "protege_cycle": cycle.id, "protege_dataset": str(ds.get("id"))},
+        name=policy.student_name if student.backend == "local" else None,
+        settings=settings,
+        backend_options=backend_options,
+    )
+    return job["id"] if isinstance(job, dict) else job.id
+
+
+def _find_job_for_cycle(store: Any, cycle_id: str) -> str | None:
+    """A job a killed worker started for this cycle before it could record the id."""
+    from protege.store import jobs as store_jobs
+
+    rows, _more = store_jobs.list_jobs(store, limit=1000, metadata={"protege_cycle": cycle_id})
+    return rows[-1]["id"] if rows else None  # the oldest, should there ever be two
+
+
+def _revive_local_job(store: Any, settings: Any, job: dict[str, Any]) -> None:
+    """A local job still 'running' in the store whose training thread died with an earlier process:
+    adopt the student it already saved, or re-train it deterministically under the same job id."""
+    from protege.distill.backends import JobSpec, get_backend
+    from protege.store import jobs as store_jobs
+
+    backend = get_backend("local", store=store, settings=settings)
+    pid = job.get("provider_job_id")
+    if pid and getattr(backend, "runs", {}).get(pid) is not None:
+        return  # trained (or training) in this process
+    saved = [s for s in store_jobs.list_students(store, job.get("name")) if s.get("job_id") == job["id"]]
+    if saved:
+        s = saved[0]
+        model = f"protege/{s['name']}@v{s['version']}"
+        store_jobs.add_events(store, job["id"], [{"message": f"Adopted {model}, saved before the worker stopped"}])
+        store_jobs.update_job(store, job["id"], status="succeeded", fine_tuned_model=model,
+                              result={**(job.get("result") or {}), "student": {"name": s["name"], "version": s["version"], "path": s["path"], "sha256": s["sha256"]}})
+        return
+    spec = JobSpec(
+        model=job["model"], training_file=job["training_file"], validation_file=job.get("validation_file"),
+        method=job.get("method") or "supervised", hyperparameters=dict(job.get("hyperparameters") or {}),
+        suffix=job.get("suffix"), seed=job.get("seed"), metadata=dict(job.get("metadata") or {}), name=job.get("name"), job_id=job["id"],
+    )
+    started = backend.start(spec)
+    store_jobs.add_events(store, job["id"], [{"message": "Training restarted: the process running it had stopped"}])
+    store_jobs.update_job(store, job["id"], provider_job_id=started.provider_job_id, status=started.status)
+
+
+def _poll_job(store: Any, settings: Any, job_id: str, backend_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Advance the job one poll (restarting a local job whose thread died) and return it."""
+    from protege.store import jobs as store_jobs
+
+    job = store_jobs.get_job(store, job_id)
+    if job is None:
+        raise LookupError(f"fine-tune job {job_id} is gone")
+    if job["backend"] == "local" and job["status"] not in store_jobs.TERMINAL_STATUSES:
+        _revive_local_job(store, settings, job)
+    return _jobs().sync_job(store, job_id, settings=settings, backend_options=(backend_options or {}).get(job["backend"]))
+
+
+def _predict(store: Any, settings: Any, policy: Policy, student_model: str, prompts: list[list[dict[str, Any]]],
+             client: Any = None) -> list[str]:
+    """The student's answers to held-out prompts (local students in-process, cloud ones via the SDK)."""
+    from .agreement import response_text
+
+    if policy.student.backend == "local":
+        from protege.distill.students import StudentRegistry  # type: ignore[attr-defined]
+
+        registry = StudentRegistry(store)
+        return [response_text(registry.complete({"model": student_model, "messages": msgs})) for msgs in prompts]
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = client or _cloud_client(settings, policy.student.backend)
+
+    def ask(msgs: list[dict[str, Any]]) -> str:
+        resp = client.chat.completions.create(model=student_model, messages=msgs, temperature=0)
+        return resp.choices[0].message.content or ""
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="protege-gate") as pool:  # the SDK client is thread-safe
+        return list(pool.map(ask, prompts))
+
+
+def _cloud_client(settings: Any, backend: str) -> Any:
+    import openai
+
+    if backend == "azure":
+        key = settings.azure_api_key.get_secret_value() if getattr(settings, "azure_api_key", None) else None
+        return openai.AzureOpenAI(azure_endpoint=settings.azure_endpoint, api_key=key, api_version=settings.azure_api_version)
+    key = settings.upstream_api_key.get_secret_value() if getattr(settings, "upstream_api_key", None) else None
+    return openai.OpenAI(base_url=settings.upstream, api_key=key)
+
+
+def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, prompts: list[list[dict[str, Any]]],
+                     refs: list[str], student_out: list[str]) -> str | None:
+    """Record the gate's evaluation as an eval run too, so `protege eval report RUN` shows it with
+    the usual headline, CIs and divergent items. Best effort: the decision never depends on it."""
+    try:
+        from protege.evals.summary import compute_results  # type: ignore[attr-defined]
+        from protege.store import evals as store_evals
+
+        spec = {
+            "candidates": [{"name": "student", "model": cycle.student_model, "base_url": None, "api_key_env": None}],
+            "metrics": list(policy.gate.metrics), "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
+            "source": f"protege auto: policy {policy.name}, cycle {cycle.id}, dataset {cycle.dataset_id} (held-out split)",
+        }
+        items = [{"source_id": f"{cycle.dataset_id}/validation/{i}", "messages": m, "reference": r, "reference_kind": "teacher",
+                  "teacher_output": r, "metadata": dict(policy.match.metadata)} for i, (m, r) in enumerate(zip(prompts, refs))]
+        run = store_evals.create_run(store, spec, items, name=f"auto-{policy.name}-{cycle.id}")
+        stored = store_evals.list_items(store, run["id"])
+        store_evals.save_outputs(store, run["id"], [
+            {"item_id": it["id"], "candidate": "student", "status": "ok", "output": out, "model": cycle.student_model}
+            for it, out in zip(stored, student_out)
+        ])
+        results = compute_results(store, run["id"])
+        store_evals.update_run(store, run["id"], status="completed", started_at=int(time.time()), completed_at=int(time.time()), results=results)
+        return run["id"]
+    except Exception:
+        log.warning("could not record the gate's eval run for cycle %s", cycle.id, exc_info=True)
+        return None
+
+
+def _read_heldout(path: str | None) -> tuple[list[list[dict[str, Any]]], list[str]]:
+    """Prompts (messages up to the last assistant turn) and reference answers of a JSONL split."""
+    from .agreement import response_text
+
+    prompts: list[list[dict[str, Any]]] = []
+    refs: list[str] = []
+    if not path or not Path(path).exists():
+        return prompts, refs
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            messages = orjson.loads(line).get("messages") or []
+            last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+            if last is None:
+                continue
+            prompts.append(messages[:last])
+            refs.append(response_text({"choices": [{"message": messages[last]}]}))
+    return prompts, refs
+
+
+def _is_final(exc: Exception) -> bool:
+    """Errors that retrying the same step cannot fix."""
+    if isinstance(exc, (ValueError, LookupError)):
+        return True
+    status = getattr(exc, "status", None)
+    return type(exc).__name__ == "FineTuneError" and isinstance(status, int) and status < 500
+
+
+# ---------------------------------------------------------------------------------------------
+# Trigger
+
+
+def due(store: Any, policy_id: str, policy: Policy, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+    """Whether the policy should start a cycle now, and the numbers behind it."""
+    now = time.time() if now is None else now
+    last = store_auto.last_cycle(store, policy_id)
+    after_seq = last.until_seq if last else 0
+    new = store_auto.eligible_count(store, policy.match.model, policy.match.metadata, after_seq)
+    elapsed = (now - last.created_at) if last else float("inf")
+    t = policy.trigger
+    by_count = t.min_new_completions is not None and new >= t.min_new_completions
+    by_schedule = t.every is not None and elapsed >= t.every and new >= 1
+    interval_ok = t.min_interval is None or elapsed >= t.min_interval
+    return (by_count or by_schedule) and interval_ok, {"new_eligible": new, "since_seq": after_seq, "elapsed_s": elapsed}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout
+
+
+def _stage_params(policy: Policy, stage: str) -> dict[str, float]:
+    r = policy.rollout
+    if stage == "shadow":
+        return {"percent": 0.0, "compare_percent": 0.0}
+    if stage == "canary":
+        # every student answer in the (small) canary is checked against the teacher in the background
+        return {"percent": r.canary_percent, "compare_percent": 100.0}
+    return {"percent": 100.0, "compare_percent": r.compare_percent}
+
+
+def open_route(store: Any, policy_id: str, policy: Policy, student_model: str, stage: str, cycle_id: str | None = None) -> store_auto.AutoRoute:
+    return store_auto.create_route(
+        store, policy_id, student_model, stage, match_model=policy.match.model, match_metadata=dict(policy.match.metadata),
+        timeout=policy.rollout.student_timeout, cycle_id=cycle_id, start_seq=store_auto.max_seq(store), **_stage_params(policy, stage),
+    )
+
+
+def next_stage(policy: Policy, stage: str) -> str | None:
+    stages = list(policy.rollout.stages)
+    later = [s for s in stages if STAGE_ORDER.index(s) > STAGE_ORDER.index(stage)]
+    return later[0] if later else None
+
+
+def promote(store: Any, policy_ref: str, stage: str | None = None) -> store_auto.AutoRoute:
+    """Manual promote: move the live route to ``stage`` (default: its next stage), or start one for
+    the policy's latest trained student."""
+    row = store_auto.get_policy(store, policy_ref)
+    if row is None:
+        raise AutoError(f"no policy {policy_ref!r}")
+    policy = stored_policy(row)
+    if stage is not None and stage not in STAGE_ORDER:
+        raise AutoError(f"stage must be shadow, canary or full, not {stage!r}")
+    routes = store_auto.active_routes(store, row.id)
+    if routes:
+        route = routes[0]
+        target = stage or next_stage(policy, route.stage)
+        if target is None:
+            raise AutoError(f"policy {row.name!r} is already at stage {route.stage!r}")
+        p = _stage_params(policy, target)
+        updated = store_auto.set_route_stage(store, route.id, target, p["percent"], store_auto.max_seq(store), p["compare_percent"])
+        store_auto.record_decision(store, row.id, "promote", "advance", f"manual promote {route.stage} -> {target}",
+                                   {"from": route.stage, "to": target, "manual": True}, cycle_id=route.cycle_id, route_id=route.id)
+        return updated
+    students = [c for c in store_auto.list_cycles(store, row.id, limit=50) if c.student_model]
+    if not students:
+        raise AutoError(f"policy {row.name!r} has no trained student to promote")
+    target = stage or policy.rollout.stages[0]
+    route = open_route(store, row.id, policy, students[0].student_model, target, students[0].id)  # type: ignore[arg-type]
+    store_auto.record_decision(store, row.id, "promote", "promote", f"manual promote of {students[0].student_model} to {target}",
+                               {"to": target, "student_model": students[0].student_model, "cycle_id": students[0].id, "manual": True},
+                               cycle_id=students[0].id, route_id=route.id)
+    return route
+
+
+def rollback(store: Any, policy_ref: str, reason: str = "manual rollback") -> store_auto.AutoRoute:
+    row = store_auto.get_policy(store, policy_ref)
+    if row is None:
+        raise AutoError(f"no policy {policy_ref!r}")
+    routes = store_auto.active_routes(store, row.id)
+    if not routes:
+        raise AutoError(f"policy {row.name!r} has no live route")
+    ended = store_auto.end_route(store, routes[0].id)
+    store_auto.record_decision(store, row.id, "manual_rollback", "rollback", reason,
+                               {"stage": routes[0].stage, "student_model": routes[0].student_model, "manual": True}, route_id=routes[0].id)
+    return ended  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker
+
+
+class Worker:
+    """Runs the loop in a thread (``start``/``stop``) or one pass at a time (``run_once``)."""
+
+    def __init__(self, store: Any, settings: Any = None, *, interval: float = 5.0, policies_file: str | None = None,
+                 clock: Callable[[], float] = time.time, backend_options: dict[str, dict[str, Any]] | None = None,
+                 student_client: Any = None) -> None:
+        """``backend_options``: per fine-tune backend, passed to it (e.g. a fine-tuning endpoint other than
+        the proxy's upstream); ``student_client``: the OpenAI client that evaluates cloud students
+        (default: the configured upstream / Azure endpoint)."""
+        self.store = store
+        self.backend_options = backend_options or {}
+        self.student_client = student_client
+        self.settings = settings
+        self.interval = interval
+        self.policies_file = policies_file or (getattr(settings, "policies_file", None) if settings is not None else None)
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._synced = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="protege-auto-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait_local_jobs(self, timeout: float = 600.0) -> None:
+        """Let local students training in this process finish (before the store is closed)."""
+        try:
+            from protege.distill.local_student import local_backend
+        except ImportError:
+            return
+        backend = local_backend(store=self.store)
+        deadline = time.monotonic() + timeout
+        for run in list(getattr(backend, "runs", {}).values()):
+            thread = getattr(run, "thread", None)
+            if thread is not None and thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for action in self.run_once():
+                    log.info("%s", action)
+            except Exception:
+                log.exception("automatic distillation pass failed")
+            try:  # cloud fine-tunes advance even when no policy is waiting on them
+                from .jobs import sync_all
+
+                sync_all(self.store, settings=self.settings)
+            except Exception:
+                log.exception("polling fine-tune jobs failed")
+            self._stop.wait(self.interval)
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    def run_once(self) -> list[str]:
+        """Advance every policy and every live route by what can be done now; returns what was done."""
+        actions: list[str] = []
+        if self.policies_file and not self._synced:
+            sync_policies_file(self.store, self.policies_file)
+            self._synced = True
+            actions.append(f"loaded policies from {self.policies_file}")
+        for row in store_auto.list_policies(self.store, enabled_only=True):
+            try:
+                policy = stored_policy(row)
+            except PolicyError as exc:
+                log.error("skipping policy %s: %s", row.name, exc)
+                continue
+            try:
+                actions += self.step_policy(row.id, policy)
+            except Exception as exc:  # one policy's failure must not stop the others
+                log.exception("policy %s failed", row.name)
+                actions.append(f"{row.name}: error: {exc}")
+        for route in store_auto.active_routes(self.store):
+            try:
+                actions += self.step_route(route)
+            except Exception as exc:
+                log.exception("route %s check failed", route.id)
+                actions.append(f"route {route.id}: error: {exc}")
+        return actions
+
+    def step_policy(self, policy_id: str, policy: Policy) -> list[str]:
+        store = self.store
+        actions: list[str] = []
+        cycle = store_auto.open_cycle(store, policy_id)
+        if cycle is None:
+            ok, numbers = due(store, policy_id, policy, self.clock())
+            if not ok:
+                return actions
+            cycle = store_auto.create_cycle(store, policy_id, until_seq=store_auto.max_seq(store))
+            actions.append(f"{policy.name}: cycle {cycle.id} started ({numbers['new_eligible']} new eligible completions)")
+        name = policy.name
+        try:
+            if cycle.state == "pending":
+                ds = _build_dataset(store, policy, cycle)
+                cycle = store_auto.update_cycle(store, cycle.id, dataset_id=ds["id"], state="dataset_built")
+                actions.append(f"{name}: dataset {ds['id']} built")
+            if cycle.state == "dataset_built":
+                # Persist the intent BEFORE the side effect: a crash after the job starts but before its
+                # id is recorded leaves "launching", and resume adopts the job tagged with this cycle.
+                cycle = store_auto.update_cycle(store, cycle.id, state="launching", attempts=cycle.attempts + 1)
+                job_id = _launch_job(store, self.settings, policy, cycle, self._dataset(cycle), self.backend_options.get(policy.student.backend))
+                cycle = store_auto.update_cycle(store, cycle.id, job_id=job_id, state="training")
+                actions.append(f"{name}: fine-tune {job_id} started")
+            elif cycle.state == "launching":
+                job_id = _find_job_for_cycle(store, cycle.id)
+                if job_id is None:
+                    job_id = _launch_job(store, self.settings, policy, cycle, self._dataset(cycle), self.backend_options.get(policy.student.backend))
+                    actions.append(f"{name}: fine-tune {job_id} started (resumed)")
+                else:
+                    actions.append(f"{name}: adopted fine-tune {job_id}")
+                cycle = store_auto.update_cycle(store, cycle.id, job_id=job_id, state="training")
+            if cycle.state == "training":
+                job = _poll_job(store, self.settings, cycle.job_id, self.backend_options)  # type: ignore[arg-type]
+                status = job.get("status")
+                if status == "succeeded":
+                    model = job.get("fine_tuned_model")
+                    cycle = store_auto.update_cycle(store, cycle.id, student_model=model, state="evaluating")
+                    actions.append(f"{name}: fine-tune {cycle.job_id} succeeded -> {model}")
+                elif status in ("failed", "cancelled"):
+                    err = job.get("error")
+                    d = store_auto.record_decision(store, policy_id, "gate", "reject", f"fine-tune {status}",
+                                                   {"job_id": cycle.job_id, "error": err}, cycle_id=cycle.id)
+                    store_auto.update_cycle(store, cycle.id, state="failed", error=f"fine-tune {status}: {err}", decision_id=d.id)
+                    actions.append(f"{name}: fine-tune {cycle.job_id} {status}")
+                    return actions
+                else:
+                    return actions
+            if cycle.state == "evaluating":
+                actions += self._evaluate(policy_id, policy, cycle)
+        except Exception as exc:
+            # Dataset/launch problems (too little data, bad options, a provider refusing the job)
+            # end the cycle; the next one starts when the trigger fires again on new traffic.
+            # Anything else (a network error while polling) is retried on the next pass.
+            if cycle.state in ("pending", "dataset_built") or _is_final(exc):
+                d = store_auto.record_decision(store, policy_id, "gate", "reject", f"cycle failed: {exc}", {"state": cycle.state}, cycle_id=cycle.id)
+                store_auto.update_cycle(store, cycle.id, state="failed", error=str(exc)[:2000], decision_id=d.id)
+                actions.append(f"{name}: cycle {cycle.id} failed: {exc}")
+                return actions
+            raise
+        return actions
+
+    def _dataset(self, cycle: store_auto.AutoCycle) -> dict[str, Any]:
+        from protege.distill.builder import get_dataset  # type: ignore[attr-defined]
+
+        ds = get_dataset(self.store, cycle.dataset_id)  # type: ignore[arg-type]
+        if ds is None:
+            raise LookupError(f"dataset {cycle.dataset_id} is gone")
+        return {"id": ds.id, "train_path": _str(ds.train_path), "validation_path": _str(ds.validation_path)}
+
+    def _evaluate(self, policy_id: str, policy: Policy, cycle: store_auto.AutoCycle) -> list[str]:
+        """Score the student on the held-out split, decide with the gate, record everything."""
+        ds = self._dataset(cycle)
+        prompts, refs = _read_heldout(ds.get("validation_path"))
+        if not refs:
+            raise ValueError(f"dataset {ds['id']} has no held-out (validation) items to evaluate the student on")
+        student_out = _predict(self.store, self.settings, policy, cycle.student_model, prompts, self.student_client) if prompts else []  # type: ignore[arg-type]
+        # The reference is the teacher's answer (or a human correction of it, which the dataset puts
+        # in its place); the teacher's own output is that same answer unless it was corrected.
+        teacher_out = list(refs)
+        result = run_gate(policy.gate, student_out, teacher_out, refs)
+        disagreements = [
+            {"prompt": (p[-1].get("content") if p else None), "teacher": r, "student": s}
+            for p, r, s in zip(prompts, refs, student_out) if s.strip() != r.strip()
+        ][:10]
+        evaluation = {"dataset_id": ds["id"], "n_items": len(refs), "gate": result.to_dict(), "examples_disagreeing": disagreements}
+        run_id = _record_eval_run(self.store, policy, cycle, prompts, refs, student_out)
+        if run_id:
+            evaluation["eval_run_id"] = run_id
+        outcome = "promote" if result.passed else "reject"
+        decision = store_auto.record_decision(
+            store=self.store, policy_id=policy_id, kind="gate", outcome=outcome, reason=result.reason,
+            details={"student_model": cycle.student_model, "job_id": cycle.job_id, **evaluation}, cycle_id=cycle.id,
+        )
+        actions = [f"{policy.name}: gate {'passed' if result.passed else 'failed'} ({result.reason})"]
+        if result.passed:
+            stage = policy.rollout.stages[0]
+            route = open_route(self.store, policy_id, policy, cycle.student_model, stage, cycle.id)  # type: ignore[arg-type]
+            store_auto.update_cycle(self.store, cycle.id, evaluation=evaluation, decision_id=decision.id, state="promoted")
+            actions.append(f"{policy.name}: route {route.id} -> {cycle.student_model} at stage {stage}")
+        else:
+            store_auto.update_cycle(self.store, cycle.id, evaluation=evaluation, decision_id=decision.id, state="rejected")
+        return actions
+
+    def step_route(self, route: store_auto.AutoRoute) -> list[str]:
+        """Advance or roll back a live route on its online agreement."""
+        row = store_auto.get_policy(self.store, route.policy_id)
+        if row is None:
+            return []
+        policy = stored_policy(row)
+        ag: AgreementResult = online_agreement(self.store, route, policy)
+        r = policy.rollout
+        details = {"stage": route.stage, "student_model": route.student_model, "agreement": ag.rate, "compared": ag.n,
+                   "agreed": ag.agreed, "threshold": r.agreement_threshold, "min_compared": r.min_compared}
+        if ag.n < r.min_compared or ag.rate is None:
+            return []
+        if ag.rate < r.agreement_threshold:
+            store_auto.end_route(self.store, route.id)
+            store_auto.record_decision(self.store, route.policy_id, "rollback", "rollback",
+                                       f"online agreement {ag.rate:.3f} < {r.agreement_threshold} over {ag.n} pairs at stage {route.stage}",
+                                       details, cycle_id=route.cycle_id, route_id=route.id)
+            return [f"{policy.name}: rolled back {route.student_model} (agreement {ag.rate:.3f} over {ag.n})"]
+        target = next_stage(policy, route.stage)
+        if target is None:
+            return []
+        p = _stage_params(policy, target)
+        store_auto.set_route_stage(self.store, route.id, target, p["percent"], store_auto.max_seq(self.store), p["compare_percent"])
+        store_auto.record_decision(self.store, route.policy_id, "advance", "advance",
+                                   f"online agreement {ag.rate:.3f} >= {r.agreement_threshold} over {ag.n} pairs: {route.stage} -> {target}",
+                                   {**details, "to": target}, cycle_id=route.cycle_id, route_id=route.id)
+        return [f"{policy.name}: {route.student_model} {route.stage} -> {target} (agreement {ag.rate:.3f} over {ag.n})"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Status
+
+
+def policy_status(store: Any, row: store_auto.AutoPolicy) -> dict[str, Any]:
+    """Per policy: eligible traffic since the last run, current job, last evaluation, live route."""
+    try:
+        policy: Policy | None = stored_policy(row)
+    except PolicyError:
+        policy = None
+    last = store_auto.last_cycle(store, row.id)
+    out: dict[str, Any] = {"id": row.id, "object": "protege.policy.status", "name": row.name, "enabled": row.enabled}
+    if policy is not None:
+        out["eligible_since_last_run"] = store_auto.eligible_count(store, policy.match.model, policy.match.metadata, last.until_seq if last else 0)
+    out["cycle"] = None if last is None else {
+        "id": last.id, "state": last.state, "dataset_id": last.dataset_id, "job_id": last.job_id, "student_model": last.student_model,
+        "created_at": int(last.created_at), "error": last.error,
+    }
+    job = None
+    if last is not None and last.job_id:
+        try:
+            from protege.store import jobs as store_jobs
+
+            j = store_jobs.get_job(store, last.job_id)
+            job = None if j is None else {"id": j.get("id"), "status": j.get("status"), "backend": j.get("backend"), "fine_tuned_model": j.get("fine_tuned_model")}
+        except ImportError:
+            job = {"id": last.job_id}
+    out["job"] = job
+    evaluated = next((c for c in store_auto.list_cycles(store, row.id, limit=50) if c.evaluation), None)
+    if evaluated is not None:
+        ev = store_auto.loads(evaluated.evaluation, {})
+        gate = ev.get("gate") or {}
+        out["last_evaluation"] = {"cycle_id": evaluated.id, "student_model": evaluated.student_model, "passed": gate.get("passed"),
+                                  "reason": gate.get("reason"), "n_items": ev.get("n_items"), "metrics": gate.get("metrics")}
+    else:
+        out["last_evaluation"] = None
+    routes = store_auto.active_routes(store, row.id)
+    if routes and policy is not None:
+        route = routes[0]
+        ag = online_agreement(store, route, policy)
+        out["route"] = {"id": route.id, "student_model": route.student_model, "stage": route.stage, "percent": route.percent,
+                        "compare_percent": route.compare_percent, "since": int(route.stage_started_at),
+                        "agreement": ag.rate, "compared": ag.n, "threshold": policy.rollout.agreement_threshold,
+                        "served": store_auto.served_counts(store, policy.match.model, policy.match.metadata, route.stage_started_seq)}
+    else:
+        out["route"] = None
+    return out
+
+
+def _public(d: dict[str, Any], obj: str) -> dict[str, Any]:
+    """API shape: id and object first, times as Unix seconds (as in OpenAI's objects)."""
+    out = {"id": d.pop("id"), "object": obj}
+    for key, value in d.items():
+        out[key] = int(value) if key.endswith("_at") and isinstance(value, float) else value
+    return out
+
+
+def route_object(route: store_auto.AutoRoute) -> dict[str, Any]:
+    return _public(store_auto.as_dict(route), "protege.route")
+
+
+def decision_object(d: store_auto.AutoDecision) -> dict[str, Any]:
+    return _public(store_auto.as_dict(d), "protege.decision")

@@ -1,0 +1,300 @@
+"""`protege auto ...` (policies, status, decisions, manual promote/rollback) and `protege worker`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+
+from protege import clikit
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Automatic distillation: policies, rollout, decisions.")
+
+
+def _store() -> Any:
+    return clikit.open_cli_store()
+
+
+def _policy_row(store: Any, ref: str) -> Any:
+    from protege.store import auto as store_auto
+
+    row = store_auto.get_policy(store, ref)
+    if row is None:
+        clikit.fail(f"no policy {ref!r} (see `protege auto list`)")
+    return row
+
+
+def _ts(t: float | None) -> str:
+    if not t:
+        return "-"
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command("validate")
+def validate(file: str = typer.Argument(..., help="Policies TOML file ([[policy]] tables).")) -> None:
+    """Check a policies file without touching the store."""
+    from .policies import PolicyError, load_policies_file
+
+    try:
+        policies = load_policies_file(file)
+    except PolicyError as exc:
+        clikit.fail(exc.message)
+    typer.echo(f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'} OK: {', '.join(p.name for p in policies)}")
+
+
+@app.command("apply")
+def apply(
+    file: str = typer.Argument(..., help="Policies TOML file ([[policy]] tables)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Create or update the policies of a TOML file (matched by name)."""
+    from .policies import PolicyError, load_policies_file, policy_object, save_policy
+
+    try:
+        policies = load_policies_file(file)
+    except PolicyError as exc:
+        clikit.fail(exc.message)
+    store = _store()
+    try:
+        rows = [save_policy(store, p) for p in policies]
+    finally:
+        store.close()
+    if json_out:
+        clikit.print_json({"object": "list", "data": [policy_object(r) for r in rows]})
+        return
+    for r in rows:
+        typer.echo(f"{r.id}  {r.name}")
+
+
+@app.command("list")
+def list_(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """The stored policies."""
+    from protege.store import auto as store_auto
+
+    from .policies import policy_object
+
+    store = _store()
+    try:
+        rows = store_auto.list_policies(store)
+    finally:
+        store.close()
+    if json_out:
+        clikit.print_json({"object": "list", "data": [policy_object(r) for r in rows]})
+        return
+    if not rows:
+        typer.echo("no policies (add some with `protege auto apply policies.toml`)")
+    for r in rows:
+        typer.echo(f"{r.id}  {r.name}  {'enabled' if r.enabled else 'disabled'}")
+
+
+@app.command("show")
+def show(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
+    """One policy, as JSON."""
+    from .policies import policy_object
+
+    store = _store()
+    try:
+        clikit.print_json(policy_object(_policy_row(store, policy)))
+    finally:
+        store.close()
+
+
+def _set_enabled(policy: str, enabled: bool) -> None:
+    import orjson
+    from protege.store import auto as store_auto
+
+    store = _store()
+    try:
+        row = _policy_row(store, policy)
+        store_auto.put_policy(store, row.name, orjson.loads(row.spec) | {"enabled": enabled}, enabled=enabled)
+    finally:
+        store.close()
+    typer.echo(f"{row.name} {'enabled' if enabled else 'disabled'}")
+
+
+@app.command("enable")
+def enable(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
+    """Let the worker act on this policy again."""
+    _set_enabled(policy, True)
+
+
+@app.command("disable")
+def disable(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
+    """Stop starting new cycles for this policy (its live route stays; roll it back to remove it)."""
+    _set_enabled(policy, False)
+
+
+@app.command("delete")
+def delete(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
+    """Delete a policy and take its live route down (history stays)."""
+    from protege.store import auto as store_auto
+
+    store = _store()
+    try:
+        row = _policy_row(store, policy)
+        store_auto.delete_policy(store, row.id)
+    finally:
+        store.close()
+    typer.echo(f"deleted {row.name}")
+
+
+@app.command("status")
+def status(
+    policy: str | None = typer.Argument(None, help="Only this policy (id or name)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Per policy: new eligible traffic, the current job, the last evaluation, the live route and its agreement."""
+    from protege.store import auto as store_auto
+
+    from .auto import policy_status
+
+    store = _store()
+    try:
+        rows = [_policy_row(store, policy)] if policy else store_auto.list_policies(store)
+        data = [policy_status(store, r) for r in rows]
+    finally:
+        store.close()
+    if json_out:
+        clikit.print_json({"object": "list", "data": data})
+        return
+    if not data:
+        typer.echo("no policies")
+    for s in data:
+        typer.echo(f"{s['name']} ({s['id']}){'' if s['enabled'] else ' [disabled]'}")
+        typer.echo(f"  eligible since last run: {s.get('eligible_since_last_run', '?')}")
+        c = s["cycle"]
+        typer.echo(f"  cycle: {'-' if not c else c['id'] + ' ' + c['state'] + (' (' + c['error'] + ')' if c.get('error') else '')}")
+        j = s["job"]
+        typer.echo(f"  job: {'-' if not j else str(j.get('id')) + ' ' + str(j.get('status', '')) + (' -> ' + j['fine_tuned_model'] if j.get('fine_tuned_model') else '')}")
+        e = s["last_evaluation"]
+        if e:
+            typer.echo(f"  last evaluation: {'PASSED' if e['passed'] else 'FAILED'} on {e['n_items']} held-out items: {e['reason']}")
+        else:
+            typer.echo("  last evaluation: -")
+        r = s["route"]
+        if r:
+            ag = "n/a" if r["agreement"] is None else f"{r['agreement']:.3f}"
+            typer.echo(f"  route: {r['student_model']} stage={r['stage']} percent={r['percent']:g} agreement={ag} over {r['compared']} (threshold {r['threshold']})")
+        else:
+            typer.echo("  route: - (the teacher answers everything)")
+
+
+@app.command("decisions")
+def decisions(
+    policy: str = typer.Argument(..., help="Policy id or name."),
+    limit: int = typer.Option(20, min=1, max=1000, help="How many, newest first."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Every gate, advance and rollback decision with the numbers behind it."""
+    from protege.store import auto as store_auto
+
+    from .auto import decision_object
+
+    store = _store()
+    try:
+        row = _policy_row(store, policy)
+        rows, has_more = store_auto.list_decisions(store, row.id, limit=limit)
+    finally:
+        store.close()
+    data = [decision_object(d) for d in rows]
+    if json_out:
+        clikit.print_json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                           "last_id": data[-1]["id"] if data else None, "has_more": has_more})
+        return
+    if not data:
+        typer.echo("no decisions yet")
+    for d in data:
+        typer.echo(f"{_ts(d['created_at'])}  {d['kind']:<15} {d['outcome']:<8} {d['reason']}")
+
+
+@app.command("promote")
+def promote(
+    policy: str = typer.Argument(..., help="Policy id or name."),
+    stage: str | None = typer.Option(None, "--stage", help="shadow, canary or full (default: the next stage)."),
+) -> None:
+    """Move the policy's student to the next (or given) stage now."""
+    from . import auto
+
+    store = _store()
+    try:
+        route = auto.promote(store, policy, stage)
+    except auto.AutoError as exc:
+        clikit.fail(str(exc))
+    finally:
+        store.close()
+    typer.echo(f"{route.student_model} is now at stage {route.stage} ({route.percent:g}% served by the student)")
+
+
+@app.command("rollback")
+def rollback(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
+    """Take the policy's student out of the traffic now (the teacher answers everything)."""
+    from . import auto
+
+    store = _store()
+    try:
+        route = auto.rollback(store, policy)
+    except auto.AutoError as exc:
+        clikit.fail(str(exc))
+    finally:
+        store.close()
+    typer.echo(f"rolled back {route.student_model}; the teacher answers all matching traffic")
+
+
+@app.command("routes")
+def routes(
+    all_: bool = typer.Option(False, "--all", help="Include ended routes."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Live routes (and, with --all, the ended ones)."""
+    from protege.store import auto as store_auto
+
+    from .auto import route_object
+
+    store = _store()
+    try:
+        data = [route_object(r) for r in store_auto.list_routes(store, include_ended=all_)]
+    finally:
+        store.close()
+    if json_out:
+        clikit.print_json({"object": "list", "data": data})
+        return
+    for r in data:
+        typer.echo(f"{r['id']}  {r['student_model']}  {r['stage']}  {r['percent']:g}%  {'live' if r['active'] else 'ended'}")
+
+
+def worker(
+    policies: str | None = typer.Option(None, "--policies", help="Policies TOML file to load (upserted by name)."),
+    interval: float = typer.Option(5.0, "--interval", min=0.05, help="Seconds between passes."),
+    once: bool = typer.Option(False, "--once", help="Do one pass and exit."),
+) -> None:
+    """Run the automatic distillation loop (without the proxy)."""
+    from .auto import Worker
+    from .policies import PolicyError, load_policies_file
+
+    settings = clikit.settings()
+    policies = policies or settings.policies_file
+    if policies:
+        try:
+            load_policies_file(policies)
+        except PolicyError as exc:
+            clikit.fail(exc.message)
+    logging.getLogger("protege").setLevel(logging.INFO)
+    store = _store()
+    w = Worker(store, settings, interval=interval, policies_file=policies)
+    try:
+        if once:
+            for action in w.run_once():
+                typer.echo(action)
+            return
+        while True:
+            for action in w.run_once():
+                typer.echo(action)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        w.wait_local_jobs()  # a local student still training needs the store to save itself
+        store.close()

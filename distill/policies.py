@@ -1,0 +1,279 @@
+"""Distillation policies: which traffic to distill, when, into what, and how good it must be.
+
+A policy is declared once (TOML ``[[policy]]`` tables, the CLI, or the HTTP API) and the worker
+does the rest. Validation is strict (unknown keys are errors: a typo must not silently fall back
+to a default that promotes a bad student) and every error is one line naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used; ``param`` names the offending field (for OpenAI-style errors)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``3600``, ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")  # noqa: TRY004 - pydantic reports ValueError
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"not a duration: {value!r} (use seconds or e.g. \"30m\", \"24h\", \"7d\")")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrafficMatch(_Strict):
+    """Requests whose requested model and metadata match (all listed pairs must be present)."""
+
+    model: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something(self) -> TrafficMatch:
+        if not self.model and not self.metadata:
+            raise ValueError("match needs a model or at least one metadata pair (refusing to distill all traffic)")
+        return self
+
+
+class Trigger(_Strict):
+    """When a cycle starts: enough new traffic, and/or a schedule."""
+
+    min_new_completions: int | None = Field(default=None, ge=1)
+    min_interval: float | None = None  # seconds between cycles at least
+    every: float | None = None  # run on this schedule when there is any new traffic
+
+    _dur = field_validator("min_interval", "every", mode="before")(lambda v: None if v is None else parse_duration(v))
+
+    @model_validator(mode="after")
+    def _one(self) -> Trigger:
+        if self.min_new_completions is None and self.every is None:
+            raise ValueError("trigger needs min_new_completions and/or every")
+        return self
+
+
+class StudentSpec(_Strict):
+    backend: Literal["local", "openai", "azure"] = "local"
+    name: str | None = None  # local students: protege/<name>; defaults to the policy name
+    base_model: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _base(self) -> StudentSpec:
+        if self.backend in ("openai", "azure") and not self.base_model:
+            raise ValueError(f"backend {self.backend!r} needs base_model (e.g. \"gpt-4.1-mini-2025-04-14\")")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
+            raise ValueError("name may contain letters, digits, '_', '.', '-' (max 64)")
+        return self
+
+
+GATE_METRICS = ("exact_match", "label_accuracy", "accuracy", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+class GateSpec(_Strict):
+    """Promote only if, per metric, the 95% CI lower bound of (student - teacher) > -tolerance."""
+
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
+    tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    min_items: int = Field(default=30, ge=1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    seed: int = 0
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
+                raise ValueError(f"bad metric name {name!r}")
+        return value
+
+
+Stage = Literal["shadow", "canary", "full"]
+
+
+class RolloutSpec(_Strict):
+    stages: list[Stage] = Field(default_factory=lambda: ["shadow", "canary", "full"], min_length=1)
+    canary_percent: float = Field(default=10.0, gt=0.0, le=100.0)
+    compare_percent: float = Field(default=5.0, ge=0.0, le=100.0)  # after canary: share also sent to the teacher
+    agreement_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+    min_compared: int = Field(default=50, ge=1)  # compared pairs before any stage change or rollback
+    comparison: Literal["exact", "label", "similarity"] = "label"
+    similarity_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+    student_timeout: float = Field(default=10.0, gt=0.0)
+
+    _dur = field_validator("student_timeout", mode="before")(lambda v: parse_duration(v))
+
+    @field_validator("stages")
+    @classmethod
+    def _order(cls, value: list[str]) -> list[str]:
+        order = {"shadow": 0, "canary": 1, "full": 2}
+        if len(set(value)) != len(value) or [order[s] for s in value] != sorted(order[s] for s in value):
+            raise ValueError("stages must be distinct and in the order shadow, canary, full")
+        return value
+
+
+class Policy(_Strict):
+    name: str
+    enabled: bool = True
+    match: TrafficMatch
+    trigger: Trigger
+    dataset: dict[str, Any] = Field(default_factory=dict)  # passed to distill.builder.DatasetOptions
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError("name may contain letters, digits, '_', '.', '-' (max 64) and must not be empty")
+        return value
+
+    @property
+    def student_name(self) -> str:
+        return self.student.name or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _first_error(exc: ValidationError, where: str) -> PolicyError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+    msg = err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    if err["type"] == "missing":
+        msg = "required field is missing"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return PolicyError(f"{where}{': ' if where else ''}{loc + ': ' if loc else ''}{msg}{suffix}", param=loc or None)
+
+
+def parse_policy(data: Any, where: str = "") -> Policy:
+    """A validated :class:`Policy` from a dict (TOML table or JSON body); raises :class:`PolicyError`."""
+    if not isinstance(data, dict):
+        raise PolicyError(f"{where or 'policy'}: must be a table/object, not {type(data).__name__}")
+    label = where or f"policy {data.get('name')!r}" if isinstance(data.get("name"), str) else (where or "policy")
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, label) from None
+    _check_dataset_options(policy, label)
+    return policy
+
+
+def _check_dataset_options(policy: Policy, label: str) -> None:
+    """Dataset options must be fields of the builder's DatasetOptions (when the builder is installed)."""
+    try:
+        from dataclasses import fields
+
+        from protege.distill.builder import DatasetOptions  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    known = {f.name for f in fields(DatasetOptions)}
+    for key in policy.dataset:
+        if key not in known:
+            raise PolicyError(f"{label}: dataset.{key}: unknown dataset option (known: {', '.join(sorted(known))})", param=f"dataset.{key}")
+    if "validation_fraction" in known and policy.dataset.get("validation_fraction", 0.2) <= 0:
+        raise PolicyError(f"{label}: dataset.validation_fraction: must be > 0 (the validation split is the gate's held-out set)",
+                          param="dataset.validation_fraction")
+    check = getattr(DatasetOptions, "from_dict", None)
+    if check is not None:
+        try:
+            check({"name": f"auto-{policy.name}", **policy.dataset})
+        except (ValueError, TypeError) as exc:
+            raise PolicyError(f"{label}: dataset: {exc}", param="dataset") from None
+
+
+def parse_policies_toml(text: str, source: str = "policies") -> list[Policy]:
+    """Every ``[[policy]]`` table of a TOML document."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: invalid TOML: {exc}") from None
+    unknown = set(doc) - {"policy"}
+    if unknown:
+        raise PolicyError(f"{source}: unknown top-level key {min(unknown)!r} (policies are [[policy]] tables)")
+    tables = doc.get("policy")
+    if not isinstance(tables, list) or not tables:
+        raise PolicyError(f"{source}: no [[policy]] tables")
+    policies = [parse_policy(t, where=f"{source}: policy[{i}]" + (f" ({t.get('name')})" if isinstance(t, dict) and t.get("name") else "")) for i, t in enumerate(tables)]
+    names = [p.name for p in policies]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise PolicyError(f"{source}: duplicate policy name {min(dup)!r}")
+    return policies
+
+
+def load_policies_file(path: str | Path) -> list[Policy]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"cannot read {p}: {exc.strerror or exc}") from None
+    return parse_policies_toml(text, source=str(p))
+
+
+# -------------------------------------------------------------------------------------------
+# Stored policies
+
+
+def save_policy(store: Any, policy: Policy) -> Any:
+    from protege.store import auto as store_auto
+
+    return store_auto.put_policy(store, policy.name, policy.to_dict(), enabled=policy.enabled)
+
+
+def stored_policy(row: Any) -> Policy:
+    """The Policy of a stored row (re-validated: a stored spec is trusted no more than a file)."""
+    import orjson
+
+    return parse_policy(orjson.loads(row.spec), where=f"policy {row.name!r}")
+
+
+def sync_policies_file(store: Any, path: str | Path) -> list[Any]:
+    """Upsert every policy of a TOML file into the store (ids stay stable by name)."""
+    return [save_policy(store, p) for p in load_policies_file(path)]
+
+
+def policy_object(row: Any) -> dict[str, Any]:
+    """The HTTP/CLI shape of a stored policy."""
+    import orjson
+
+    spec = orjson.loads(row.spec)
+    return {"id": row.id, "object": "protege.policy", "name": row.name, "enabled": row.enabled,
+            "created_at": row.created_at, "updated_at": row.updated_at, **{k: v for k, v in spec.items() if k not in ("name", "enabled")}}

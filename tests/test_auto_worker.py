@@ -1,0 +1,344 @@
+"""The loop over real parts (dataset builder, local student, jobs, gate) on a real DuckDB file:
+trigger, train, evaluate on the held-out split, decide, roll out; and resume after a crash or a
+SIGKILL without a second job."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from protege.distill import auto
+from protege.distill.policies import parse_policy, save_policy
+from protege.store import Store, insert_records, record_from_completion
+from protege.store import auto as store_auto
+
+CATEGORIES = {"tech_support": "tech", "trivia": "trivia", "coding": "coding", "ai": "ai"}
+TEACHER = "gpt-4o-mini"
+
+
+@functools.lru_cache(maxsize=1)
+def corpus() -> list[tuple[str, str]]:
+    """(question, topic) from the chatterbot-corpus wheel (offline, labelled by file)."""
+    import chatterbot_corpus
+    import yaml
+
+    root = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    items: dict[str, str] = {}
+    for name, label in CATEGORIES.items():
+        for conv in yaml.safe_load((root / f"{name}.yml").read_text())["conversations"]:
+            if conv and isinstance(conv[0], str) and conv[0].strip():
+                items.setdefault(conv[0].strip(), label)
+    out = sorted(items.items())
+    random.Random(0).shuffle(out)
+    return out
+
+
+def teacher_answer(label: str) -> str:
+    return orjson.dumps({"label": label}).decode()
+
+
+def captured(question: str, label: str, i: int, metadata: dict | None = None) -> dict:
+    req = {"model": TEACHER, "messages": [{"role": "system", "content": "Classify the topic. Answer JSON."},
+                                          {"role": "user", "content": question}], "metadata": metadata or {"task": "topic"}}
+    resp = {"id": f"chatcmpl-{i}", "object": "chat.completion", "created": int(time.time()), "model": TEACHER + "-2024-07-18",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": teacher_answer(label)}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}}
+    return record_from_completion(resp, req, source="proxy", served_by="teacher")
+
+
+POLICY = {
+    "name": "topic",
+    "match": {"model": TEACHER, "metadata": {"task": "topic"}},
+    "trigger": {"min_new_completions": 200},
+    "student": {"backend": "local"},
+    "gate": {"metrics": ["label_accuracy"], "tolerance": 0.15, "min_items": 30},
+    "rollout": {"stages": ["shadow", "canary", "full"], "canary_percent": 50, "agreement_threshold": 0.8, "min_compared": 20},
+}
+
+
+def fill(store: Store, n: int | None = None, start: int = 0) -> int:
+    items = corpus()[:n] if n else corpus()
+    insert_records(store, [captured(q, lab, start + i) for i, (q, lab) in enumerate(items)])
+    return len(items)
+
+
+def run_until(worker: auto.Worker, done, timeout: float = 30.0) -> list[str]:
+    actions: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        actions += worker.run_once()
+        if done():
+            return actions
+        time.sleep(0.05)
+    raise AssertionError(f"not done after {timeout}s; actions: {actions}")
+
+
+def job_rows(store: Store) -> list[dict]:
+    from protege.store import jobs as store_jobs
+
+    return store_jobs.list_jobs(store, limit=100)[0]
+
+
+def test_trigger_train_gate_promote(tmp_path) -> None:
+    store = Store(str(tmp_path / "w.duckdb"))
+    pid = save_policy(store, parse_policy(POLICY)).id
+    worker = auto.Worker(store, None)
+    fill(store, 150)
+    assert worker.run_once() == []  # 150 < 200: not due
+    assert auto.due(store, pid, parse_policy(POLICY))[1]["new_eligible"] == 150
+    fill(store, start=1000)
+    actions = run_until(worker, lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"))
+    cycle = store_auto.last_cycle(store, pid)
+    assert cycle.state == "promoted", (cycle.error, actions)
+    assert any("dataset ds_" in a for a in actions) and any("fine-tune ftjob_" in a for a in actions)
+    assert cycle.student_model == "protege/topic@v1"
+    (job,) = job_rows(store)
+    assert job["id"] == cycle.job_id and job["validation_file"] is None  # the held-out split is never trained on
+    (decision,), _ = store_auto.list_decisions(store, pid)
+    d = store_auto.as_dict(decision)
+    assert d["kind"] == "gate" and d["outcome"] == "promote"
+    m = d["details"]["gate"]["metrics"][0]
+    assert m["metric"] == "label_accuracy" and m["n"] >= 30 and m["low"] > -0.15 and m["passed"] is True
+    assert d["details"]["n_items"] == m["n"]
+    # the same evaluation is an eval run (reports via `protege eval report`)
+    from protege.store import evals as store_evals
+
+    run = store_evals.get_run(store, d["details"]["eval_run_id"])
+    assert run["status"] == "completed" and run["n_items"] == m["n"]
+    (route,) = store_auto.active_routes(store)
+    assert route.stage == "shadow" and route.student_model == "protege/topic@v1" and route.percent == 0
+    st = auto.policy_status(store, store_auto.get_policy(store, pid))
+    assert st["eligible_since_last_run"] == 0 and st["job"]["status"] == "succeeded"
+    assert st["last_evaluation"]["passed"] is True and st["route"]["stage"] == "shadow"
+    # no new traffic: nothing more to do
+    assert worker.run_once() == []
+    store.close()
+
+
+def test_gate_rejects_a_student_that_cannot_match_the_teacher(tmp_path) -> None:
+    store = Store(str(tmp_path / "w.duckdb"))
+    strict = {**POLICY, "gate": {"metrics": ["exact_match"], "tolerance": 0.0, "min_items": 30}}
+    pid = save_policy(store, parse_policy(strict)).id
+    # a teacher whose labels are noise: no student can learn them
+    rng = random.Random(1)
+    insert_records(store, [captured(q, rng.choice(["a", "b", "c", "d"]), i) for i, (q, _l) in enumerate(corpus())])
+    run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"))
+    cycle = store_auto.last_cycle(store, pid)
+    assert cycle.state == "rejected"
+    (decision,), _ = store_auto.list_decisions(store, pid)
+    assert decision.outcome == "reject" and "CI lower bound" in decision.reason
+    assert store_auto.active_routes(store) == []
+    store.close()
+
+
+def test_too_little_data_fails_the_cycle_with_a_reason(tmp_path) -> None:
+    store = Store(str(tmp_path / "w.duckdb"))
+    pid = save_policy(store, parse_policy({**POLICY, "trigger": {"min_new_completions": 1},
+                                           "dataset": {"validation_fraction": 0.5}})).id
+    fill(store, 3)
+    actions = auto.Worker(store, None).run_once()
+    cycle = store_auto.last_cycle(store, pid)
+    assert cycle.state in ("failed", "rejected"), actions
+    (decision,), _ = store_auto.list_decisions(store, pid)
+    assert decision.outcome == "reject"
+    store.close()
+
+
+def test_crash_between_job_start_and_recording_adopts_the_job(tmp_path, monkeypatch) -> None:
+    path = str(tmp_path / "w.duckdb")
+    store = Store(path)
+    pid = save_policy(store, parse_policy(POLICY)).id
+    fill(store)
+    real = store_auto.update_cycle
+
+    def crash_when_recording_job(s, cycle_id, **fields):
+        if "job_id" in fields:
+            raise KeyboardInterrupt("worker killed")
+        return real(s, cycle_id, **fields)
+
+    monkeypatch.setattr(store_auto, "update_cycle", crash_when_recording_job)
+    with pytest.raises(KeyboardInterrupt):
+        auto.Worker(store, None).run_once()
+    monkeypatch.setattr(store_auto, "update_cycle", real)
+    assert store_auto.last_cycle(store, pid).state == "launching"
+    (job,) = job_rows(store)
+    # the old process is gone: wait for its thread, then reopen the file as a new process would
+    from protege.distill.local_student import local_backend
+
+    local_backend(store=store).join(job["provider_job_id"], 30)
+    store.close()
+    store = Store(path)
+    actions = run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
+    assert any(f"adopted fine-tune {job['id']}" in a for a in actions), actions
+    assert [j["id"] for j in job_rows(store)] == [job["id"]]
+    from protege.store import jobs as store_jobs
+
+    assert [s["version"] for s in store_jobs.list_students(store, "topic")] == [1]
+    store.close()
+
+
+def test_sigkilled_worker_resumes_without_a_second_job(tmp_path) -> None:
+    db = tmp_path / "k.duckdb"
+    store = Store(str(db))
+    fill(store)
+    store.close()
+    pfile = tmp_path / "policies.toml"
+
+    pfile.write_text(_toml(POLICY))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "protege", "--db", str(db), "worker", "--policies", str(pfile), "--interval", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(Path(__file__).parent.parent))
+    seen = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "fine-tune ftjob_" in line and "started" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert any("started" in s for s in seen), seen
+    store = Store(str(db))
+    pid = store_auto.get_policy(store, "topic").id
+    cycle = store_auto.last_cycle(store, pid)
+    assert cycle.state in ("training", "launching", "evaluating", "promoted")
+    (job,) = job_rows(store)
+    print(f"killed at cycle state {cycle.state!r}, job status {job['status']!r}")
+    run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
+    assert [j["id"] for j in job_rows(store)] == [job["id"]]
+    from protege.store import jobs as store_jobs
+
+    students = [s for s in store_jobs.list_students(store, "topic")]
+    assert len(students) == 1 and students[0]["job_id"] == job["id"]
+    assert store_auto.last_cycle(store, pid).student_model == f"protege/topic@v{students[0]['version']}"
+    store.close()
+
+
+def _toml(policy: dict) -> str:
+    def val(v):
+        if isinstance(v, str):
+            return orjson.dumps(v).decode()
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        raise TypeError(v)
+
+    return "[[policy]]\n" + "\n".join(f"{k} = {val(v)}" for k, v in policy.items()) + "\n"
+
+
+def test_local_job_whose_thread_died_is_retrained_into_the_same_job(tmp_path, monkeypatch) -> None:
+    from protege.distill import local_student
+    from protege.store import jobs as store_jobs
+
+    path = str(tmp_path / "w.duckdb")
+    store = Store(path)
+    pid = save_policy(store, parse_policy(POLICY)).id
+    fill(store)
+
+    def dies_while_running(self, run, spec, name, seed):  # the process "dies" mid-training
+        run.status = "running"
+
+    monkeypatch.setattr(local_student.LocalStudentBackend, "_train", dies_while_running)
+    worker = auto.Worker(store, None)
+    worker.run_once()
+    time.sleep(0.1)
+    worker.run_once()
+    cycle = store_auto.last_cycle(store, pid)
+    assert cycle.state == "training"
+    (job,) = job_rows(store)
+    assert job["status"] == "running" and store_jobs.list_students(store, "topic") == []
+    monkeypatch.undo()
+    store.close()
+    store = Store(path)  # a new process: no training thread for this job exists
+    run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
+    (again,) = job_rows(store)
+    assert again["id"] == job["id"] and again["status"] == "succeeded"
+    events = [e["message"] for e in store_jobs.list_events(store, job["id"], limit=100)[0]]
+    assert any("Training restarted" in m for m in events)
+    (student,) = store_jobs.list_students(store, "topic")
+    assert student["version"] == 1 and student["job_id"] == job["id"]
+    store.close()
+
+
+def test_openai_backend_cycle_against_fakes(tmp_path) -> None:
+    """Cloud student: the fine-tune goes through the openai SDK to the fake Fine-tuning API and is
+    polled pass by pass; the gate asks the fine-tuned model (via the SDK) on the held-out prompts."""
+    from protege.settings import Settings
+    from tests.fakes.openai_finetune import FakeFineTuneServer
+    from tests.fakes.openai_upstream import start_fake_openai
+
+    labels = dict(corpus())
+    asked: list[str] = []
+
+    def student(body: dict) -> str:
+        asked.append(body["model"])
+        return teacher_answer(labels.get(body["messages"][-1]["content"], "tech"))
+
+    chat = start_fake_openai(student)
+    ft = FakeFineTuneServer(step_seconds=0.1).start()
+    store = Store(str(tmp_path / "o.duckdb"))
+    try:
+        policy = {**POLICY, "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14", "hyperparameters": {"n_epochs": 2}}}
+        pid = save_policy(store, parse_policy(policy)).id
+        fill(store)
+        settings = Settings(db=str(tmp_path / "o.duckdb"), upstream=chat.base_url, upstream_api_key="sk-test-upstream")
+        worker = auto.Worker(store, settings, backend_options={"openai": {"base_url": ft.base_url, "api_key": "sk-test-ft", "poll_interval": 0.01}})
+        first = worker.run_once()
+        assert any("fine-tune ftjob_" in a for a in first)
+        assert store_auto.last_cycle(store, pid).state == "training"  # the pass returned without waiting for the job
+        run_until(worker, lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"))
+        cycle = store_auto.last_cycle(store, pid)
+        assert cycle.state == "promoted", cycle.error
+        assert cycle.student_model.startswith("ft:gpt-4.1-mini-2025-04-14:")
+        (job,) = job_rows(store)
+        assert job["backend"] == "openai" and job["status"] == "succeeded" and job["metadata"]["protege_cycle"] == cycle.id
+        creates = [r for r in ft.requests if r["method"] == "POST" and r["path"].endswith("/fine_tuning/jobs")]
+        assert len(creates) == 1
+        sent = creates[0]["json"]
+        assert sent["model"] == "gpt-4.1-mini-2025-04-14" and '"n_epochs": 2' in json.dumps(sent)
+        assert sent.get("validation_file") is None  # the held-out split is never sent for training
+        gate_n = store_auto.as_dict(store_auto.list_decisions(store, pid)[0][0])["details"]["n_items"]
+        assert asked == [cycle.student_model] * gate_n
+    finally:
+        store.close()
+        ft.stop()
+        chat.stop()
+
+
+def test_a_refused_fine_tune_fails_the_cycle_once(tmp_path, monkeypatch) -> None:
+    from protege.settings import Settings
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("PROTEGE_UPSTREAM_API_KEY", raising=False)
+    store = Store(str(tmp_path / "n.duckdb"))
+    policy = {**POLICY, "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14"}}
+    pid = save_policy(store, parse_policy(policy)).id
+    fill(store)
+    worker = auto.Worker(store, Settings(db=str(tmp_path / "n.duckdb"), upstream="http://127.0.0.1:9/v1"))
+    actions = worker.run_once()
+    cycle = store_auto.last_cycle(store, pid)
+    assert cycle.state == "failed" and "OPENAI_API_KEY" in cycle.error, actions
+    assert job_rows(store) == []
+    assert worker.run_once() == []  # not retried until new traffic fires the trigger again
+    (d,), _ = store_auto.list_decisions(store, pid)
+    assert d.outcome == "reject" and "OPENAI_API_KEY" in d.reason
+    store.close()
