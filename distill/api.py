@@ -10,12 +10,13 @@ error handling works on these routes too.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+
+from protege import apikit
 
 router = APIRouter()
 
@@ -23,7 +24,7 @@ FEEDBACK_FIELDS = {"score", "label", "correction", "comment", "accepted", "metad
 
 
 def error(status: int, message: str, param: str | None = None, code: str | None = None, type_: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
+    return apikit.error_response(status, message, type_=type_, param=param, code=code)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -31,13 +32,7 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 
 def _envelope(data: list[dict[str, Any]], has_more: bool) -> Response:
-    return _json({
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    })
+    return _json(apikit.list_envelope(data, has_more))
 
 
 def _store(request: Request):
@@ -48,15 +43,7 @@ def _store(request: Request):
 
 
 def _denied(request: Request) -> JSONResponse | None:
-    settings = getattr(request.app.state, "protege_settings", None)
-    keys = list(getattr(settings, "admin_keys", None) or [])
-    if not keys:
-        return None
-    auth = request.headers.get("authorization", "")
-    key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("api-key", "").strip()
-    if key and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
-        return None
-    return error(401, "This endpoint needs an admin key (Authorization: Bearer <admin key>).", code="invalid_api_key")
+    return apikit.admin_denied(request, "Feedback and datasets")
 
 
 async def _body(request: Request) -> dict[str, Any] | JSONResponse:

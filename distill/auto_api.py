@@ -7,12 +7,13 @@ a student back. Errors are OpenAI-style JSON; when admin keys are configured, th
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+
+from protege import apikit
 
 router = APIRouter()
 
@@ -34,21 +35,13 @@ def _store(request: Request) -> Any:
 
 
 def _check_admin(request: Request) -> None:
-    settings = getattr(request.app.state, "protege_settings", None)
-    keys = list(getattr(settings, "admin_keys", None) or [])
-    if not keys:
-        return
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("api-key", "")
-    if not token:
-        raise ApiError(401, "You didn't provide an API key. Policies and routes need an admin key (Authorization: Bearer ...).", code="missing_api_key")
-    if not any(hmac.compare_digest(token, k) for k in keys):
-        raise ApiError(401, "Incorrect API key provided: policies and routes need an admin key.", code="invalid_api_key")
+    problem = apikit.admin_key_problem(request, "Policies and routes")
+    if problem is not None:
+        raise ApiError(401, problem[1], code=problem[0])
 
 
 def _envelope(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    return apikit.list_envelope(data, has_more)
 
 
 async def _handle(request: Request, fn: Any, *args: Any) -> JSONResponse:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -12,32 +11,9 @@ from protege import clikit
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Build fine-tuning datasets from captured traffic.")
 
 
-def _parse_kv(pairs: list[str] | None, flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in pairs or []:
-        if "=" not in item:
-            clikit.fail(f"{flag} expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k] = v
-    return out
+_parse_kv = clikit.parse_pairs
 
-
-def _parse_time(value: str | None, flag: str) -> int | None:
-    """Unix seconds or an ISO date/time (UTC when no zone is given)."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        clikit.fail(f"{flag} must be Unix seconds or an ISO date (2025-01-31 or 2025-01-31T12:00:00), not {value!r}")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())
-
+_parse_time = clikit.parse_time
 
 def _summary(dv) -> str:
     c = dv.counts

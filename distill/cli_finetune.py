@@ -19,16 +19,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Fine-tune jo
 
 
 def _parse_metadata(pairs: list[str] | None) -> dict[str, str] | None:
-    if not pairs:
-        return None
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            clikit.fail(f"--metadata expects key=value, got {pair!r}")
-        out[key] = value
-    return out
-
+    return clikit.parse_pairs(pairs) or None
 
 def _num(value: str | None) -> Any:
     """'auto' stays a string; numbers become numbers (the backend checks ranges)."""

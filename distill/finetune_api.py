@@ -7,13 +7,14 @@ runs them in its thread pool: starting or polling a cloud job is a blocking SDK 
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
 import openai
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+
+from protege import apikit
 
 from . import jobs
 from .backends import FineTuneError
@@ -23,8 +24,7 @@ log = logging.getLogger("protege.distill.finetune_api")
 router = APIRouter(prefix="/protege/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def error_response(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
+error_response = apikit.error_response
 
 
 def _from_exc(exc: Exception) -> JSONResponse:
@@ -45,27 +45,16 @@ def _ctx(request: Request) -> tuple[Any, Any]:
     state = request.app.state
     store = getattr(state, "protege_store", None)
     settings = getattr(state, "protege_settings", None)
-    keys = list(getattr(settings, "admin_keys", None) or [])
-    if keys:
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("api-key", "")
-        if not token:
-            raise FineTuneError("You didn't provide an API key. Fine-tuning jobs need an admin key (Authorization: Bearer ...).", status=401, code="missing_api_key")
-        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
-            raise FineTuneError("Incorrect API key provided: fine-tuning jobs need an admin key.", status=401, code="invalid_api_key")
+    problem = apikit.admin_key_problem(request, "Fine-tuning jobs")
+    if problem is not None:
+        raise FineTuneError(problem[1], status=401, code=problem[0])
     if store is None:
         raise FineTuneError("the fine-tuning API has no store configured", status=500, code="no_store")
     return store, settings
 
 
 def _envelope(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": items,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-        "has_more": has_more,
-    }
+    return apikit.list_envelope(items, has_more)
 
 
 def _limit(request: Request, default: int = 20) -> int:

@@ -11,12 +11,11 @@ import asyncio
 import logging
 from typing import Any
 
-import hmac
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-
 from protege.store import evals as db
+
+from protege import apikit
 
 log = logging.getLogger("protege.evals.api")
 
@@ -28,20 +27,12 @@ _tasks: dict[str, asyncio.Task] = {}
 
 def _error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
            code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
+    return apikit.error_response(status, message, type_=type, param=param, code=code)
 
 
 def _denied(request: Request) -> JSONResponse | None:
     """When the server has admin keys, eval runs (they read captured traffic) need one."""
-    settings = getattr(request.app.state, "protege_settings", None)
-    keys = list(getattr(settings, "admin_keys", None) or [])
-    if not keys:
-        return None
-    auth = request.headers.get("authorization", "")
-    key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("api-key", "").strip()
-    if key and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
-        return None
-    return _error(401, "This endpoint needs an admin key (Authorization: Bearer <admin key>).", code="invalid_api_key")
+    return apikit.admin_denied(request, "Eval runs")
 
 
 def _store(request: Request) -> Any:

@@ -16,32 +16,9 @@ from protege import clikit
 app = typer.Typer(no_args_is_help=True, help="Evaluate candidate (student) models against the teacher.")
 
 
-def parse_time(value: str | None, flag: str) -> int | None:
-    """Unix seconds, or an ISO 8601 date/time (UTC unless it carries an offset)."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        clikit.fail(f"{flag}: expected Unix seconds or an ISO 8601 date, got {value!r}")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp())
+parse_time = clikit.parse_time
 
-
-def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
-    out = {}
-    for v in values or []:
-        key, sep, val = v.partition("=")
-        if not sep or not key:
-            clikit.fail(f"{flag}: expected KEY=VALUE, got {v!r}")
-        out[key] = val
-    return out
-
+_pairs = clikit.parse_pairs
 
 def _load_spec_file(path: str) -> dict[str, Any]:
     try:

@@ -50,3 +50,33 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+def parse_time(value: str | None, option: str) -> int | None:
+    """Unix seconds, or an ISO date / date-time (UTC unless it says otherwise)."""
+    import datetime as dt
+    import re
+
+    if value is None:
+        return None
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return int(float(text))
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{option}: expected an ISO date (2025-01-31), date-time or Unix seconds, not {value!r}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp())
+
+
+def parse_pairs(items: list[str] | None, option: str = "--metadata") -> dict[str, str]:
+    """Repeated ``KEY=VALUE`` options as a dict."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"{option}: expected KEY=VALUE, not {item!r}")
+        out[key] = value
+    return out

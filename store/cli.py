@@ -7,7 +7,6 @@ holds the file, it says so in one line (query the server's API instead).
 from __future__ import annotations
 
 import datetime as dt
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
@@ -26,31 +25,10 @@ _ORDER = ("asc", "desc")
 # Parsing options
 
 
-def parse_time(value: str | None, option: str) -> int | None:
-    """Unix seconds, or an ISO date / date-time (UTC unless it says otherwise)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return int(float(text))
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        clikit.fail(f"{option}: expected an ISO date (2025-01-31), date-time or Unix seconds, not {value!r}")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return int(when.timestamp())
-
+parse_time = clikit.parse_time
 
 def parse_metadata(items: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            clikit.fail(f"--metadata: expected key=value, not {item!r}")
-        out[key] = value
-    return out
-
+    return clikit.parse_pairs(items, "--metadata")
 
 def _order(order: str) -> str:
     if order not in _ORDER:

@@ -92,7 +92,7 @@ def test_list_filters(db):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["list", "--metadata", "novalue"], "--metadata: expected key=value"),
+    (["list", "--metadata", "novalue"], "--metadata: expected KEY=VALUE"),
     (["list", "--since", "yesterday"], "--since: expected an ISO date"),
     (["list", "--order", "sideways"], "--order must be asc or desc"),
     (["show", "chatcmpl-nope"], "no captured completion with id 'chatcmpl-nope'"),

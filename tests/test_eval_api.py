@@ -150,7 +150,7 @@ def test_real_server_runs_an_eval_over_captured_completions(tmp_path: Path, fake
         spec = {"candidates": [{"name": "mini", "model": "gpt-4o-mini", "base_url": fake.base_url}],
                 "model": "gpt-4o", "metrics": ["exact_match", "chrf"], "n_resamples": 100}
         status, denied = _http("POST", base, spec)
-        assert status == 401 and denied["error"]["code"] == "invalid_api_key"
+        assert status == 401 and denied["error"]["code"] == "missing_api_key"  # same codes as the proxy's keys
         status, run = _http("POST", base, spec, key="admin-test-key")
         assert status == 200 and run["n_items"] == 8
         done = _wait(lambda i: _http("GET", f"{base}/{i}", key="admin-test-key")[1], run["id"])

@@ -103,7 +103,7 @@ price_output = 0.02
         (["run", "--model", "gpt-4o", "--candidate", "model=m,colour=red"], "unknown candidate field(s): colour"),
         (["run", "--model", "gpt-4o", "--candidate", "model=m", "--metric", "nope"], "unknown metric"),
         (["run", "--model", "nobody", "--candidate", "model=m"], "no items matched"),
-        (["run", "--model", "gpt-4o", "--candidate", "model=m", "--since", "yesterday"], "--since: expected Unix seconds"),
+        (["run", "--model", "gpt-4o", "--candidate", "model=m", "--since", "yesterday"], "--since: expected an ISO date"),
         (["run", "--model", "gpt-4o", "--candidate", "model=m", "--metadata", "oops"], "--metadata: expected KEY=VALUE"),
         (["run", "--items", "/nonexistent.jsonl", "--candidate", "model=m"], "cannot read /nonexistent.jsonl"),
         (["run", "--model", "gpt-4o", "--candidate", "model=m,api_key_env=SURELY_UNSET_VAR"], "SURELY_UNSET_VAR is not set"),

@@ -128,6 +128,8 @@ def test_admin_key_required_when_configured(api, tmp_path):
     url, app = api
     app.state.protege_settings = Settings(db=str(tmp_path / "api.duckdb"), admin_keys=["admin-test-key"])
     status, body = call("GET", f"{url}/protege/v1/feedback")
+    assert status == 401 and body["error"]["code"] == "missing_api_key"
+    status, body = call("GET", f"{url}/protege/v1/feedback", headers={"authorization": "Bearer wrong"})
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
     status, body = call("GET", f"{url}/protege/v1/feedback", headers={"authorization": "Bearer admin-test-key"})
     assert status == 200

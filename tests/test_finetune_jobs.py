@@ -210,7 +210,7 @@ def test_cli_start_status_list_events_cancel(fake, tmp_path):
     r = _cli(["--db", db, "finetune", "status", "ftjob_nope"], env)
     assert r.exit_code == 1 and r.stderr.strip() == "error: no fine-tuning job ftjob_nope"
     r = _cli(["--db", db, "finetune", "start", "-t", train, "-m", "gpt-4o-mini", "--metadata", "novalue"], env)
-    assert r.exit_code == 1 and "key=value" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.exit_code == 1 and "KEY=VALUE" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # --- HTTP API ---------------------------------------------------------------------------------
