@@ -143,14 +143,91 @@ def bench_proxy(rounds: int, requests: int, gap: float = 0.005) -> dict[str, dic
     return out
 
 
+def bench_proxy_wrk(rounds: int, duration: int) -> dict[str, list[float]]:
+    """The same comparison with nothing else in the proxy's process: each configuration is a
+    ``protege serve`` subprocess over its own DuckDB file (routes written there beforehand), the
+    upstream is bench/fast_upstream.py in its own process, and wrk (C, one connection) is the
+    client, back to back and paced 5 ms apart. Median latency as wrk reports it."""
+    import re
+    import shutil
+    import signal
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_proxy import drain, free_port, wait_port
+
+    from protege.store import Store
+    from protege.store import auto as store_auto
+
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: install it with `apt-get install -y wrk`")
+    root = Path(__file__).resolve().parent.parent
+    tmp = Path(tempfile.mkdtemp(prefix="bench-routing-wrk-"))
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("OPENAI_API_KEY", None)
+    up_port = free_port()
+    procs = [subprocess.Popen([sys.executable, str(root / "bench" / "fast_upstream.py"), str(up_port)], env=env)]
+    ports: dict[str, int] = {}
+    for kind in ("none", "nomatch", "shadow"):
+        db = tmp / f"{kind}.duckdb"
+        store = Store(str(db))
+        if kind == "nomatch":
+            _routes(store, 1000)
+        elif kind == "shadow":  # matches bench/post_chat.lua's request
+            store_auto.create_route(store, "policy_shadow", "student-model", "shadow", match_model="gpt-4o-mini",
+                                    match_metadata={"bench": "proxy"}, percent=0.0, timeout=5.0)
+        store.close()
+        ports[kind] = free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "protege", "--db", str(db), "serve", "--port", str(ports[kind]),
+             "--upstream", f"http://127.0.0.1:{up_port}/v1"], env=env, cwd=str(root)))
+
+    def latency(port: int, lua: str) -> float:
+        out = subprocess.run(["wrk", "-t1", "-c1", f"-d{duration}s", "--latency", "-s", lua,
+                              f"http://127.0.0.1:{port}/v1/chat/completions"], capture_output=True, text=True,
+                             check=True, cwd=str(root)).stdout
+        m = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    configs = [("none", "none", "bench/post_chat.lua"), ("nomatch", "nomatch", "bench/post_chat.lua"),
+               ("shadow", "shadow", "bench/post_chat.lua"), ("none_paced", "none", "bench/post_chat_paced.lua"),
+               ("shadow_paced", "shadow", "bench/post_chat_paced.lua")]
+    out: dict[str, list[float]] = {c[0]: [] for c in configs}
+    try:
+        wait_port(up_port)
+        for port in ports.values():
+            wait_port(port)
+            latency(port, "bench/post_chat.lua")  # warm-up
+            drain(port)
+        for _ in range(rounds):
+            for label, kind, lua in configs:
+                out[label].append(latency(ports[kind], lua))
+                drain(ports[kind])
+    finally:
+        for p in procs[1:]:
+            p.send_signal(signal.SIGTERM)
+        for p in procs[1:]:
+            p.wait(60)
+        procs[0].kill()
+        procs[0].wait()
+    store = Store(str(tmp / "shadow.duckdb"), read_only=True)
+    shadows = store.cursor().execute("SELECT count(*) FROM completions WHERE source = 'shadow'").fetchone()[0]
+    store.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    out["shadow_captures"] = [float(shadows)]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--skip-proxy", action="store_true")
+    ap.add_argument("--wrk-duration", type=int, default=3, help="seconds per wrk run (subprocess comparison)")
     args = ap.parse_args()
     lookups = {n: bench_lookup(n) for n in (10, 100, 1000)}
     proxy = None if args.skip_proxy else bench_proxy(args.rounds, args.requests)
+    isolated = None if args.skip_proxy else bench_proxy_wrk(args.rounds, args.wrk_duration)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
     print("```")
     print(f"$ python bench/bench_routing.py --rounds {args.rounds} --requests {args.requests}")
@@ -175,6 +252,21 @@ def main() -> None:
             rounds = ", ".join(f"{x:.3f}" for x in proxy[kind]["rounds"])
             print(f"| {label} | {m:.3f} | {m / base:.3f}x | {m - base:+.3f} | {rounds} |")
         print(f"\nShadow captures written: {int(proxy['shadow']['shadow_captures'])}; served-by headers seen: {proxy['served_by']}")
+    if isolated:
+        print()
+        print(f"Isolated: each config a `protege serve` subprocess, fast_upstream.py in its own process, wrk -c1 "
+              f"({args.rounds} rounds x {args.wrk_duration} s, configs alternating; medians of round medians)")
+        print()
+        print("| proxy config | median latency (ms) | vs its baseline | added (ms) | per-round medians |")
+        print("|---|---:|---:|---:|---|")
+        for kind, label in (("none", "no router (baseline)"), ("nomatch", "1000 routes, none matching"),
+                            ("shadow", "shadow route, back to back"), ("none_paced", "no router, 5 ms between requests (baseline 2)"),
+                            ("shadow_paced", "shadow route, 5 ms between requests")):
+            base = statistics.median(isolated["none_paced" if kind.endswith("_paced") else "none"])
+            m = statistics.median(isolated[kind])
+            rounds = ", ".join(f"{x:.3f}" for x in isolated[kind])
+            print(f"| {label} | {m:.3f} | {m / base:.3f}x | {m - base:+.3f} | {rounds} |")
+        print(f"\nShadow captures written (isolated run): {int(isolated['shadow_captures'][0])}")
 
 
 if __name__ == "__main__":
