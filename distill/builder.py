@@ -354,6 +354,10 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
         if pt is not None and ct is not None:
             n_tok = pt + (ct if correction is None else estimate_text(correction)) - (ctx.prompt_tokens_saved if pruned else 0)
             is_exact = correction is None and not pruned
+            if pruned and n_tok < ct:
+                # The upstream counts tokens differently from our ~4-characters estimate of the
+                # pruned prompt: estimate what is left rather than subtracting past zero.
+                n_tok = estimate_messages(messages)
         else:
             n_tok = estimate_messages(messages)
             is_exact = False

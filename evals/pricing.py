@@ -17,6 +17,9 @@ from typing import Any, Mapping
 
 # model -> {"input": USD per 1M input tokens, "output": USD per 1M output tokens}
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    # Local students served by Protege's proxy run on your own CPU: no per-token price (edit it
+    # with a price file to charge your hardware).
+    "protege/": {"input": 0.0, "output": 0.0},
     "gpt-4o": {"input": 2.50, "output": 10.00},
     "gpt-4o-mini": {"input": 0.15, "output": 0.60},
     "gpt-4.1": {"input": 2.00, "output": 8.00},
@@ -93,7 +96,7 @@ def price_for(model: str | None, prices: Mapping[str, Mapping[str, float]] | Non
     for name in candidates:
         best = None
         for key in table:
-            if name.startswith(key) and (len(name) == len(key) or name[len(key)] in "-:@") and (best is None or len(key) > len(best)):
+            if name.startswith(key) and (len(name) == len(key) or key.endswith("/") or name[len(key)] in "-:@") and (best is None or len(key) > len(best)):
                 best = key
         if best is not None:
             return dict(table[best])

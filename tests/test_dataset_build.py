@@ -302,3 +302,16 @@ def test_invalid_examples_are_dropped_and_counted(store):
     assert dv.counts["train"] + dv.counts["validation"] == 12
     assert validate_jsonl(dv.train_path).ok
     assert "`message_missing_key` 1, `missing_content` 1" in Path(dv.card_path).read_text()
+
+
+def test_pruned_token_counts_stay_sane_when_upstream_counts_fewer_tokens(store):
+    # An upstream whose usage counts fewer tokens than our ~4-characters estimate of the pruned
+    # prompt must not drive the per-example count to nothing.
+    long_prompt = "Classify the ticket into one of our categories and answer with the category only. " * 8
+    recs = [make_record(i, system=long_prompt) for i in range(12)]  # usage says 30 prompt tokens
+    insert_records(store, recs)
+    dv = build_dataset(store, DatasetOptions(name="t", prune_system_prompt=True, validation_fraction=0))
+    assert dv.system_prompt == long_prompt
+    train = dv.stats["tokens"]["train"]
+    assert train["min"] >= 5  # the user message and the answer are still there
+    assert train["estimated"] == 12

@@ -219,3 +219,11 @@ def test_price_table(tmp_path: Path) -> None:
     toml.write_text("[models\n")
     with pytest.raises(PriceTableError, match="not valid TOML"):
         load_prices(toml)
+
+
+def test_local_students_cost_nothing_by_default() -> None:
+    from protege.evals.pricing import price_for
+
+    assert price_for("protege/topics") == {"input": 0.0, "output": 0.0}
+    assert price_for("protege/topics@v2") == {"input": 0.0, "output": 0.0}
+    assert price_for("gpt-4o-mini-2024-07-18") == {"input": 0.15, "output": 0.60}
