@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +13,24 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fakes.openai_upstream import FakeOpenAI, start_fake_openai
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@atexit.register
+def _exit_without_finalization() -> None:
+    """duckdb's nanobind bindings print dozens of "leaked type/function" lines while the
+    interpreter finalizes (objects still referenced by daemon threads of servers under test).
+    They bury pytest's summary line, so once pytest has printed everything, exit with its status
+    and skip finalization. Registered first, so it runs after every other atexit handler."""
+    if _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
 
 
 @pytest.fixture
