@@ -42,3 +42,14 @@ def key_in(key: str | None, keys: Iterable[str]) -> bool:
     for k in keys:
         found |= hmac.compare_digest(key.encode(), k.encode())
     return found
+
+
+def proxy_key_error(key: str | None, allowed: Iterable[str]) -> bytes | None:
+    """With proxy keys configured: the 401 body for a missing or wrong key, else None."""
+    from . import errors
+
+    if not key:
+        return errors.error_bytes(errors.NO_KEY, code="missing_api_key")
+    if not key_in(key, allowed):
+        return errors.error_bytes(errors.BAD_KEY, code="invalid_api_key")
+    return None

@@ -21,7 +21,7 @@ from protege.settings import Settings
 from protege.store import CaptureWriter
 
 from . import errors
-from .auth import key_in
+from .auth import proxy_key_error
 from .capture import ChatCapture
 from .hooks import LocalModels, Route, Router
 from .metrics import Metrics
@@ -97,11 +97,9 @@ class ChatForwarder:
                 except ValueError:
                     pass
         if self.allowed_keys:
-            if not key:
-                return await self._fail(send, 401, errors.error_bytes(errors.NO_KEY, code="missing_api_key"))
-            if not key_in(key, self.allowed_keys):
-                return await self._fail(send, 401, errors.error_bytes(errors.BAD_KEY, code="invalid_api_key"))
-            use_server = True
+            if (denied := proxy_key_error(key, self.allowed_keys)) is not None:
+                return await self._fail(send, 401, denied)
+            use_server = True  # the proxy key stays here: the upstream gets the server's key
         else:
             use_server = key is None
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from . import errors
-from .auth import key_in
+from .auth import proxy_key_error
 from .metrics import Metrics
 from .upstream import Upstream, forward_headers, response_headers
 
@@ -37,11 +37,9 @@ class Passthrough:
             elif name == b"accept-encoding":
                 accept_encoding = value.decode("latin-1")
         if self.allowed_keys:
-            if not key:
-                return await self._fail(send, 401, errors.error_bytes(errors.NO_KEY, code="missing_api_key"))
-            if not key_in(key, self.allowed_keys):
-                return await self._fail(send, 401, errors.error_bytes(errors.BAD_KEY, code="invalid_api_key"))
-            use_server = True
+            if (denied := proxy_key_error(key, self.allowed_keys)) is not None:
+                return await self._fail(send, 401, denied)
+            use_server = True  # the proxy key stays here: the upstream gets the server's key
         else:
             use_server = key is None
         body = b""

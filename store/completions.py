@@ -406,8 +406,13 @@ def iter_records(store: Store, where: str = "TRUE", params: Iterable[Any] = ()) 
     """Records in capture order. ``where`` is a fixed SQL fragment from code, never from input."""
     cur = store.cursor()
     cur.execute(f"SELECT {_COLS} FROM completions WHERE {where} ORDER BY seq", list(params))
+    yield from _stream_records(cur)
+
+
+def _stream_records(cur: Any, batch: int = 5000) -> Iterable[dict[str, Any]]:
+    """Rows of an executed ``SELECT {_COLS} ...`` as records, a batch at a time."""
     while True:
-        rows = cur.fetchmany(5000)
+        rows = cur.fetchmany(batch)
         if not rows:
             return
         for row in rows:
@@ -437,12 +442,7 @@ def select_records(
         params.append(int(limit))
     cur = store.cursor()
     cur.execute(sql, params)
-    while True:
-        rows = cur.fetchmany(2000)
-        if not rows:
-            return
-        for row in rows:
-            yield dict(zip(COLUMNS, row))
+    yield from _stream_records(cur, 2000)
 
 
 def count_records(
