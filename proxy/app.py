@@ -53,11 +53,7 @@ class ProxyApp:
 
     def _api_serves(self, scope: dict) -> bool:
         """Another area's router may serve OpenAI-shaped paths (e.g. /v1/files): those win over the passthrough."""
-        for route in self.api.router.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return True
-        return False
+        return any(route.matches(scope)[0] is Match.FULL for route in self.api.router.routes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -71,9 +67,9 @@ class ProxyApp:
                     dep = path[len(_DEPLOYMENTS) : -len(_CHAT_SUFFIX)]
                     if dep and "/" not in dep:
                         return await self.chat(scope, receive, send, "deployment", dep)
-            if path.startswith(("/v1/", "/openai/")) and not self._api_serves(scope):
-                if path.startswith("/v1/") or path.startswith("/openai/v1/") or self.upstream.azure:
-                    return await self.passthrough(scope, receive, send)
+            forwardable = path.startswith(("/v1/", "/openai/v1/")) or (self.upstream.azure and path.startswith("/openai/"))
+            if forwardable and not self._api_serves(scope):
+                return await self.passthrough(scope, receive, send)
         if scope["type"] != "http":
             return await self.api(scope, receive, send)
         metrics = self.metrics

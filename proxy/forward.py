@@ -21,7 +21,7 @@ from protege.settings import Settings
 from protege.store import CaptureWriter
 
 from . import errors
-from .auth import proxy_key_error
+from .auth import client_key, proxy_key_error
 from .capture import ChatCapture
 from .hooks import LocalModels, Route, Router
 from .metrics import Metrics
@@ -79,16 +79,10 @@ class ChatForwarder:
     async def __call__(self, scope: dict, receive: Any, send: Any, shape: str, deployment: str | None = None) -> None:
         t0 = time.perf_counter()
         started = time.time()
-        key = style = None
+        key, style = client_key(scope["headers"])
         opt_out = False
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                v = value.decode("latin-1")
-                if v[:7].lower() == "bearer " and v[7:].strip() and style != "api-key":
-                    key, style = v[7:].strip(), "bearer"
-            elif name == b"api-key" and value:
-                key, style = value.decode("latin-1").strip(), "api-key"
-            elif name == b"x-protege-capture" and value.lower() in (b"off", b"false", b"0", b"no"):
+            if name == b"x-protege-capture" and value.lower() in (b"off", b"false", b"0", b"no"):
                 opt_out = True
             elif name == b"content-length":
                 try:

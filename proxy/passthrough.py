@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from . import errors
-from .auth import proxy_key_error
+from .auth import client_key, proxy_key_error
 from .metrics import Metrics
 from .upstream import Upstream, forward_headers, response_headers
 
@@ -25,16 +25,10 @@ class Passthrough:
         self.max_body = max_body
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        key = style = None
+        key, style = client_key(scope["headers"])
         accept_encoding = None
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                v = value.decode("latin-1")
-                if v[:7].lower() == "bearer " and v[7:].strip() and style != "api-key":
-                    key, style = v[7:].strip(), "bearer"
-            elif name == b"api-key" and value:
-                key, style = value.decode("latin-1").strip(), "api-key"
-            elif name == b"accept-encoding":
+            if name == b"accept-encoding":
                 accept_encoding = value.decode("latin-1")
         if self.allowed_keys:
             if (denied := proxy_key_error(key, self.allowed_keys)) is not None:

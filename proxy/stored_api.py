@@ -12,10 +12,11 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from protege.apikit import list_envelope
 from protege.store import Store, delete_completion, get_stored, input_messages, list_stored, update_metadata
 
 from . import errors
-from .auth import key_in
+from .auth import client_key, key_in
 from .validation import metadata_error
 
 PREFIXES = ("/v1/chat/completions", "/openai/v1/chat/completions", "/openai/chat/completions")
@@ -36,13 +37,7 @@ def _error(exc: ApiError) -> Response:
 
 
 def _key(request: Request) -> str | None:
-    api_key = request.headers.get("api-key")
-    if api_key:
-        return api_key.strip()
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return auth[7:].strip()
-    return None
+    return client_key(request.headers.raw)[0]
 
 
 def _limit(value: str | None) -> int:
@@ -68,13 +63,7 @@ def _not_found(completion_id: str) -> ApiError:
 
 
 def _envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return list_envelope(data, has_more)
 
 
 def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) -> APIRouter:
