@@ -160,3 +160,25 @@ def test_local_students_and_shadow_pairs_use_minted_ids(repeating, run_proxy):
     shadows = [r for r in recs if r["source"] == "shadow"]
     assert sorted(s["paired_with"] for s in shadows) == sorted(teacher)
     assert all(s["upstream_id"] == "0" and s["id"] not in teacher for s in shadows)
+
+
+def test_stream_rewriter_handles_pairs_split_across_reads_and_odd_ids():
+    from protege.proxy.ids import StreamIdRewriter, rewrite_body
+
+    stream = b"".join(
+        b'data: {"id": "0", "object":"chat.completion.chunk","choices":[{"delta":{"content":"w%d"}}]}\n\n' % i for i in range(3)
+    ) + b"data: [DONE]\n\n"
+    for size in (1, 3, 7, len(stream)):  # every way the network may cut it
+        rw = StreamIdRewriter("chatcmpl-new")
+        out = b"".join(rw.feed(stream[i : i + size]) for i in range(0, len(stream), size)) + rw.flush()
+        assert out.count(b'"id":"chatcmpl-new"') == 3 and b'"0"' not in out and out.endswith(b"data: [DONE]\n\n")
+        assert rw.upstream_id == "0"
+    rw = StreamIdRewriter("chatcmpl-new")
+    out = rw.feed(b'data: {"id":7,"choices":[]}\n\ndata: {"id":7,"choices":[],"n":77}\n\n') + rw.flush()
+    assert out.count(b'"id":"chatcmpl-new"') == 2 and b"77" in out and rw.upstream_id == "7"
+    # bodies: id first (byte replacement), elsewhere (one parse, bytes kept), missing or not a string
+    assert rewrite_body(b'{"id":"a","x":1.50}', "n") == (b'{"id":"n","x":1.50}', "a")
+    assert rewrite_body(b'{"c":[{"id":"t"}],"id":"a","x":1.50}', "n") == (b'{"c":[{"id":"t"}],"id":"n","x":1.50}', "a")
+    assert orjson.loads(rewrite_body(b'{"x":1}', "n")[0]) == {"id": "n", "x": 1}
+    assert rewrite_body(b'{"id":5,"x":1}', "n") == (b'{"id":"n","x":1}', "5")
+    assert rewrite_body(b"not json", "n") == (b"not json", None)
