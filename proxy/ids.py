@@ -18,6 +18,7 @@ import orjson
 # starts inside another string).
 _ID_PAIR = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _LEADING = re.compile(rb"\s*\{\s*")
+_EMPTY_ID = re.compile(rb'"id"\s*:\s*""')
 
 
 def _pair(new_id: str) -> bytes:
@@ -73,16 +74,19 @@ class StreamIdRewriter:
 
     Complete lines are passed on at once; only a trailing partial line is held back (a client cannot
     use half a line, and the pair must not be split between two network reads). The pair to replace
-    is learned from the first ``data:`` line that carries an id (one small parse per stream).
+    is learned from the first ``data:`` line that carries an id (one small parse per stream). Azure
+    starts a stream with a ``prompt_filter_results`` chunk whose id is ``""``: that one is rewritten
+    too, and the id is learned from the next.
     """
 
-    __slots__ = ("_new", "_pattern", "_buf", "_tries", "upstream_id")
+    __slots__ = ("_new", "_pattern", "_buf", "_tries", "_blank", "upstream_id")
 
     def __init__(self, new_id: str) -> None:
         self._new = _pair(new_id)
         self._pattern: re.Pattern[bytes] | None = None
         self._buf = b""
         self._tries = 3  # chunks without an id before giving up (then bytes pass untouched)
+        self._blank = False  # the stream has had chunks with an empty id
         self.upstream_id: str | None = None
 
     def feed(self, data: bytes) -> bytes:
@@ -99,13 +103,13 @@ class StreamIdRewriter:
         return self._rewrite(rest) if rest else rest
 
     def _rewrite(self, data: bytes) -> bytes:
-        if self._pattern is None:
-            if self._tries <= 0:
-                return data
+        if self._pattern is None and self._tries > 0:
             self._learn(data)
-            if self._pattern is None:
-                return data
-        return self._pattern.sub(self._new, data)
+        if self._blank:
+            data = _EMPTY_ID.sub(self._new, data)
+        if self._pattern is not None:
+            data = self._pattern.sub(self._new, data)
+        return data
 
     def _learn(self, data: bytes) -> None:
         for line in data.splitlines():
@@ -123,6 +127,9 @@ class StreamIdRewriter:
                     return
                 continue
             upstream = obj["id"]
+            if upstream == "":
+                self._blank = True
+                continue
             if isinstance(upstream, str):
                 value = next((h.group(1) for h in _ID_PAIR.finditer(line) if _text(h.group(1)) == upstream), None)
                 if value is None:

@@ -176,6 +176,14 @@ def test_stream_rewriter_handles_pairs_split_across_reads_and_odd_ids():
     rw = StreamIdRewriter("chatcmpl-new")
     out = rw.feed(b'data: {"id":7,"choices":[]}\n\ndata: {"id":7,"choices":[],"n":77}\n\n') + rw.flush()
     assert out.count(b'"id":"chatcmpl-new"') == 2 and b"77" in out and rw.upstream_id == "7"
+    # Azure: a prompt_filter_results chunk with an empty id comes first, sorted keys throughout
+    azure = (b'data: {"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[]}\n\n'
+             b'data: {"choices":[{"delta":{"content":"hi"},"index":0}],"created":1,"id":"chatcmpl-az","model":"gpt-4o"}\n\n'
+             b'data: {"choices":[{"delta":{},"finish_reason":"stop","index":0}],"created":1,"id":"chatcmpl-az","model":"gpt-4o"}\n\n'
+             b"data: [DONE]\n\n")
+    rw = StreamIdRewriter("chatcmpl-new")
+    out = b"".join(rw.feed(azure[i : i + 5]) for i in range(0, len(azure), 5)) + rw.flush()
+    assert out.count(b'"id":"chatcmpl-new"') == 3 and b"chatcmpl-az" not in out and rw.upstream_id == "chatcmpl-az"
     # bodies: id first (byte replacement), elsewhere (one parse, bytes kept), missing or not a string
     assert rewrite_body(b'{"id":"a","x":1.50}', "n") == (b'{"id":"n","x":1.50}', "a")
     assert rewrite_body(b'{"c":[{"id":"t"}],"id":"a","x":1.50}', "n") == (b'{"c":[{"id":"t"}],"id":"n","x":1.50}', "a")
