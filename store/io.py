@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from .completions import _COLS, COLUMNS, completion_filter, insert_records, record_from_completion, stored_object
 from .db import Store
-from .ids import new_completion_id
+from .ids import resolve_ids
 
 # Request parameters that the Stored Completions object carries beside the completion (and that an
 # import moves back into the request).
@@ -221,7 +221,12 @@ def import_jsonl(
             if in_flight is not None:
                 result.imported += in_flight.result()
             # Ids are resolved against the store once the previous batch is in it.
-            records = _resolve_ids(store, records, lines, result, max_errors)
+            resolved = resolve_ids(store, records, check_created=[given for _n, given in lines])
+            result.skipped += len(resolved.skipped)
+            result.reided_count += len(resolved.reided)
+            for i, old, new in resolved.reided[: max(0, max_errors - len(result.reided))]:
+                result.reided.append((lines[i][0], old, new))
+            records = resolved.records
             in_flight = pool.submit(insert_records, store, records)
 
         with open(path, "rb") as fh:
@@ -258,70 +263,6 @@ def _gives_created(obj: Any) -> bool:
     holder = obj.get("response") if isinstance(obj.get("response"), dict) else obj
     created = holder.get("created")
     return isinstance(created, (int, float)) and not isinstance(created, bool)
-
-
-def _content(request: str, response: str) -> tuple[bytes, Any]:
-    """What makes two completions "the same": messages, answer (choices) and model; and created."""
-    req, resp = orjson.loads(request), orjson.loads(response)
-    key = orjson.dumps([req.get("messages"), resp.get("choices"), resp.get("model")], option=orjson.OPT_SORT_KEYS)
-    return key, resp.get("created")
-
-
-class _Known:
-    """A completion already stored (or accepted earlier in this batch) under an id or upstream id."""
-
-    __slots__ = ("id", "request", "response", "_content")
-
-    def __init__(self, row_id: str, request: str, response: str | None) -> None:
-        self.id, self.request, self.response = row_id, request, response
-        self._content: tuple[bytes, Any] | None = None
-
-    def content(self) -> tuple[bytes, Any] | None:
-        if self._content is None and self.response is not None:
-            try:
-                self._content = _content(self.request, self.response)
-            except orjson.JSONDecodeError:
-                return None
-        return self._content
-
-
-def _resolve_ids(
-    store: Store, records: list[dict[str, Any]], lines: list[tuple[int, bool]], result: ImportResult, max_errors: int,
-) -> list[dict[str, Any]]:
-    """Drop the completions already stored; give a fresh id to those whose id is taken by another."""
-    keys = list({rec["id"] for rec in records})
-    cur = store.cursor()
-    cur.register("_protege_import_ids", pa.table({"id": pa.array(keys, pa.string())}))
-    try:
-        rows = cur.execute(
-            "SELECT b.id, c.id, c.request, c.response FROM completions c JOIN _protege_import_ids b ON c.id = b.id "
-            "UNION ALL "
-            "SELECT b.id, c.id, c.request, c.response FROM completions c JOIN _protege_import_ids b "
-            "ON c.upstream_id = b.id AND c.id <> b.id"
-        ).fetchall()
-    finally:
-        cur.unregister("_protege_import_ids")
-    known: dict[str, list[_Known]] = {}
-    for key, row_id, request, response in rows:
-        known.setdefault(key, []).append(_Known(row_id, request, response))
-    out = []
-    for rec, (line, gives_created) in zip(records, lines):
-        line_id = rec["id"]
-        seen = known.get(line_id)
-        if seen:
-            mine = _content(rec["request"], rec["response"])
-            if any((c := k.content()) is not None and c[0] == mine[0] and (not gives_created or c[1] == mine[1]) for k in seen):
-                result.skipped += 1
-                continue
-            if any(k.id == line_id for k in seen):
-                rec["id"] = new_completion_id()
-                result.reided_count += 1
-                if len(result.reided) < max_errors:
-                    result.reided.append((line, line_id, rec["id"]))
-        rec["upstream_id"] = line_id
-        known.setdefault(line_id, []).append(_Known(rec["id"], rec["request"], rec["response"]))
-        out.append(rec)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,3 +129,35 @@ def test_migration_gives_old_duplicates_fresh_ids(tmp_path):
         assert add_feedback(store, ids[1], score=1.0)["completion_id"] == ids[1]
     finally:
         store.close()
+
+
+def test_resolve_ids_for_records_that_bring_their_own_ids(tmp_path):
+    """What a spool reload needs: loading the same records again adds nothing; a record from a release
+    before minted ids whose id is taken by another completion gets a fresh one; upstream_id is kept."""
+    from protege.store import insert_records, record_from_completion
+    from protege.store.ids import resolve_ids
+
+    def rec(cid: str, question: str, **extra) -> dict:
+        resp = {"id": cid, "object": "chat.completion", "created": 1_700_000_000, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+        return record_from_completion(resp, {"model": "m", "messages": [{"role": "user", "content": question}]},
+                                      source="proxy", **extra)
+
+    store = Store(str(tmp_path / "r.duckdb"))
+    try:
+        minted = rec("chatcmpl-minted", "a", upstream_id="0")
+        failed = rec("chatcmpl-failed", "b") | {"outcome": "timeout", "response": None}
+        first = resolve_ids(store, [minted, failed])
+        assert (len(first.records), first.skipped, first.reided) == (2, [], [])
+        insert_records(store, first.records)
+        old = rec("0", "c")  # a pre-upgrade spool record: the upstream's id, which the first one also had
+        again = resolve_ids(store, [rec("chatcmpl-minted", "a", upstream_id="0"),
+                                    rec("chatcmpl-failed", "b") | {"outcome": "timeout", "response": None}, old])
+        assert again.skipped == [0, 1] and [r["request"] for r in again.records] == [old["request"]]
+        assert again.reided == [] and again.records[0]["id"] == "0"  # "0" names no capture yet: it stays
+        insert_records(store, again.records)
+        clash = resolve_ids(store, [rec("0", "d")])
+        assert clash.reided and clash.reided[0][1] == "0" and clash.records[0]["upstream_id"] == "0"
+        assert get_record(store, "chatcmpl-minted")["upstream_id"] == "0"
+    finally:
+        store.close()
