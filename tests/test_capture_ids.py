@@ -190,3 +190,42 @@ def test_stream_rewriter_handles_pairs_split_across_reads_and_odd_ids():
     assert orjson.loads(rewrite_body(b'{"x":1}', "n")[0]) == {"id": "n", "x": 1}
     assert rewrite_body(b'{"id":5,"x":1}', "n") == (b'{"id":"n","x":1}', "5")
     assert rewrite_body(b"not json", "n") == (b"not json", None)
+
+
+def test_feedback_api_on_a_repeating_upstream_corrects_one_example(tmp_path, repeating):
+    """The whole app (proxy + feedback and dataset API), as a user runs it in front of Ollama."""
+    import threading
+
+    import uvicorn
+
+    from protege.app import build_app
+    from protege.settings import load_settings
+    from tests.test_feedback_api import call
+
+    app, _store, writer = build_app(load_settings(db=str(tmp_path / "app.duckdb"), upstream=repeating.base_url))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "app did not start"
+            time.sleep(0.02)
+        root = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        c = openai.OpenAI(base_url=root + "/v1", api_key=KEY, max_retries=0)
+        ids = [c.chat.completions.create(model="gpt-4o", messages=messages(r)).id for r in REVIEWS]
+        assert writer.flush(10)
+        status, fb = call("POST", f"{root}/protege/v1/completions/{ids[1]}/feedback", {"correction": "negative"})
+        assert status == 200 and fb["completion_id"] == ids[1]
+        for cid, n in zip(ids, (0, 1, 0)):
+            status, page = call("GET", f"{root}/protege/v1/completions/{cid}/feedback")
+            assert status == 200 and len(page["data"]) == n
+        status, dv = call("POST", f"{root}/protege/v1/datasets", {"name": "reviews", "validation_fraction": 0})
+        assert status == 200, dv
+        lines = [orjson.loads(x) for x in open(dv["files"]["train"]["path"], "rb")]
+        assert {e["messages"][-2]["content"]: e["messages"][-1]["content"] for e in lines} == {
+            "the pizza was great": "positive", "the pizza was terrible": "negative", "the pizza was fine": "positive",
+        }
+    finally:
+        server.should_exit = True
+        thread.join(20)
