@@ -186,6 +186,7 @@ def show_cmd(
         f"upstream     {rec['upstream'] or '-'}",
         f"key hash     {rec['key_hash'] or '-'}",
         f"request id   {rec['request_id'] or '-'}",
+        f"upstream id  {rec['upstream_id'] or '-'}",
         f"source       {rec['source']}" + (f", served by {rec['served_by']}" if rec["served_by"] else ""),
         f"metadata     {orjson.dumps(rec['metadata']).decode()}",
         "",

@@ -72,6 +72,8 @@ def test_a_conflicting_id_gets_a_new_one_and_is_reported(tmp_path):
     assert r.exit_code == 0, r.output
     body = json.loads(r.stdout)
     assert (body["imported"], body["skipped_duplicates"], body["reided"], body["reided_ids"]) == (0, 2, 0, [])
+    r = runner.invoke(app, ["--db", str(db), "completions", "show", new_ids[0]])
+    assert r.exit_code == 0 and "upstream id  0\n" in r.stdout
     store = Store(str(db))
     try:
         assert count(store) == 3
