@@ -6,11 +6,12 @@ in :meth:`ChatCapture.to_record`, which the capture writer calls in its own thre
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
 import orjson
+
+from protege.store.ids import new_completion_id
 
 from .auth import key_hash
 from .streaming import reassemble
@@ -20,7 +21,7 @@ class ChatCapture:
     __slots__ = (
         "started_at", "t0", "t_first", "t_end", "raw_request", "request", "metadata", "status", "outcome",
         "body", "chunks", "completion", "error", "stream", "upstream", "key", "request_id", "source", "served_by",
-        "pair", "record_id",
+        "pair", "record_id", "upstream_id",
     )
 
     def __init__(self, started_at: float, t0: float, raw_request: bytes, request: dict[str, Any], stream: bool, upstream: str, key: str | None) -> None:
@@ -43,10 +44,12 @@ class ChatCapture:
         self.request_id: str | None = None
         self.source = "proxy"
         self.served_by: str | None = None
-        # A second answer to the same request (shadow/compare) points at the capture the client got;
-        # that capture is submitted first, so its record_id is known when this one is converted.
+        # A second answer to the same request (shadow/compare) points at the capture the client got.
         self.pair: ChatCapture | None = None
-        self.record_id: str | None = None
+        # The id the client is answered with, minted here (the upstream's may repeat: store/ids.py);
+        # the forwarder writes it into the answer and keeps the upstream's in ``upstream_id``.
+        self.record_id: str = new_completion_id()
+        self.upstream_id: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         response: dict[str, Any] | None = None
@@ -84,8 +87,16 @@ class ChatCapture:
         if self.source == "shadow" and self.served_by:
             metadata["served_by"] = self.served_by
         end = self.t_end or self.t0
-        comp_id = (response or {}).get("id") or f"chatcmpl-protege-{secrets.token_hex(12)}"
-        self.record_id = comp_id
+        comp_id = self.record_id
+        upstream_id = self.upstream_id
+        if response is not None and response.get("id") != comp_id:
+            # A reassembled stream or a local model's completion still has the upstream's id: the
+            # stored answer is the one the client saw.
+            if upstream_id is None and response.get("id") is not None:
+                raw_id = response["id"]
+                upstream_id = raw_id if isinstance(raw_id, str) else orjson.dumps(raw_id).decode()
+            response = dict(response, id=comp_id)
+            response_text = None
         try:
             request_text = self.raw_request.decode()
         except UnicodeDecodeError:
@@ -119,6 +130,7 @@ class ChatCapture:
             "source": self.source,
             "served_by": self.served_by,
             "paired_with": self.pair.record_id if self.pair is not None else None,
+            "upstream_id": upstream_id,
         }
 
 

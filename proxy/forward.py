@@ -24,6 +24,7 @@ from . import errors
 from .auth import client_key, proxy_key_error
 from .capture import ChatCapture
 from .hooks import LocalModels, Route, Router
+from .ids import StreamIdRewriter, rewrite_body
 from .metrics import Metrics
 from .streaming import UsageFilter, completion_to_sse
 from .upstream import Upstream, forward_headers, response_headers
@@ -211,6 +212,8 @@ class ChatForwarder:
         t_end = time.perf_counter()
         self.metrics.upstream_latency(t_end - t_up)
         status = resp.status
+        if cap is not None and status < 400:
+            rbody, cap.upstream_id = rewrite_body(rbody, cap.record_id)
         hdrs = response_headers(resp.raw_headers)
         hdrs.append((b"content-length", str(len(rbody)).encode()))
         hdrs.append(served)
@@ -252,6 +255,7 @@ class ChatForwarder:
         watch.resp = resp
         watcher = asyncio.ensure_future(self._watch(receive, watch))
         filt = UsageFilter() if injected else None
+        ids = StreamIdRewriter(cap.record_id) if cap is not None else None
         chunks = cap.chunks if cap is not None else None
         outcome = "ok"
         error_event = None
@@ -264,7 +268,9 @@ class ChatForwarder:
                     chunks.append(data)
                 if watch.gone:
                     break
-                out = filt.feed(data) if filt is not None else data
+                out = ids.feed(data) if ids is not None else data
+                if filt is not None:
+                    out = filt.feed(out)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
         except asyncio.TimeoutError:
@@ -280,7 +286,9 @@ class ChatForwarder:
             outcome = "client_disconnected"
             resp.close()
         else:
-            tail = filt.flush() if filt is not None else b""
+            tail = ids.flush() if ids is not None else b""
+            if filt is not None:
+                tail = filt.feed(tail) + filt.flush()
             if error_event is not None:
                 tail += b"data: " + orjson.dumps(error_event) + b"\n\n"
                 resp.close()
@@ -298,6 +306,8 @@ class ChatForwarder:
             cap.error = error_event
             cap.request_id = rid
             cap.served_by = served[1].decode()
+            if ids is not None:
+                cap.upstream_id = ids.upstream_id
             self.writer.submit(cap)
 
     @staticmethod
@@ -338,6 +348,9 @@ class ChatForwarder:
                     cap.status, cap.outcome, cap.error, cap.served_by = 500, "upstream_error", body, served_by
                     self.writer.submit(cap)
                 return
+        if cap is not None:  # the client gets the capture's id, the model's own is kept beside it
+            cap.upstream_id = None if completion.get("id") is None else str(completion["id"])
+            completion = dict(completion, id=cap.record_id)
         if req.get("stream") is True:
             include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
             out = completion_to_sse(completion, include_usage)
@@ -397,6 +410,8 @@ class ChatForwarder:
             resp.close()
             return False
         resp.release()
+        if cap is not None:
+            rbody, cap.upstream_id = rewrite_body(rbody, cap.record_id)
         hdrs = response_headers(resp.raw_headers)
         hdrs += [(b"content-length", str(len(rbody)).encode()), SERVED_STUDENT]
         await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})

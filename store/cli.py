@@ -186,6 +186,7 @@ def show_cmd(
         f"upstream     {rec['upstream'] or '-'}",
         f"key hash     {rec['key_hash'] or '-'}",
         f"request id   {rec['request_id'] or '-'}",
+        f"upstream id  {rec['upstream_id'] or '-'}",
         f"source       {rec['source']}" + (f", served by {rec['served_by']}" if rec["served_by"] else ""),
         f"metadata     {orjson.dumps(rec['metadata']).decode()}",
         "",
@@ -277,6 +278,8 @@ def import_cmd(
     """Import JSONL logs: chat.completion objects with messages/request, {request, response}, or {messages}.
 
     Bad lines are reported with their line numbers and skipped; the exit status is 1 if any failed.
+    Importing is idempotent: completions already stored are skipped; a line whose id is taken by a
+    different completion is stored under a new id (its own kept as upstream_id) and reported.
     """
     from protege.store.io import import_jsonl
 
@@ -296,7 +299,13 @@ def import_cmd(
             typer.echo(f"error: line {line}: {msg}", err=True)
         if result.error_count > len(result.errors):
             typer.echo(f"error: ... and {result.error_count - len(result.errors)} more bad lines", err=True)
+        for line, old, new in result.reided:
+            typer.echo(f"note: line {line}: id {old} is taken by a different completion; imported as {new}", err=True)
+        if result.reided_count > len(result.reided):
+            typer.echo(f"note: ... and {result.reided_count - len(result.reided)} more given new ids", err=True)
         typer.echo(f"imported {result.imported} of {result.lines} lines from {file}" +
+                   (f", {result.skipped} already stored (skipped)" if result.skipped else "") +
+                   (f", {result.reided_count} with a new id (their id was taken)" if result.reided_count else "") +
                    (f", {result.error_count} failed" if result.error_count else ""))
     if result.error_count:
         raise typer.Exit(1)

@@ -48,6 +48,9 @@ COLUMNS: dict[str, pa.DataType] = {
     # For a second answer to the same request (shadow student, or teacher sampled to check a
     # canary): the id of the capture whose answer the client got.
     "paired_with": pa.string(),
+    # The id the upstream (or the imported line) gave this completion; ``id`` is Protege's own,
+    # unique (see store/ids.py and migration 5).
+    "upstream_id": pa.string(),
 }
 SCHEMA = pa.schema(list(COLUMNS.items()))
 META_SCHEMA = pa.schema([("seq", pa.int64()), ("key", pa.string()), ("value", pa.string())])
@@ -90,6 +93,7 @@ class Completion(SQLModel, table=True):
     source: str = "proxy"
     served_by: str | None = None
     paired_with: str | None = None
+    upstream_id: str | None = None
 
 
 def record_from_completion(
@@ -247,7 +251,7 @@ def _stored_filter(model: str | None, metadata: dict[str, str] | None) -> tuple[
 
 
 def _by_id(columns: str, where: str = "TRUE") -> str:
-    """SQL for the latest capture with a given id (one ``?``).
+    """SQL for the capture with a given id (one ``?``; ids are unique since migration 5).
 
     The id lookup is materialised first: only a bare ``id = ?`` scan uses the ART index (~1 ms at
     1M rows); with ORDER BY/LIMIT or other filters in the same scan DuckDB reads the whole id column
@@ -353,14 +357,16 @@ def update_metadata(store: Store, completion_id: str, metadata: dict[str, str] |
 
 
 def delete_completion(store: Store, completion_id: str) -> bool:
+    """Delete the one capture with this id (by its ``seq``: exactly one row, whatever else matches)."""
     cur = store.cursor()
-    seqs = [r[0] for r in cur.execute("SELECT seq FROM completions WHERE id = ?", [completion_id]).fetchall()]
-    if not seqs:
+    pos = _locate(cur, completion_id)
+    if pos is None:
         return False
+    seq = pos[1]
     cur.execute("BEGIN TRANSACTION")
     try:
-        cur.execute("DELETE FROM completion_metadata WHERE seq IN (SELECT unnest(?))", [seqs])
-        cur.execute("DELETE FROM completions WHERE id = ?", [completion_id])
+        cur.execute("DELETE FROM completion_metadata WHERE seq = ?", [seq])
+        cur.execute("DELETE FROM completions WHERE seq = ?", [seq])
         cur.execute("COMMIT")
     except Exception:
         cur.execute("ROLLBACK")

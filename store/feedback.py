@@ -1,6 +1,7 @@
 """Feedback on captured completions: scores, labels, corrected answers, accept/reject.
 
-Feedback points at a completion by the id the client saw. A completion may get several feedback
+Feedback points at a completion by the id the client saw, which names exactly one capture (Protege
+mints it; store/ids.py), and records that capture's ``seq`` beside it. A completion may get several feedback
 rows over time; where one value is needed (dataset filters, corrections) the latest non-null value
 of each field wins, so a later correction overrides an earlier one without deleting history.
 """
@@ -81,7 +82,8 @@ def feedback_object(row: Feedback) -> dict[str, Any]:
 
 
 def completion_seq(store: Store, completion_id: str) -> int | None:
-    """The capture a completion id refers to (the latest one: upstreams may reuse ids)."""
+    """The one capture a completion id names (ids are unique since migration 5; should a duplicate
+    slip in through an old spool file, the latest capture is the one the Stored API shows too)."""
     row = store.cursor().execute(
         "SELECT seq FROM completions WHERE id = ? ORDER BY seq DESC LIMIT 1", [completion_id]
     ).fetchone()

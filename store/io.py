@@ -11,12 +11,17 @@ one JSON object per line:
 
 A bad line is reported with its number and skipped; the rest is imported. Lines are parsed in
 Python (orjson) and written in Arrow batches through :func:`insert_records`.
+
+The import is idempotent: a line whose completion is already stored (same id, same messages, answer
+and model, and the same ``created`` when the line gives one) is skipped, so importing a file twice
+stores it once. A line whose id is taken by a different completion is stored under a fresh id and
+reported; its own id is kept in ``upstream_id`` (ids are unique in the store: store/ids.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ import pyarrow as pa
 
 from .completions import _COLS, COLUMNS, completion_filter, insert_records, record_from_completion, stored_object
 from .db import Store
+from .ids import resolve_ids
 
 # Request parameters that the Stored Completions object carries beside the completion (and that an
 # import moves back into the request).
@@ -45,13 +51,19 @@ class ImportResult:
     imported: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
     error_count: int = 0
+    skipped: int = 0  # already stored: the same completion, imported before or twice in the file
+    reided: list[tuple[int, str, str]] = field(default_factory=list)  # (line, its id, the id it got), first max_errors
+    reided_count: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "lines": self.lines,
             "imported": self.imported,
+            "skipped_duplicates": self.skipped,
+            "reided": self.reided_count,
             "failed": self.error_count,
             "errors": [{"line": n, "error": msg} for n, msg in self.errors],
+            "reided_ids": [{"line": n, "id": old, "new_id": new} for n, old, new in self.reided],
         }
 
 
@@ -128,7 +140,7 @@ def record_from_line(obj: Any, *, default_model: str | None = None, source: str 
             "tool_calls": answer.get("tool_calls"),
         }
         response = {
-            "id": f"chatcmpl-imp{secrets.token_hex(12)}",
+            "id": _content_id(obj),
             "object": "chat.completion",
             "created": int(obj.get("created") or time.time()),
             "model": model,
@@ -141,7 +153,7 @@ def record_from_line(obj: Any, *, default_model: str | None = None, source: str 
     else:
         raise LineError("not a chat completion: expected a chat.completion object, {request, response} or {messages}")
     if not response.get("id"):
-        response = {**response, "id": f"chatcmpl-imp{secrets.token_hex(12)}"}
+        response = {**response, "id": _content_id(obj)}
     if not isinstance(response.get("created"), (int, float)):
         response = {**response, "created": int(time.time())}
     if response.get("usage") is not None and not isinstance(response["usage"], dict):
@@ -158,6 +170,12 @@ def record_from_line(obj: Any, *, default_model: str | None = None, source: str 
         if value is not None and not (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))):
             raise LineError(f"`{_FIELD_NAMES.get(name, name)}` has the wrong type ({type(value).__name__})")
     return rec
+
+
+def _content_id(obj: dict[str, Any]) -> str:
+    """An id for a line that has none, derived from its content: importing it again finds it."""
+    digest = hashlib.blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
+    return f"chatcmpl-imp{digest}"
 
 
 # The columns whose values come from the line itself (the rest are built here, of the right type).
@@ -189,6 +207,7 @@ def import_jsonl(
     """
     result = ImportResult()
     batch: list[dict[str, Any]] = []
+    batch_lines: list[tuple[int, bool]] = []  # (line number, the line gave `created`)
     loads = orjson.loads
     pending_bytes = 0
     # One writer thread: DuckDB releases the GIL while it inserts, so parsing the next batch
@@ -197,10 +216,17 @@ def import_jsonl(
     with ThreadPoolExecutor(1, thread_name_prefix="protege-import") as pool:
         in_flight: Future[int] | None = None
 
-        def write(records: list[dict[str, Any]]) -> None:
+        def write(records: list[dict[str, Any]], lines: list[tuple[int, bool]]) -> None:
             nonlocal in_flight
             if in_flight is not None:
                 result.imported += in_flight.result()
+            # Ids are resolved against the store once the previous batch is in it.
+            resolved = resolve_ids(store, records, check_created=[given for _n, given in lines])
+            result.skipped += len(resolved.skipped)
+            result.reided_count += len(resolved.reided)
+            for i, old, new in resolved.reided[: max(0, max_errors - len(result.reided))]:
+                result.reided.append((lines[i][0], old, new))
+            records = resolved.records
             in_flight = pool.submit(insert_records, store, records)
 
         with open(path, "rb") as fh:
@@ -210,25 +236,33 @@ def import_jsonl(
                 if not line.strip():
                     continue
                 try:
-                    batch.append(record_from_line(loads(line), default_model=default_model))
+                    obj = loads(line)
+                    batch.append(record_from_line(obj, default_model=default_model))
+                    batch_lines.append((n, _gives_created(obj)))
                 except (LineError, orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
                     result.error_count += 1
                     if len(result.errors) < max_errors:
                         msg = f"invalid JSON ({exc})" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
                         result.errors.append((n, msg))
                 if len(batch) >= batch_size:
-                    write(batch)
-                    batch = []
+                    write(batch, batch_lines)
+                    batch, batch_lines = [], []
                     if progress:
                         progress(pending_bytes)
                         pending_bytes = 0
         if batch:
-            write(batch)
+            write(batch, batch_lines)
         if in_flight is not None:
             result.imported += in_flight.result()
     if progress and pending_bytes:
         progress(pending_bytes)
     return result
+
+
+def _gives_created(obj: Any) -> bool:
+    holder = obj.get("response") if isinstance(obj.get("response"), dict) else obj
+    created = holder.get("created")
+    return isinstance(created, (int, float)) and not isinstance(created, bool)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,11 +94,54 @@ def _v4_auto(conn: duckdb.DuckDBPyConnection) -> None:
     auto.migrate(conn)
 
 
+def _v5_unique_ids(conn: duckdb.DuckDBPyConnection) -> None:
+    # One capture, one id. Until now `id` was the upstream's id, which local servers repeat (Ollama
+    # `chatcmpl-<0..998>`, "0", echoed request ids), so one id could name several captures. From
+    # this version Protege mints the id the client sees; the upstream's is kept in `upstream_id`.
+    # Existing duplicates: the newest capture of each id keeps it (the one retrieve, update and
+    # feedback acted on until now), every older one gets a fresh id; what points at a capture by id
+    # (feedback, dataset links, shadow pairs) is re-pointed by `seq`, which was always unique.
+    # DuckDB cannot alter a table that has an index, so the id index is dropped and rebuilt.
+    conn.execute("DROP INDEX completions_id")
+    conn.execute("ALTER TABLE completions ADD COLUMN upstream_id VARCHAR")
+    conn.execute("UPDATE completions SET upstream_id = id")
+    conn.execute(
+        """
+        UPDATE completions SET id = 'chatcmpl-' || replace(uuid()::VARCHAR, '-', '')
+        WHERE seq IN (
+            SELECT seq FROM completions
+            QUALIFY row_number() OVER (PARTITION BY upstream_id ORDER BY seq DESC) > 1
+        )
+        """
+    )
+    conn.execute(
+        "UPDATE feedback SET completion_id = c.id FROM completions c "
+        "WHERE c.seq = feedback.completion_seq AND c.id <> feedback.completion_id"
+    )
+    conn.execute(
+        "UPDATE dataset_completions SET completion_id = c.id FROM completions c "
+        "WHERE c.seq = dataset_completions.seq AND c.id <> dataset_completions.completion_id"
+    )
+    # A second answer (shadow/compare) is captured after the answer the client got: its pair is
+    # the latest earlier non-shadow capture that had the id it names.
+    conn.execute(
+        """
+        UPDATE completions AS s SET paired_with = coalesce(
+            (SELECT arg_max(p.id, p.seq) FROM completions p
+             WHERE p.upstream_id = s.paired_with AND p.seq < s.seq AND p.source <> 'shadow'),
+            s.paired_with)
+        WHERE s.paired_with IN (SELECT upstream_id FROM completions GROUP BY upstream_id HAVING count(*) > 1)
+        """
+    )
+    conn.execute("CREATE INDEX completions_id ON completions(id)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, "completions", _v1_completions),
     (2, "evals", _v2_evals),
     (3, "distill", _v3_distill),
     (4, "auto", _v4_auto),
+    (5, "unique_ids", _v5_unique_ids),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

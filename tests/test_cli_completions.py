@@ -148,7 +148,8 @@ def test_export_import_roundtrip(db, tmp_path):
     other = tmp_path / "other.duckdb"
     r = runner.invoke(app, ["--db", str(other), "completions", "import", str(out), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout) == {"lines": 3, "imported": 3, "failed": 0, "errors": []}
+    assert json.loads(r.stdout) == {"lines": 3, "imported": 3, "failed": 0, "errors": [],
+                                    "skipped_duplicates": 0, "reided": 0, "reided_ids": []}
     r = runner.invoke(app, ["--db", str(other), "completions", "list", "--json", "--metadata", "team=b"])
     assert [d["id"] for d in json.loads(r.stdout)["data"]] == ["chatcmpl-1"]
 

@@ -91,9 +91,9 @@ def _error(status: int, message: str, type: str = "invalid_request_error", code:
 _req_ids = itertools.count(1)
 
 
-def _json(obj: Any, status: int = 200) -> web.Response:
+def _json(obj: Any, status: int = 200, option: int = 0) -> web.Response:
     return web.Response(
-        body=orjson.dumps(obj),
+        body=orjson.dumps(obj, option=option),
         status=status,
         content_type="application/json",
         headers={"x-request-id": f"req_{secrets.token_hex(12)}"},
@@ -101,9 +101,16 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 
 def start_fake_openai(
-    reply: Callable[[dict], str | dict] | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0
+    reply: Callable[[dict], str | dict] | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0,
+    completion_id: str | None = None, sort_keys: bool = False,
 ) -> FakeOpenAI:
-    """Start the fake on an ephemeral port in a background thread; ``.stop()`` ends it."""
+    """Start the fake on an ephemeral port in a background thread; ``.stop()`` ends it.
+
+    ``completion_id`` makes every completion carry that id, as local servers do (Ollama's
+    ``chatcmpl-<0..998>``, ``"0"``); ``sort_keys`` writes JSON keys in alphabetical order, as
+    llama.cpp's server and Azure OpenAI do (``choices`` before ``id``).
+    """
+    option = orjson.OPT_SORT_KEYS if sort_keys else 0
     reply = reply or _default_reply
     seen: list[dict] = []
 
@@ -167,7 +174,7 @@ def start_fake_openai(
                 "reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
             },
         }
-        cid = f"chatcmpl-{secrets.token_hex(12)}"
+        cid = completion_id if completion_id is not None else f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
         if tool_calls:
             tool_calls = [
@@ -184,7 +191,8 @@ def start_fake_openai(
                     "id": cid, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                     "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake",
-                }
+                },
+                option=option,
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(
@@ -200,7 +208,7 @@ def start_fake_openai(
             }
             if include_usage:
                 chunk["usage"] = usage_value
-            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            await resp.write(b"data: " + orjson.dumps(chunk, option=option) + b"\n\n")
             if chunk_delay and not last:
                 await asyncio.sleep(chunk_delay)
 
