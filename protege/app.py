@@ -70,6 +70,9 @@ def serve(settings: Settings) -> None:
     lifespan drains the capture queue to the store before the process exits."""
     import uvicorn
 
+    from .startup import check_exposure
+
+    check_exposure(settings)  # raises StartupError: the CLI shows it as one line
     logging.getLogger().setLevel(settings.log_level.upper())
     app, _store, _writer = build_app(settings)
     log.info("protege listening on http://%s:%d (store %s)", settings.host, settings.port, settings.db)
