@@ -38,6 +38,9 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
     """The ASGI app with its store and writer (the writer starts and stops with the app's lifespan)."""
     from protege.proxy import create_app
 
+    from .startup import split_upstream
+
+    split_upstream(settings)  # a refused upstream URL fails before the store is opened
     store = store or Store(settings.db, data_dir=settings.data_path)
     writer = CaptureWriter(
         store, max_queue=settings.queue_size, batch_size=settings.batch_size, flush_interval=settings.flush_interval
