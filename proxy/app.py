@@ -18,10 +18,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Match
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from protege.keys import admin_denial
 from protege.settings import Settings
 from protege.store import CaptureWriter, Store
-
-from protege.keys import admin_denial
 
 from . import errors
 from .auth import client_key

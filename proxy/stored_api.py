@@ -13,11 +13,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from protege.apikit import list_envelope
+from protege.keys import admin_denial
 from protege.store import Store, delete_completion, get_stored, input_messages, list_stored, update_metadata
 
 from . import errors
-from protege.keys import admin_denial
-
 from .auth import client_key
 from .validation import FilterError, metadata_error, metadata_filter
 
