@@ -32,6 +32,8 @@ def _from_exc(exc: Exception) -> JSONResponse:
         kind = "invalid_request_error" if exc.status < 500 else "api_error"
         if exc.status == 401:
             kind = "authentication_error"
+        elif exc.status == 403:
+            kind = "permission_error"
         return error_response(exc.status, exc.message, type_=kind, param=exc.param, code=exc.code)
     if isinstance(exc, openai.APIConnectionError):
         return error_response(502, f"the fine-tuning provider could not be reached: {exc}", type_="api_error", code="upstream_unreachable")
@@ -45,9 +47,9 @@ def _ctx(request: Request) -> tuple[Any, Any]:
     state = request.app.state
     store = getattr(state, "protege_store", None)
     settings = getattr(state, "protege_settings", None)
-    problem = apikit.admin_key_problem(request, "Fine-tuning jobs")
-    if problem is not None:
-        raise FineTuneError(problem[1], status=401, code=problem[0])
+    denial = apikit.admin_denial(request, "Fine-tuning jobs")
+    if denial is not None:
+        raise FineTuneError(denial.message, status=denial.status, code=denial.code)
     if store is None:
         raise FineTuneError("the fine-tuning API has no store configured", status=500, code="no_store")
     return store, settings
@@ -78,6 +80,10 @@ def list_jobs(request: Request) -> Any:
         return _from_exc(exc)
 
 
+def _is_dataset_id(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("ds_") and "/" not in value and "\\" not in value
+
+
 def _parse_create(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise FineTuneError("request body must be a JSON object")
@@ -102,12 +108,26 @@ def _parse_create(body: Any) -> dict[str, Any]:
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise FineTuneError("'seed' must be an integer", param="seed")
+    dataset = body.get("dataset_id") or body.get("dataset")
+    training = body.get("training_file")
+    if _is_dataset_id(training) and not dataset:
+        dataset, training = training, None  # OpenAI's field name, holding one of our dataset ids
+    for key, value in (("training_file", training), ("validation_file", body.get("validation_file"))):
+        if value is not None:
+            # Like evals' items_file: a request never names a file on the server. Reading it would
+            # let a caller probe the server's files through the error messages.
+            raise FineTuneError(
+                f"{key} is not accepted over HTTP: the server does not open files named in a request. Give "
+                "dataset_id (a dataset built with POST /protege/v1/datasets or `protege dataset build`; its "
+                "validation split is used too); the CLI (`protege finetune start --training-file`) takes local files.",
+                param=key, code="file_path_not_allowed",
+            )
     return {
         "backend": body.get("backend") or "openai",
         "model": body.get("model"),
-        "dataset": body.get("dataset_id") or body.get("dataset"),
-        "training_file": body.get("training_file"),
-        "validation_file": body.get("validation_file"),
+        "dataset": dataset,
+        "training_file": None,
+        "validation_file": None,
         "method": method,
         "hyperparameters": hp,
         "suffix": body.get("suffix"),

@@ -90,6 +90,11 @@ async def create_eval_run(request: Request) -> Response:
         spec = RunSpec.from_dict(body)
     except (RunSpecError, TypeError) as exc:
         return _error(400, str(exc))
+    from .egress import credential_problem
+
+    problem = credential_problem(spec.candidates, spec.metrics, getattr(request.app.state, "protege_settings", None))
+    if problem is not None:
+        return _error(400, problem[0], param=problem[1], code="credential_host_not_allowed")
     store = _store(request)
     try:
         run = await asyncio.to_thread(create_run, store, spec)

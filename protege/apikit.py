@@ -3,11 +3,12 @@ list envelopes, and the admin-key check. Glue like ``clikit``: any area's router
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+
+from protege import keys
 
 
 def error_response(
@@ -28,24 +29,32 @@ def list_envelope(data: list[dict[str, Any]], has_more: bool = False) -> dict[st
 
 
 def presented_key(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
-    return auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("api-key", "").strip()
+    """The client's key, read by the app's one parser (:func:`protege.keys.client_key`)."""
+    return keys.client_key(request.headers.raw)[0] or ""
+
+
+def admin_denial(request: Request, what: str = "This endpoint") -> keys.Denial | None:
+    """Why this request may not use an admin-only endpoint (None: it may). Whenever the server has
+    any key (proxy or admin), an admin key is needed; with proxy keys only, the API is closed."""
+    settings = getattr(request.app.state, "protege_settings", None)
+    return keys.admin_denial(
+        keys.client_key(request.headers.raw)[0],
+        getattr(settings, "proxy_keys", None) or [],
+        getattr(settings, "admin_keys", None) or [],
+        what,
+    )
 
 
 def admin_key_problem(request: Request, what: str = "This endpoint") -> tuple[str, str] | None:
-    """``(code, message)`` when the server has admin keys and the request did not present one."""
-    settings = getattr(request.app.state, "protege_settings", None)
-    keys = list(getattr(settings, "admin_keys", None) or [])
-    if not keys:
-        return None
-    key = presented_key(request)
-    if not key:
-        return "missing_api_key", f"You didn't provide an API key. {what} needs an admin key (Authorization: Bearer ...)."
-    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
-        return "invalid_api_key", f"Incorrect API key provided: {what.lower()} needs an admin key."
-    return None
+    """``(code, message)`` of :func:`admin_denial` (for routers that build their own error)."""
+    denial = admin_denial(request, what)
+    return None if denial is None else (denial.code, denial.message)
+
+
+def denial_response(denial: keys.Denial) -> JSONResponse:
+    return error_response(denial.status, denial.message, type_=denial.type, code=denial.code)
 
 
 def admin_denied(request: Request, what: str = "This endpoint") -> JSONResponse | None:
-    problem = admin_key_problem(request, what)
-    return None if problem is None else error_response(401, problem[1], code=problem[0])
+    denial = admin_denial(request, what)
+    return None if denial is None else denial_response(denial)

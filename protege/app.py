@@ -38,6 +38,9 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
     """The ASGI app with its store and writer (the writer starts and stops with the app's lifespan)."""
     from protege.proxy import create_app
 
+    from .startup import split_upstream
+
+    split_upstream(settings)  # a refused upstream URL fails before the store is opened
     store = store or Store(settings.db, data_dir=settings.data_path)
     writer = CaptureWriter(
         store, max_queue=settings.queue_size, batch_size=settings.batch_size, flush_interval=settings.flush_interval
@@ -70,6 +73,9 @@ def serve(settings: Settings) -> None:
     lifespan drains the capture queue to the store before the process exits."""
     import uvicorn
 
+    from .startup import check_exposure
+
+    check_exposure(settings)  # raises StartupError: the CLI shows it as one line
     logging.getLogger().setLevel(settings.log_level.upper())
     app, _store, _writer = build_app(settings)
     log.info("protege listening on http://%s:%d (store %s)", settings.host, settings.port, settings.db)

@@ -32,18 +32,27 @@ def serve(
     forward_store: Optional[bool] = typer.Option(None, "--forward-store/--strip-store", help="Forward store/metadata upstream."),
     worker: Optional[bool] = typer.Option(None, "--worker/--no-worker", help="Run the automatic distillation loop too."),
     policies: Optional[str] = typer.Option(None, help="Policies TOML file for the loop."),
+    allow_open: bool = typer.Option(
+        False, "--allow-open", help="Listen on a non-loopback address with no keys (anyone reaching it can read captures)."
+    ),
 ) -> None:
     """Start the proxy (FastAPI under uvicorn) on the embedded DuckDB store."""
     base = clikit.settings()
     overrides = dict(
         host=host, port=port, upstream=upstream, azure_endpoint=azure_endpoint, azure_auth=azure_auth,
-        capture=capture, forward_store=forward_store, run_worker=worker, policies_file=policies,
+        capture=capture, forward_store=forward_store, run_worker=worker, policies_file=policies, allow_open=allow_open or None,
     )
     settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if settings.capture not in ("all", "store", "none"):
         clikit.fail(f"--capture must be all, store or none, not {settings.capture!r}")
     from .app import serve as run
+    from .startup import StartupError, check_exposure, split_upstream
 
+    try:
+        check_exposure(settings)
+        split_upstream(settings)
+    except StartupError as exc:
+        clikit.fail(str(exc))
     run(settings)
 
 

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     # Access: when proxy_keys is set, clients must present one; stored completions need an admin key.
     proxy_keys: list[str] = Field(default_factory=list, exclude=True)
     admin_keys: list[str] = Field(default_factory=list, exclude=True)
+    # With any key set, Protege's own API and the Stored API need an admin key (closed with proxy
+    # keys only). `serve` refuses a non-loopback host with no keys at all unless this is true.
+    allow_open: bool = False
+    # Hosts (host or host:port) that eval runs started over HTTP may send a server credential to
+    # (a candidate's api_key_env), besides the configured upstream / Azure endpoint.
+    eval_allowed_hosts: list[str] = Field(default_factory=list)
 
     # Capture writer.
     queue_size: int = 100_000

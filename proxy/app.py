@@ -13,22 +13,38 @@ import logging
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Match
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from protege.keys import admin_denial
 from protege.settings import Settings
 from protege.store import CaptureWriter, Store
 
+from . import errors
+from .auth import client_key
 from .errors import error_obj
 from .forward import ChatForwarder
 from .hooks import LocalModels, Router
 from .metrics import Metrics
 from .passthrough import Passthrough
+from .paths import encode, normalise, stored_api_shape
 from .stored_api import stored_router
 from .upstream import Upstream
 
 log = logging.getLogger("protege.proxy")
+
+# Admin-only whenever any key is configured: Protege's own API and the API's description (the
+# Stored Completions routes check the same rule themselves). /healthz and /metrics stay open.
+_ADMIN_PREFIXES = ("/protege/",)
+_ADMIN_PATHS = frozenset({"/protege", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+def _admin_only(path: str) -> bool:
+    lowered = path.lower()  # routes are case-sensitive, but guard what a looser server might accept
+    return lowered in _ADMIN_PATHS or lowered.startswith(_ADMIN_PREFIXES)
+
 
 _CHAT_SHAPES = {"/v1/chat/completions": "v1", "/openai/v1/chat/completions": "azure_v1"}
 _DEPLOYMENTS = "/openai/deployments/"
@@ -46,6 +62,10 @@ class ProxyApp:
         self.writer = writer
         self.store = store
         self.metrics = metrics
+        settings = api.state.protege_settings
+        self.proxy_keys = list(settings.proxy_keys)
+        self.admin_keys = list(settings.admin_keys)
+        self.keyed = bool(self.proxy_keys or self.admin_keys)
 
     @property
     def state(self) -> Any:
@@ -57,8 +77,15 @@ class ProxyApp:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            path = scope["path"]
+            path = normalise(scope["path"])
+            if path != scope["path"]:  # route (and forward) what a server would make of the path
+                scope = dict(scope, path=path, raw_path=encode(path).encode("ascii"))
             method = scope["method"]
+            if self.keyed and _admin_only(path):
+                denial = admin_denial(client_key(scope["headers"])[0], self.proxy_keys, self.admin_keys, "Protege's own API")
+                if denial is not None:
+                    self.metrics.request("api", denial.status)
+                    return await errors.send_error(send, denial.status, denial.message, denial.type, code=denial.code)
             if method == "POST":
                 shape = _CHAT_SHAPES.get(path)
                 if shape is not None:
@@ -68,7 +95,7 @@ class ProxyApp:
                     if dep and "/" not in dep:
                         return await self.chat(scope, receive, send, "deployment", dep)
             forwardable = path.startswith(("/v1/", "/openai/v1/")) or (self.upstream.azure and path.startswith("/openai/"))
-            if forwardable and not self._api_serves(scope):
+            if forwardable and not stored_api_shape(path) and not self._api_serves(scope):
                 return await self.passthrough(scope, receive, send)
         if scope["type"] != "http":
             return await self.api(scope, receive, send)
@@ -121,7 +148,11 @@ def create_app(
             except Exception as exc:  # already closed by its owner
                 log.debug("store close: %s", exc)
 
-    api = FastAPI(title="Protege", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # Swagger UI's assets are served from the package (fastapi-offline), not from a CDN: /docs
+    # works on a machine with no internet access. Both /docs and /openapi.json need an admin key
+    # whenever keys are configured (they describe the admin API).
+    api = FastAPIOffline(title="Protege", lifespan=lifespan, redoc_url=None)
+    api.state.protege_settings = settings
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_request: Any, exc: StarletteHTTPException) -> JSONResponse:

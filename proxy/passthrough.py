@@ -13,6 +13,7 @@ import aiohttp
 
 from . import errors
 from .auth import client_key, proxy_key_error
+from .body import BodyTooLarge, read_body
 from .metrics import Metrics
 from .upstream import Upstream, forward_headers, response_headers
 
@@ -36,17 +37,13 @@ class Passthrough:
             use_server = True  # the proxy key stays here: the upstream gets the server's key
         else:
             use_server = key is None
-        body = b""
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body += msg.get("body", b"")
-            if len(body) > self.max_body:
-                return await self._fail(send, 413, errors.error_bytes(
-                    f"Request body too large: the limit is {self.max_body} bytes.", code="request_too_large"))
-            if not msg.get("more_body"):
-                break
+        try:
+            body = await read_body(receive, self.max_body)
+        except BodyTooLarge:
+            return await self._fail(send, 413, errors.error_bytes(
+                f"Request body too large: the limit is {self.max_body} bytes.", code="request_too_large"))
+        if body is None:
+            return
         headers = forward_headers(scope["headers"], await self.upstream.auth_headers(key, style, use_server))
         if accept_encoding:
             headers["accept-encoding"] = accept_encoding

@@ -13,11 +13,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from protege.apikit import list_envelope
+from protege.keys import admin_denial
 from protege.store import Store, delete_completion, get_stored, input_messages, list_stored, update_metadata
 
 from . import errors
-from .auth import client_key, key_in
-from .validation import metadata_error
+from .auth import client_key
+from .validation import FilterError, metadata_error, metadata_filter
 
 PREFIXES = ("/v1/chat/completions", "/openai/v1/chat/completions", "/openai/chat/completions")
 MAX_LIMIT = 100
@@ -68,19 +69,11 @@ def _envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) -> APIRouter:
     router = APIRouter()
-    guarded = bool(proxy_keys or admin_keys)
 
     def check(request: Request) -> None:
-        if not guarded:
-            return
-        key = _key(request)
-        if not key:
-            raise ApiError(401, errors.NO_KEY, code="missing_api_key")
-        if key_in(key, admin_keys):
-            return
-        if key_in(key, proxy_keys):
-            raise ApiError(403, errors.NOT_ADMIN, code="insufficient_permissions", type="permission_error")
-        raise ApiError(401, errors.BAD_KEY, code="invalid_api_key")
+        denial = admin_denial(_key(request), proxy_keys, admin_keys, "The Stored Completions API")
+        if denial is not None:
+            raise ApiError(denial.status, denial.message, code=denial.code, type=denial.type)
 
     def endpoint(fn: Callable[..., Any]) -> Callable[..., Response]:
         @functools.wraps(fn)
@@ -96,7 +89,10 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) ->
     @endpoint
     def list_completions(request: Request) -> Response:
         q = request.query_params
-        metadata = {k[len("metadata[") : -1]: v for k, v in q.multi_items() if k.startswith("metadata[") and k.endswith("]")}
+        try:
+            metadata = metadata_filter(q.multi_items())
+        except FilterError as exc:
+            raise ApiError(400, exc.message, exc.param, exc.code)
         page = list_stored(
             store, model=q.get("model") or None, metadata=metadata or None, after=q.get("after") or None,
             limit=_limit(q.get("limit")), order=_order(q.get("order")),
@@ -148,15 +144,17 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) ->
             msgs = msgs[ids.index(after) + 1 :] if after in ids else []
         return _json(_envelope(msgs[:limit], len(msgs) > limit))
 
+    async def _update(request: Request, completion_id: str) -> Response:
+        # Read the body on the loop, query in the threadpool. (No extra parameters: FastAPI would
+        # put them in the OpenAPI schema, and a Callable there made /openapi.json a 500.)
+        from starlette.concurrency import run_in_threadpool
+
+        body = await request.body()
+        return await run_in_threadpool(update, request, completion_id, body)
+
     for prefix in PREFIXES:
         router.add_api_route(prefix, list_completions, methods=["GET"], include_in_schema=prefix == PREFIXES[0])
         router.add_api_route(prefix + "/{completion_id}", retrieve, methods=["GET"], include_in_schema=prefix == PREFIXES[0])
-
-        async def _update(request: Request, completion_id: str, _fn: Callable[..., Response] = update) -> Response:
-            from starlette.concurrency import run_in_threadpool
-
-            body = await request.body()
-            return await run_in_threadpool(_fn, request, completion_id, body)
 
         router.add_api_route(prefix + "/{completion_id}", _update, methods=["POST"], include_in_schema=prefix == PREFIXES[0])
         router.add_api_route(prefix + "/{completion_id}", delete, methods=["DELETE"], include_in_schema=prefix == PREFIXES[0])

@@ -16,6 +16,9 @@ import aiohttp
 from yarl import URL
 
 from protege.settings import Settings
+from protege.startup import split_upstream
+
+from .paths import encode
 
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 REFRESH_MARGIN_S = 300.0
@@ -70,15 +73,16 @@ class Upstream:
     def __init__(self, settings: Settings, credential: Any = None) -> None:
         self.settings = settings
         self.azure = bool(settings.azure_endpoint)
-        if self.azure:
-            self.root = str(settings.azure_endpoint).rstrip("/")
-            secret = settings.azure_api_key
-            self.name = self.root
-        else:
-            self.root = settings.upstream.rstrip("/")
-            secret = settings.upstream_api_key
-            self.name = self.root
+        # Credentials in the URL never reach aiohttp's URL (it would add Basic auth itself and then
+        # 500 on a Bearer header) nor the captures' `upstream` column: see split_upstream.
+        target = split_upstream(settings)
+        self.root = target.url.rstrip("/")
+        self.name = self.root
+        secret = settings.azure_api_key if self.azure else settings.upstream_api_key
         self.server_key = secret.get_secret_value() if secret is not None else None
+        self.basic = (
+            aiohttp.BasicAuth(target.basic_user or "", target.basic_password or "").encode() if target.has_basic else None
+        )
         self.entra = EntraToken(credential) if self.azure and settings.azure_auth == "entra" else None
         self.api_version = settings.azure_api_version
         self.session: aiohttp.ClientSession | None = None
@@ -113,7 +117,9 @@ class Upstream:
         return URL(f"{self.root}/openai/deployments/{dep}/chat/completions?{qs}", encoded=True)
 
     def passthrough_url(self, path: str, query: bytes) -> URL:
-        """``/v1/<rest>`` and ``/openai/...`` on the upstream."""
+        """``/v1/<rest>`` and ``/openai/...`` on the upstream. ``path`` is the normalised, decoded
+        path the proxy routed on; it is re-encoded so the upstream decodes exactly that."""
+        path = encode(path)
         if self.azure:
             if path.startswith("/v1/"):
                 target = self.root + "/openai" + path
@@ -135,6 +141,8 @@ class Upstream:
             return {"Authorization": "Bearer " + key}
         if self.entra is not None:
             return {"Authorization": "Bearer " + await self.entra.get()}
+        if self.basic is not None:
+            return {"Authorization": self.basic}
         if self.server_key:
             if self.azure:
                 return {"api-key": self.server_key}

@@ -37,6 +37,8 @@ def client(tmp_path: Path):
     app = FastAPI()
     app.include_router(router)
     app.state.protege_store = store
+    # The fake candidates run on 127.0.0.1: a server credential (api_key_env) may go there.
+    app.state.protege_settings = load_settings(db=str(tmp_path / "a.duckdb"), eval_allowed_hosts=["127.0.0.1"])
     with TestClient(app) as c:
         c.store = store  # type: ignore[attr-defined]
         yield c

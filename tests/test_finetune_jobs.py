@@ -253,11 +253,18 @@ def test_http_api(store, settings, tmp_path):
     app.include_router(router)
     app.state.protege_store = store
     app.state.protege_settings = settings
+    from protege.store import datasets as store_datasets
+
+    # Over HTTP a job trains on a dataset id, never on a path the request names (issue 8).
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows())
+    store_datasets.save_dataset(store, store_datasets.DatasetVersionRow(
+        id="ds_http1", name="tiny", version=1, kind="sft", created_at=int(time.time()),
+        files=json.dumps({"train": {"path": train}}),
+    ))
     base = "/protege/v1/fine_tuning/jobs"
     with _Server(app) as srv:
         status, job = srv.call("POST", base, {
-            "model": "gpt-4o-mini", "training_file": train, "suffix": "api", "metadata": {"k": "v"},
+            "model": "gpt-4o-mini", "dataset_id": "ds_http1", "suffix": "api", "metadata": {"k": "v"},
             "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4}}},
         })
         assert status == 200, job
@@ -283,9 +290,9 @@ def test_http_api(store, settings, tmp_path):
         assert status == 404 and err["error"] == {
             "message": "no fine-tuning job ftjob_missing", "type": "invalid_request_error", "param": "id", "code": "job_not_found"
         }
-        status, err = srv.call("POST", base, {"model": "gpt-4o-mini", "training_file": train, "hyperparameters": {"batch_size": 0}})
+        status, err = srv.call("POST", base, {"model": "gpt-4o-mini", "dataset_id": "ds_http1", "hyperparameters": {"batch_size": 0}})
         assert status == 400 and err["error"]["param"] == "hyperparameters.batch_size"
-        status, err = srv.call("POST", base, {"model": "gpt-4o-mini", "training_file": train, "bogus": 1})
+        status, err = srv.call("POST", base, {"model": "gpt-4o-mini", "dataset_id": "ds_http1", "bogus": 1})
         assert status == 400 and "bogus" in err["error"]["message"]
         status, err = srv.call("GET", f"{base}?limit=abc")
         assert status == 400 and err["error"]["param"] == "limit"

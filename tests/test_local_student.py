@@ -304,8 +304,15 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
         api = FastAPI()
         api.include_router(router)
         api.state.protege_store = store
+        # Over HTTP a job trains on a dataset id, never on a path the request names (issue 8).
+        from protege.store import datasets as store_datasets
+
+        store_datasets.save_dataset(store, store_datasets.DatasetVersionRow(
+            id="ds_web1", name="topics", version=1, kind="sft", created_at=int(time.time()),
+            files=json.dumps({"train": {"path": data["train"]}}),
+        ))
         with _Server(api) as srv:
-            status, created = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "training_file": data["train"], "name": "web"})
+            status, created = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "dataset_id": "ds_web1", "name": "web"})
             assert status == 200 and created["backend"] == "local"
             deadline = time.monotonic() + 60
             job = created
@@ -313,7 +320,7 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
                 time.sleep(0.05)
                 status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{created['id']}")
             assert job["status"] == "succeeded" and job["fine_tuned_model"] == "protege/web@v1"
-            status, err = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "training_file": data["train"], "name": "bad name!"})
+            status, err = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "dataset_id": "ds_web1", "name": "bad name!"})
             assert status == 400 and err["error"]["param"] == "name"
     finally:
         store.close()

@@ -135,6 +135,13 @@ def start_fake_openai(
 
     def authorized(request: web.Request) -> bool:
         auth = request.headers.get("authorization", "")
+        if auth.startswith("Basic "):  # OpenAI also takes the key as a Basic password (see _KEY_MISSING)
+            import base64
+
+            try:
+                return bool(base64.b64decode(auth[6:]).decode().partition(":")[2])
+            except ValueError:
+                return False
         return bool(request.headers.get("api-key")) or (auth.startswith("Bearer ") and len(auth) > 7)
 
     async def chat(request: web.Request) -> web.StreamResponse:
