@@ -371,7 +371,7 @@ def load_student(store, name: str, version: int | None = None) -> tuple[TrainedS
     row = store_jobs.get_student(store, name, version)
     if row is None:
         raise FineTuneError(f"no local student {name!r}" + (f" version {version}" if version else ""), param="model", code="model_not_found", status=404)
-    path = Path(row["path"])
+    path = store_jobs.resolve_artifact(store, row["path"])
     if not path.exists():
         raise FineTuneError(f"student file {path} is missing", code="artifact_missing", status=500)
     if _sha256(path) != row["sha256"]:

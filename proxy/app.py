@@ -24,6 +24,7 @@ from .errors import error_obj
 from .forward import ChatForwarder
 from .hooks import LocalModels, Router
 from .metrics import Metrics
+from .models_list import ModelsList
 from .passthrough import Passthrough
 from .stored_api import stored_router
 from .upstream import Upstream
@@ -46,6 +47,7 @@ class ProxyApp:
         self.writer = writer
         self.store = store
         self.metrics = metrics
+        self.models: ModelsList | None = None  # GET /v1/models with the students merged in
 
     @property
     def state(self) -> Any:
@@ -67,6 +69,8 @@ class ProxyApp:
                     dep = path[len(_DEPLOYMENTS) : -len(_CHAT_SUFFIX)]
                     if dep and "/" not in dep:
                         return await self.chat(scope, receive, send, "deployment", dep)
+            if self.models is not None and self.models.serves(method, path):
+                return await self.models(scope, receive, send)
             forwardable = path.startswith(("/v1/", "/openai/v1/")) or (self.upstream.azure and path.startswith("/openai/"))
             if forwardable and not self._api_serves(scope):
                 return await self.passthrough(scope, receive, send)
@@ -140,4 +144,7 @@ def create_app(
     api.include_router(stored_router(store, list(settings.proxy_keys), list(settings.admin_keys)))
     for r in routers:
         api.include_router(r)
-    return ProxyApp(api, chat, passthrough, upstream, writer, store, metrics)
+    proxy = ProxyApp(api, chat, passthrough, upstream, writer, store, metrics)
+    if local_models is not None:
+        proxy.models = ModelsList(upstream, local_models, metrics, allowed)
+    return proxy
