@@ -108,10 +108,36 @@ def main() -> None:
                     conc_out[k + 8 * j] = text
             same = same and conc_out == seq_out
         rs, rc = statistics.median(seq_rates), statistics.median(conc_rates)
+        gen = srv.registry._models[("bench", 1)].generator
+        batches_before = gen.batches
+        with ThreadPoolExecutor(8) as pool:
+            barrier = threading.Barrier(8)
+            list(pool.map(client_run, range(8)))
+        mean_batch = len(requests) / max(1, gen.batches - batches_before)
+
+        # The same 16 prompts with plain `generate`: one by one, and in 2 left-padded batches of 8.
+        tok.padding_side = "left"
+        all_ids = [ids_of(r) for r in requests]
+
+        def plain(batch: list[list[int]]) -> None:
+            width = max(map(len, batch))
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            x = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
+            m = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+            with torch.inference_mode():
+                model.generate(input_ids=x, attention_mask=m, max_new_tokens=args.max_tokens, do_sample=False, pad_token_id=pad)
+
+        p_seq, p_bat = [], []
+        for _ in range(3):
+            t = time.perf_counter(); [plain([b]) for b in all_ids]; p_seq.append(len(all_ids) / (time.perf_counter() - t))
+            t = time.perf_counter(); plain(all_ids[:8]); plain(all_ids[8:]); p_bat.append(len(all_ids) / (time.perf_counter() - t))
+        ps, pb = statistics.median(p_seq), statistics.median(p_bat)
         print(f"prompt {len(prompt_ids)} tokens, answer {args.max_tokens} tokens, {args.runs} runs, torch threads {torch.get_num_threads()}")
         print(f"bare generate     median {mb * 1000:.1f} ms")
         print(f"through the proxy median {mp * 1000:.1f} ms  -> overhead {100 * (mp / mb - 1):+.1f} % (target <= +10 %)")
         print(f"sequential {rs:.2f} req/s, 8 concurrent clients {rc:.2f} req/s -> {rc / rs:.2f}x (target >= 1.5x); identical greedy outputs: {same}")
+        print(f"  mean rows per generate call with 8 clients: {mean_batch:.1f}")
+        print(f"plain generate, same prompts: one by one {ps:.2f} req/s, batches of 8 {pb:.2f} req/s -> {pb / ps:.2f}x (the ceiling for batching here)")
         print(f"answers: {sorted(set(seq_out))}")
     finally:
         srv.stop()
