@@ -81,6 +81,7 @@ class _Index:
     bare: dict[str, int | None] = field(default_factory=dict)  # name -> version the bare name serves
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     built_at: float = 0.0
+    started_at: float = -1.0  # when the rebuild that produced it began reading the store
 
 
 def completion_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
@@ -124,11 +125,16 @@ class StudentRegistry:
         self.refresh()
 
     # -- the index --------------------------------------------------------------------------------
-    def refresh(self, min_age: float = 0.0) -> None:
-        """Rebuild the index from the store (blocking: call it off the event loop)."""
+    def refresh(self, since: float | None = None) -> None:
+        """Rebuild the index from the store (blocking: call it off the event loop).
+
+        ``since`` (a ``time.monotonic()`` value): a rebuild that began at or after it is recent
+        enough. Callers missing a model pass the time their request arrived, so that concurrent
+        misses share one rebuild instead of querying the store once each."""
         with self._refresh_lock:
-            if min_age and time.monotonic() - self._index.built_at < min_age:
+            if since is not None and self._index.started_at >= since:
                 return
+            started = time.monotonic()
             try:
                 rows = store_jobs.list_students(self.store)
                 verdicts = store_jobs.student_verdicts(self.store)
@@ -136,7 +142,7 @@ class StudentRegistry:
             except Exception as exc:  # a closing store: keep serving what we knew
                 log.debug("student index refresh failed: %s", exc)
                 return
-            idx = _Index(built_at=time.monotonic())
+            idx = _Index(built_at=time.monotonic(), started_at=started)
             for r in rows:
                 idx.versions.setdefault(r["name"], {})[int(r["version"])] = r
             for name, versions in idx.versions.items():

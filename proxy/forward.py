@@ -327,7 +327,7 @@ class ChatForwarder:
         assert self.local_models is not None
         refresh = getattr(self.local_models, "refresh", None)
         if refresh is not None:
-            await asyncio.to_thread(refresh, 0.5)
+            await asyncio.to_thread(refresh, time.monotonic())
         return self.local_models.has(model)
 
     async def _not_found(self, send: Any, model: str, cap: ChatCapture | None) -> None:

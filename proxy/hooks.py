@@ -34,8 +34,9 @@ class AsyncLocalModels(LocalModels, Protocol):
         """This model name is in the local namespace: answer 404 ``model_not_found`` when not ``has``."""
         ...
 
-    def refresh(self, min_age: float = 0.0) -> None:
-        """Re-read what exists (blocking: the proxy calls it in a thread before answering 404)."""
+    def refresh(self, since: float | None = None) -> None:
+        """Re-read what exists, unless a re-read began at or after ``since`` (``time.monotonic()``).
+        Blocking: the proxy calls it in a thread, with its request's arrival time, before a 404."""
         ...
 
     def missing_reason(self, model: str) -> str | None: ...
