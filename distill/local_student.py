@@ -488,7 +488,8 @@ class LocalStudentBackend:
             row = save_student(self.store, name, student, job_id=spec.job_id, extra={"training_file": spec.training_file, "validation_file": spec.validation_file})
             run.fine_tuned_model = f"protege/{name}@v{row['version']}"
             run.result = {
-                "student": {"name": name, "version": row["version"], "path": row["path"], "sha256": row["sha256"], "manifest": row["manifest_path"]},
+                "student": {"name": name, "version": row["version"], "path": str(store_jobs.resolve_artifact(self.store, row["path"])),
+                            "sha256": row["sha256"], "manifest": str(store_jobs.resolve_artifact(self.store, row["manifest_path"]))},
                 "metrics": m,
             }
             run.event(f"New local student created: {run.fine_tuned_model}")
