@@ -123,3 +123,22 @@ def test_full_route_to_an_endpoint_student_and_rollback(servers):
             break
         time.sleep(0.1)
     assert raw.parse().choices[0].message.content == "teacher says hi"
+
+
+def test_the_gate_asks_an_endpoint_student(tmp_path):
+    """The automatic loop's gate evaluation reaches endpoint students through the registry too."""
+    from protege.distill.auto import _predict
+    from protege.distill.policies import parse_policy
+    from protege.distill import students_admin
+
+    remote = start_fake_openai(lambda body: f"label:{body['messages'][-1]['content']}")
+    store = Store(str(tmp_path / "g.duckdb"))
+    try:
+        students_admin.add_endpoint(store, name="gated", base_url=remote.base_url, model="m")
+        policy = parse_policy({"name": "p", "match": {"model": "gpt-4o-mini"}, "trigger": {"min_new_completions": 100}, "gate": {"metrics": ["exact_match"]}})
+        prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(5)]
+        assert _predict(store, Settings(), policy, "protege/gated", prompts) == [f"label:q{i}" for i in range(5)]
+        assert all(r["json"]["temperature"] == 0 and r["json"]["model"] == "m" for r in remote.chat_requests)
+    finally:
+        store.close()
+        remote.stop()
