@@ -159,12 +159,18 @@ def _predict(store: Any, settings: Any, policy: Policy, student_model: str, prom
     """The student's answers to held-out prompts (local students in-process, cloud ones via the SDK)."""
     from .agreement import response_text
 
-    if policy.student.backend == "local":
+    from concurrent.futures import ThreadPoolExecutor
+
+    if policy.student.backend == "local" or student_model.startswith("protege/"):
+        # Local and endpoint students; greedy, and concurrent so LoRA students batch their answers.
         from protege.distill.students import StudentRegistry  # type: ignore[attr-defined]
 
         registry = StudentRegistry(store)
-        return [response_text(registry.complete({"model": student_model, "messages": msgs})) for msgs in prompts]
-    from concurrent.futures import ThreadPoolExecutor
+        try:
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="protege-gate") as pool:
+                return list(pool.map(lambda msgs: response_text(registry.complete({"model": student_model, "messages": msgs, "temperature": 0})), prompts))
+        finally:
+            registry.close()
 
     client = client or _cloud_client(settings, policy.student.backend)
 

@@ -371,7 +371,7 @@ def load_student(store, name: str, version: int | None = None) -> tuple[TrainedS
     row = store_jobs.get_student(store, name, version)
     if row is None:
         raise FineTuneError(f"no local student {name!r}" + (f" version {version}" if version else ""), param="model", code="model_not_found", status=404)
-    path = Path(row["path"])
+    path = store_jobs.resolve_artifact(store, row["path"])
     if not path.exists():
         raise FineTuneError(f"student file {path} is missing", code="artifact_missing", status=500)
     if _sha256(path) != row["sha256"]:
@@ -488,7 +488,8 @@ class LocalStudentBackend:
             row = save_student(self.store, name, student, job_id=spec.job_id, extra={"training_file": spec.training_file, "validation_file": spec.validation_file})
             run.fine_tuned_model = f"protege/{name}@v{row['version']}"
             run.result = {
-                "student": {"name": name, "version": row["version"], "path": row["path"], "sha256": row["sha256"], "manifest": row["manifest_path"]},
+                "student": {"name": name, "version": row["version"], "path": str(store_jobs.resolve_artifact(self.store, row["path"])),
+                            "sha256": row["sha256"], "manifest": str(store_jobs.resolve_artifact(self.store, row["manifest_path"]))},
                 "metrics": m,
             }
             run.event(f"New local student created: {run.fine_tuned_model}")

@@ -21,6 +21,7 @@ _ROUTERS = (
     "protege.distill.api:router",
     "protege.distill.finetune_api:router",
     "protege.distill.auto_api:router",
+    "protege.distill.students_api:router",
 )
 
 
@@ -47,10 +48,12 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
     )
     routers = [r for r in (_optional(p) for p in _ROUTERS) if r is not None]
     registry_cls = _optional("protege.distill.students:StudentRegistry")
-    local_models = registry_cls(store) if registry_cls is not None else None
+    local_models = registry_cls(store, timeout=settings.student_timeout) if registry_cls is not None else None
     router_cls = _optional("protege.distill.routing:StoreRouter")
     router = router_cls(store) if router_cls is not None else None
     on_startup, on_shutdown = [], []
+    if local_models is not None and hasattr(local_models, "close"):
+        on_shutdown.append(local_models.close)  # generation workers of loaded students
     if settings.run_worker:
         worker_cls = _optional("protege.distill.auto:Worker")
         if worker_cls is None:
@@ -65,6 +68,7 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
     # Areas that run background work inside `serve` (the automatic-distillation loop) read these.
     app.state.protege_settings = settings  # type: ignore[attr-defined]
     app.state.protege_store = store  # type: ignore[attr-defined]
+    app.state.protege_students = local_models  # type: ignore[attr-defined]
     return app, store, writer
 
 

@@ -67,6 +67,7 @@ def _mount_groups() -> None:
         ("protege.distill.cli_feedback", "feedback"),
         ("protege.evals.cli", "eval"),
         ("protege.distill.cli_auto", "auto"),
+        ("protege.distill.cli_students", "students"),
     ):
         try:
             mod = importlib.import_module(module)

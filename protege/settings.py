@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # Fine-tune jobs: how often cloud jobs are polled.
     finetune_poll_interval: float = 1.0
 
+    # Students answered by the proxy (protege/<name>): seconds before a request gets a timeout error.
+    student_timeout: float = 60.0
+
     # Automatic distillation loop inside `protege serve`.
     policies_file: str | None = None
     run_worker: bool = False

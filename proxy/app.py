@@ -28,6 +28,7 @@ from .errors import error_obj
 from .forward import ChatForwarder
 from .hooks import LocalModels, Router
 from .metrics import Metrics
+from .models_list import ModelsList
 from .passthrough import Passthrough
 from .paths import encode, normalise, stored_api_shape
 from .stored_api import stored_router
@@ -66,6 +67,7 @@ class ProxyApp:
         self.proxy_keys = list(settings.proxy_keys)
         self.admin_keys = list(settings.admin_keys)
         self.keyed = bool(self.proxy_keys or self.admin_keys)
+        self.models: ModelsList | None = None  # GET /v1/models with the students merged in
 
     @property
     def state(self) -> Any:
@@ -94,6 +96,8 @@ class ProxyApp:
                     dep = path[len(_DEPLOYMENTS) : -len(_CHAT_SUFFIX)]
                     if dep and "/" not in dep:
                         return await self.chat(scope, receive, send, "deployment", dep)
+            if self.models is not None and self.models.serves(method, path):
+                return await self.models(scope, receive, send)
             forwardable = path.startswith(("/v1/", "/openai/v1/")) or (self.upstream.azure and path.startswith("/openai/"))
             if forwardable and not stored_api_shape(path) and not self._api_serves(scope):
                 return await self.passthrough(scope, receive, send)
@@ -171,4 +175,7 @@ def create_app(
     api.include_router(stored_router(store, list(settings.proxy_keys), list(settings.admin_keys)))
     for r in routers:
         api.include_router(r)
-    return ProxyApp(api, chat, passthrough, upstream, writer, store, metrics)
+    proxy = ProxyApp(api, chat, passthrough, upstream, writer, store, metrics)
+    if local_models is not None:
+        proxy.models = ModelsList(upstream, local_models, metrics, allowed)
+    return proxy

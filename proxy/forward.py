@@ -147,11 +147,21 @@ class ChatForwarder:
 
         cap = ChatCapture(started, t0, body, req, stream, self.upstream.name, key) if capture else None
 
-        if self.local_models is not None and model and self.local_models.has(model):
-            if cap is not None:
-                cap.upstream = "local"
-            await self._local(send, req, cap, model, "student")
-            return
+        if self.local_models is not None and model:
+            local = self.local_models.has(model)
+            claims = getattr(self.local_models, "claims", None)
+            if not local and claims is not None and claims(model):
+                local = await self._recheck(model)
+                if not local:
+                    return await self._not_found(send, model, cap)
+            if local:
+                if cap is not None:
+                    cap.upstream = "local"
+                if stream and hasattr(self.local_models, "astream"):
+                    await self._local_stream(receive, send, req, cap, model)
+                else:
+                    await self._local(send, req, cap, model, "student")
+                return
 
         route: Route | None = None
         if self.router is not None:
@@ -383,12 +393,119 @@ class ChatForwarder:
                 return
 
     # -- local models, students, shadow ---------------------------------------------------------
+    async def _recheck(self, model: str) -> bool:
+        """A local-namespace model not in the in-memory index: re-read it off the loop, once."""
+        assert self.local_models is not None
+        refresh = getattr(self.local_models, "refresh", None)
+        if refresh is not None:
+            await asyncio.to_thread(refresh, time.monotonic())
+        return self.local_models.has(model)
+
+    async def _not_found(self, send: Any, model: str, cap: ChatCapture | None) -> None:
+        """OpenAI's 404 for a model that does not exist (never silently answered by the teacher)."""
+        why = getattr(self.local_models, "missing_reason", lambda _m: None)(model)
+        message = f"The model `{model}` does not exist or you do not have access to it." + (f" {why}" if why else "")
+        body = errors.error_bytes(message, code="model_not_found")
+        await self._fail(send, 404, body)
+        if cap is not None:
+            cap.upstream = "local"
+            cap.t_end = time.perf_counter()
+            cap.status, cap.outcome, cap.error = 404, "upstream_error", body
+            self.writer.submit(cap)
+
+    @staticmethod
+    def _local_error(exc: Exception, model: str) -> tuple[int, bytes]:
+        """A local model's exception as (status, OpenAI error JSON): its own status when it has one."""
+        status = getattr(exc, "status", None)
+        if isinstance(status, int) and 400 <= status < 600 and getattr(exc, "message", None):
+            etype = getattr(exc, "type", None) or ("invalid_request_error" if status < 500 else "server_error")
+            return status, errors.error_bytes(str(exc.message), type=etype, param=getattr(exc, "param", None), code=getattr(exc, "code", None))  # type: ignore[attr-defined]
+        log.warning("local model %s failed: %s", model, type(exc).__name__)
+        return 500, errors.error_bytes(f"The local model {model} failed.", type="server_error", code="local_model_error")
+
+    async def _local_stream(self, receive: Any, send: Any, req: dict[str, Any], cap: ChatCapture | None, model: str) -> None:
+        """Stream a local model's chunks as SSE as they are generated. When capturing, usage is
+        asked for (and kept from the client unless it asked too), so the capture has it."""
+        assert self.local_models is not None
+        wants_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        body = dict(req)
+        if cap is not None and not wants_usage:
+            body["stream_options"] = dict(req.get("stream_options") or {}, include_usage=True)
+        agen = self.local_models.astream(body)  # type: ignore[attr-defined]
+        try:
+            first = await agen.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except Exception as exc:
+            status, err = self._local_error(exc, model)
+            await self._fail(send, status, err)
+            if cap is not None:
+                cap.t_end = time.perf_counter()
+                cap.status, cap.outcome, cap.error, cap.served_by = status, "upstream_error", err, "student"
+                self.writer.submit(cap)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS) + [SERVED_STUDENT]})
+        t_first = time.perf_counter()
+        watch = _Disconnect()
+        watcher = asyncio.ensure_future(self._watch(receive, watch))
+        chunks = cap.chunks if cap is not None else None
+        outcome, error_event = "ok", None
+
+        def encode(part: dict[str, Any]) -> tuple[bytes, bytes]:
+            raw = b"data: " + orjson.dumps(part) + b"\n\n"
+            if wants_usage or cap is None:
+                return raw, raw
+            if part.get("choices") == [] and part.get("usage") is not None:
+                return raw, b""
+            if "usage" in part:
+                part = {k: v for k, v in part.items() if k != "usage"}
+                return raw, b"data: " + orjson.dumps(part) + b"\n\n"
+            return raw, raw
+
+        try:
+            part = first
+            while part is not None:
+                kept, shown = encode(part)
+                if chunks is not None:
+                    chunks.append(kept)
+                if watch.gone:
+                    break
+                if shown:
+                    await send({"type": "http.response.body", "body": shown, "more_body": True})
+                try:
+                    part = await agen.__anext__()
+                except StopAsyncIteration:
+                    part = None
+        except Exception as exc:
+            status, err = self._local_error(exc, model)
+            outcome = "timeout" if status == 504 else "upstream_error"
+            error_event = orjson.loads(err)
+        finally:
+            watcher.cancel()
+            await agen.aclose()
+        if watch.gone:
+            outcome = "client_disconnected"
+        else:
+            tail = b"data: [DONE]\n\n" if error_event is None else b"data: " + orjson.dumps(error_event) + b"\n\n"
+            if chunks is not None:
+                chunks.append(tail)
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        self.metrics.request("chat", 200)
+        if cap is not None:
+            cap.t_first, cap.t_end = t_first, time.perf_counter()
+            cap.status, cap.outcome, cap.error, cap.served_by = 200, outcome, error_event, "student"
+            self.writer.submit(cap)
+
     async def _complete_local(self, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         assert self.local_models is not None
         body = dict(body, stream=False)
         body.pop("stream_options", None)
-        coro = asyncio.to_thread(self.local_models.complete, body)
-        out = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+        acomplete = getattr(self.local_models, "acomplete", None)
+        if acomplete is not None:
+            out = await acomplete(body, timeout)
+        else:
+            coro = asyncio.to_thread(self.local_models.complete, body)
+            out = await (asyncio.wait_for(coro, timeout) if timeout else coro)
         out.setdefault("id", f"chatcmpl-{secrets.token_hex(12)}")
         out.setdefault("object", "chat.completion")
         out.setdefault("created", int(time.time()))
@@ -401,12 +518,11 @@ class ChatForwarder:
             try:
                 completion = await self._complete_local(req)
             except Exception as exc:
-                log.warning("local model %s failed: %s", model, type(exc).__name__)
-                body = errors.error_bytes(f"The local model {model} failed.", type="server_error", code="local_model_error")
-                await self._fail(send, 500, body)
+                status, body = self._local_error(exc, model)
+                await self._fail(send, status, body)
                 if cap is not None:
                     cap.t_end = time.perf_counter()
-                    cap.status, cap.outcome, cap.error, cap.served_by = 500, "upstream_error", body, served_by
+                    cap.status, cap.outcome, cap.error, cap.served_by = status, "upstream_error", body, served_by
                     self.writer.submit(cap)
                 return
         if cap is not None:  # the client gets the capture's id, the model's own is kept beside it

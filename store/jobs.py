@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 import duckdb
@@ -339,17 +340,57 @@ def next_student_version(store, name: str) -> int:
     return int(last or 0) + 1
 
 
+def relative_to_data(store, path: str | Path) -> str:
+    """``path`` as recorded: relative to the data directory when it lies inside it, so that a
+    ``serve`` started from another directory (or a moved data directory) still finds it."""
+    p = Path(path)
+    data = Path(store.data_dir)
+    for base, cand in ((data.resolve(), p.resolve()), (data, p)):
+        try:
+            return cand.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return str(path)
+
+
+def resolve_artifact(store, recorded: str | Path) -> Path:
+    """Where a recorded artifact path lies now. New rows are data-dir-relative; older rows hold the
+    path as given when training ran (absolute, or relative to that process's working directory):
+    those are tried as they are, then re-rooted at this store's data directory from their
+    ``students/`` (or ``bases/``) component on."""
+    p = Path(recorded)
+    data = Path(store.data_dir)
+    if p.is_absolute():
+        if p.exists():
+            return p
+    else:
+        inside = data / p
+        if inside.exists():
+            return inside
+        if p.exists():
+            return p
+    parts = p.parts
+    for anchor in ("students", "bases"):
+        if anchor in parts:
+            i = len(parts) - 1 - parts[::-1].index(anchor)
+            moved = data.joinpath(*parts[i:])
+            if moved.exists():
+                return moved
+    return p if p.is_absolute() else data / p
+
+
 def record_student(
     store, *, name: str, version: int, path: str, sha256: str, manifest_path: str, manifest: dict[str, Any], job_id: str | None
 ) -> dict[str, Any]:
+    """Record a student version; its paths are stored relative to the data directory."""
     row = StudentModel(
         id=new_id("student_"),
         name=name,
         version=version,
         created_at=int(time.time()),
-        path=path,
+        path=relative_to_data(store, path),
         sha256=sha256,
-        manifest_path=manifest_path,
+        manifest_path=relative_to_data(store, manifest_path),
         manifest=_dumps(manifest),
         job_id=job_id,
     )
@@ -377,6 +418,116 @@ def list_students(store, name: str | None = None) -> list[dict[str, Any]]:
         return [_student_dict(r) for r in s.exec(stmt.order_by(col(StudentModel.name), col(StudentModel.version)))]
 
 
+# --- which version the bare name serves -------------------------------------------------------
+
+
+def student_verdicts(store) -> dict[str, dict[str, Any]]:
+    """What the gate and the user said about each ``protege/<name>@v<N>``: {"protege/x@v2":
+    {"gate": "promote"|"reject"|None, "pending": bool, "promoted": bool, "forced": bool}}.
+
+    Read from the automatic loop's cycles and gate decisions (store/auto.py) and from manual
+    promotions (``student_promotions``). One query per table: it runs off the event loop, when the
+    registry refreshes its index."""
+    cur = store.cursor()
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(model: str) -> dict[str, Any]:
+        return out.setdefault(model, {"gate": None, "pending": False, "promoted": False, "forced": False})
+
+    try:
+        for model, state in cur.execute("SELECT student_model, state FROM auto_cycles WHERE student_model IS NOT NULL").fetchall():
+            e = entry(model)
+            if state in ("training", "evaluating", "launching", "pending", "dataset_built"):
+                e["pending"] = True
+            elif state == "rejected" or state == "failed":
+                e["gate"] = e["gate"] or "reject"
+            elif state == "promoted":
+                e["gate"] = "promote"
+        rows = cur.execute(
+            "SELECT outcome, json_extract_string(details, '$.student_model') FROM auto_decisions WHERE kind = 'gate' ORDER BY created_at"
+        ).fetchall()
+        for outcome, model in rows:
+            if model:
+                e = entry(model)
+                e["gate"] = "promote" if outcome == "promote" else "reject"
+                e["pending"] = False
+    except duckdb.CatalogException:  # a store without the automatic loop's tables
+        pass
+    for name, version, forced in cur.execute("SELECT name, version, forced FROM student_promotions ORDER BY created_at").fetchall():
+        e = entry(f"protege/{name}@v{version}")
+        e["promoted"] = True
+        e["forced"] = e["forced"] or bool(forced)
+    return out
+
+
+def servable(verdict: dict[str, Any] | None) -> bool:
+    """May the bare name serve this version? Promoted by hand, passed its gate, or never put to a
+    gate at all (trained by hand with ``finetune start``). Not while its gate is still pending, and
+    never after the gate rejected it (unless promoted by hand)."""
+    if verdict is None:
+        return True
+    if verdict["promoted"]:
+        return True
+    if verdict["gate"] == "promote":
+        return True
+    return verdict["gate"] is None and not verdict["pending"]
+
+
+def promote_student(store, name: str, version: int, *, forced: bool = False, reason: str | None = None) -> dict[str, Any]:
+    """Record a manual promotion: the bare name may serve this version from now on."""
+    row = {"id": new_id("promotion_"), "name": name, "version": int(version), "forced": bool(forced), "reason": reason, "created_at": time.time()}
+    store.cursor().execute(
+        "INSERT INTO student_promotions (id, name, version, forced, reason, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [row["id"], name, int(version), bool(forced), reason, row["created_at"]],
+    )
+    return row
+
+
+# --- endpoint students ------------------------------------------------------------------------
+
+_ENDPOINT_COLUMNS = ("id", "name", "base_url", "model", "api_key_env", "timeout", "created_at", "updated_at")
+
+
+def _endpoint(row: tuple) -> dict[str, Any]:
+    return dict(zip(_ENDPOINT_COLUMNS, row))
+
+
+def put_endpoint_student(store, *, name: str, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """Register (or update) a student served by another OpenAI-compatible server. Only the name of
+    the environment variable holding its key is stored."""
+    now = int(time.time())
+    cur = store.cursor()
+    existing = get_endpoint_student(store, name)
+    if existing is None:
+        cur.execute(
+            "INSERT INTO endpoint_students (id, name, base_url, model, api_key_env, timeout, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [new_id("endpoint_"), name, base_url, model, api_key_env, float(timeout), now, now],
+        )
+    else:
+        cur.execute(
+            "UPDATE endpoint_students SET base_url = ?, model = ?, api_key_env = ?, timeout = ?, updated_at = ? WHERE name = ?",
+            [base_url, model, api_key_env, float(timeout), now, name],
+        )
+    return get_endpoint_student(store, name)  # type: ignore[return-value]
+
+
+def get_endpoint_student(store, name: str) -> dict[str, Any] | None:
+    row = store.cursor().execute(f"SELECT {', '.join(_ENDPOINT_COLUMNS)} FROM endpoint_students WHERE name = ?", [name]).fetchone()
+    return _endpoint(row) if row else None
+
+
+def list_endpoint_students(store) -> list[dict[str, Any]]:
+    rows = store.cursor().execute(f"SELECT {', '.join(_ENDPOINT_COLUMNS)} FROM endpoint_students ORDER BY name").fetchall()
+    return [_endpoint(r) for r in rows]
+
+
+def delete_endpoint_student(store, name: str) -> bool:
+    cur = store.cursor()
+    found = cur.execute("SELECT count(*) FROM endpoint_students WHERE name = ?", [name]).fetchone()[0]
+    cur.execute("DELETE FROM endpoint_students WHERE name = ?", [name])
+    return bool(found)
+
+
 __all__ = [
     "FineTuneEvent",
     "FineTuneJob",
@@ -385,6 +536,15 @@ __all__ = [
     "StudentModel",
     "TERMINAL_STATUSES",
     "add_events",
+    "delete_endpoint_student",
+    "get_endpoint_student",
+    "list_endpoint_students",
+    "promote_student",
+    "put_endpoint_student",
+    "relative_to_data",
+    "resolve_artifact",
+    "servable",
+    "student_verdicts",
     "create_job",
     "event_ids",
     "get_job",

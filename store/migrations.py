@@ -136,12 +136,48 @@ def _v5_unique_ids(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("CREATE INDEX completions_id ON completions(id)")
 
 
+def _v6_students(conn: duckdb.DuckDBPyConnection) -> None:
+    # Students served elsewhere (vLLM, Ollama, llama.cpp server, an Azure deployment): an
+    # OpenAI-compatible base URL and model. Only the NAME of the environment variable holding the
+    # key is kept, never the key itself.
+    conn.execute(
+        """
+        CREATE TABLE endpoint_students (
+            id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL UNIQUE,
+            base_url VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            api_key_env VARCHAR,
+            timeout DOUBLE NOT NULL DEFAULT 60.0,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )
+        """
+    )
+    # Versions promoted by hand: the bare name protege/<name> may serve them although no gate passed
+    # them (``forced``: the gate had rejected it and the user insisted).
+    conn.execute(
+        """
+        CREATE TABLE student_promotions (
+            id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            forced BOOLEAN NOT NULL DEFAULT false,
+            reason VARCHAR,
+            created_at DOUBLE NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX student_promotions_name ON student_promotions(name)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, "completions", _v1_completions),
     (2, "evals", _v2_evals),
     (3, "distill", _v3_distill),
     (4, "auto", _v4_auto),
     (5, "unique_ids", _v5_unique_ids),
+    (6, "students", _v6_students),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
