@@ -452,6 +452,8 @@ class ChatForwarder:
         outcome, error_event = "ok", None
 
         def encode(part: dict[str, Any]) -> tuple[bytes, bytes]:
+            if cap is not None:  # the client sees the capture's id, in every chunk
+                part = dict(part, id=cap.record_id)
             raw = b"data: " + orjson.dumps(part) + b"\n\n"
             if wants_usage or cap is None:
                 return raw, raw

@@ -165,3 +165,16 @@ def test_tool_calls_are_parsed_into_openai_shape():
     assert parse_tool_calls("plain answer {not json}") == ("plain answer {not json}", [])
     done = build_completion("protege/t@v1", GenResult([Choice(0, '<tool_call>{"name": "f", "arguments": {}}</tool_call>', "stop", 9)], 5), tools=True, fingerprint="fp")
     assert done["choices"][0]["finish_reason"] == "tool_calls" and done["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
+
+
+def test_a_students_answer_carries_its_capture_id_streamed_and_not(served):
+    """The id the client is answered with is the capture's id: retrieve finds exactly that answer."""
+    srv, client, _ = served
+    out = _ask(client, PROMPTS[1])
+    chunks = list(_ask(client, PROMPTS[2], stream=True))
+    ids = {c.id for c in chunks}
+    assert len(ids) == 1
+    srv.records()  # the writer has passed both captures
+    assert client.chat.completions.retrieve(out.id).id == out.id
+    streamed = client.chat.completions.retrieve(ids.pop())
+    assert streamed.choices[0].message.content == "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
