@@ -19,7 +19,7 @@ from protege.evals.runs import RunSpec, create_run
 from protege.settings import load_settings
 from protege.store import Store
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_eval_runs import CAPITALS, seed_completions, student_reply
+from tests.fixtures.evals import CAPITALS, seed_completions, student_reply
 
 ITEMS = [{"messages": [{"role": "user", "content": f"Capital of {c}?"}], "reference": city} for c, city in CAPITALS[:4]]
 

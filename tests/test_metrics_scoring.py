@@ -11,10 +11,10 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
 from protege.evals import scoring
-from protege.evals.bleu import BleuMetric
-from protege.evals.exact import ExactMatch
-from protege.evals.jsonmetrics import JsonValid
-from protege.evals.rouge import UnicodeTokenizer
+from protege.evals.metrics.bleu import BleuMetric
+from protege.evals.metrics.exact import ExactMatch
+from protege.evals.metrics.jsonmetrics import JsonValid
+from protege.evals.metrics.rouge import UnicodeTokenizer
 from protege.evals.scoring import DEFAULT_METRICS, score_pairs
 
 
