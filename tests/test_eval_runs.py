@@ -19,7 +19,7 @@ from protege.evals.runs import RunSpec, RunSpecError, create_run, execute_run, i
 from protege.store import Store
 from protege.store import evals as db
 from tests.fakes.openai_upstream import FakeError, start_fake_openai
-from tests.fixtures.evals import FAST, seed_completions, student_reply
+from tests.fixtures.evals import FAST, WatchedStore, seed_completions, student_reply
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
@@ -334,3 +334,26 @@ def test_azure_candidate_uses_deployment_path_and_api_key_header(store: Store, m
     req = fake.chat_requests[0]
     assert req["path"] == "/openai/deployments/mini-deploy/chat/completions" and req["query"]["api-version"] == "2024-10-21"
     assert req["headers"]["api-key"] == "az-test-key"
+
+
+def test_execute_run_calls_the_store_off_the_event_loop(tmp_path: Path) -> None:
+    """execute_run shares its loop with the HTTP API and the proxy under `protege serve`: every store
+    call it makes (reading the run, marking it running, saving outputs, scoring, the final object,
+    and the failure path) runs in a worker thread."""
+    store = WatchedStore(str(tmp_path / "w.duckdb"))
+    fake = start_fake_openai(student_reply())
+    try:
+        seed_completions(store)
+        run = create_run(store, spec_for(fake.base_url))
+        done = asyncio.run(execute_run(store, run["id"], policy=FAST))
+        assert done["status"] == "completed"
+        bad = create_run(store, spec_for(fake.base_url))
+        store.cursor().execute("UPDATE eval_runs SET spec = '{\"candidates\": [{\"name\": \"x\"}]}' WHERE id = ?",
+                               [bad["id"]])
+        with pytest.raises(RunSpecError):
+            asyncio.run(execute_run(store, bad["id"], policy=FAST))
+        assert db.get_run(store, bad["id"])["status"] == "failed"
+    finally:
+        fake.stop()
+        store.close()
+    assert store.on_loop == []
