@@ -3,6 +3,7 @@
 A POST starts a run in the background of the server process (the process that owns the DuckDB
 file) and returns at once with the queued run; clients follow it with GET until ``completed``.
 Runs that were in progress when the server stopped are continued with ``POST .../{id}/resume``.
+Handlers reach the store in worker threads (``asyncio.to_thread``): this loop also serves the proxy.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ router = APIRouter(prefix="/protege/v1/evals", tags=["evals"])
 
 # Strong references to background runs (asyncio keeps only weak ones), by run id.
 _tasks: dict[str, asyncio.Task] = {}
+# Every run this process has started (added on the loop before its task runs, never removed): their
+# status is theirs to write. Handlers read runs in worker threads, so a status read there may predate
+# a task that started or finished meanwhile; only runs outside this set may be reconciled.
+_started: set[str] = set()
 
 
 def _error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
@@ -56,13 +61,14 @@ def _start(store: Any, run_id: str) -> None:
         finally:
             _tasks.pop(run_id, None)
 
+    _started.add(run_id)
     _tasks[run_id] = asyncio.get_running_loop().create_task(runner())
 
 
 def _reconcile(store: Any, run: dict[str, Any]) -> dict[str, Any]:
-    """This process owns the store, so a queued/running run with no task here was cut off (a
-    restart or crash): show it as canceled with the reason, and resumable."""
-    if run["status"] in ("queued", "in_progress") and run["id"] not in _tasks:
+    """This process owns the store, so a queued/running run that this process never started was cut
+    off (a restart or crash): show it as canceled with the reason, and resumable."""
+    if run["status"] in ("queued", "in_progress") and run["id"] not in _started:
         error = {"code": "interrupted", "message": "the server stopped during this run; POST .../resume to continue"}
         db.update_run(store, run["id"], status="canceled", error=error)
         run = {**run, "status": "canceled", "error": error}
