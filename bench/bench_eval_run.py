@@ -30,7 +30,8 @@ import openai  # noqa: E402
 
 from protege.evals.generate import RetryPolicy  # noqa: E402
 from protege.evals.runs import RunSpec, create_run, execute_run  # noqa: E402
-from protege.evals.summary import compute_results, render_report  # noqa: E402
+from protege.evals.report import render_report  # noqa: E402
+from protege.evals.results import compute_results  # noqa: E402
 from protege.store import Store  # noqa: E402
 from tests.fakes.openai_upstream import start_fake_openai  # noqa: E402
 

@@ -20,8 +20,8 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-from protege.evals.exact import ExactMatch
-from protege.evals.rouge import UnicodeTokenizer
+from protege.evals.metrics.exact import ExactMatch
+from protege.evals.metrics.rouge import UnicodeTokenizer
 from protege.evals.scoring import score_pairs
 
 METRICS = ["bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match"]

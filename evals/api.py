@@ -3,6 +3,7 @@
 A POST starts a run in the background of the server process (the process that owns the DuckDB
 file) and returns at once with the queued run; clients follow it with GET until ``completed``.
 Runs that were in progress when the server stopped are continued with ``POST .../{id}/resume``.
+Handlers reach the store in worker threads (``asyncio.to_thread``): this loop also serves the proxy.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from protege.store import evals as db
 
 from protege import apikit
 
+from .report import FORMATS, render_report
+from .runs import RunSpec, RunSpecError, create_run, execute_run, run_object
+
 log = logging.getLogger("protege.evals.api")
 
 router = APIRouter(prefix="/protege/v1/evals", tags=["evals"])
 
 # Strong references to background runs (asyncio keeps only weak ones), by run id.
 _tasks: dict[str, asyncio.Task] = {}
+# Every run this process has started (added on the loop before its task runs, never removed): their
+# status is theirs to write. Handlers read runs in worker threads, so a status read there may predate
+# a task that started or finished meanwhile; only runs outside this set may be reconciled.
+_started: set[str] = set()
 
 
 def _error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
@@ -43,8 +51,6 @@ def _store(request: Request) -> Any:
 
 
 def _start(store: Any, run_id: str) -> None:
-    from .runs import execute_run
-
     async def runner() -> None:
         try:
             await execute_run(store, run_id)
@@ -55,17 +61,30 @@ def _start(store: Any, run_id: str) -> None:
         finally:
             _tasks.pop(run_id, None)
 
+    _started.add(run_id)
     _tasks[run_id] = asyncio.get_running_loop().create_task(runner())
 
 
 def _reconcile(store: Any, run: dict[str, Any]) -> dict[str, Any]:
-    """This process owns the store, so a queued/running run with no task here was cut off (a
-    restart or crash): show it as canceled with the reason, and resumable."""
-    if run["status"] in ("queued", "in_progress") and run["id"] not in _tasks:
+    """This process owns the store, so a queued/running run that this process never started was cut
+    off (a restart or crash): show it as canceled with the reason, and resumable."""
+    if run["status"] in ("queued", "in_progress") and run["id"] not in _started:
         error = {"code": "interrupted", "message": "the server stopped during this run; POST .../resume to continue"}
         db.update_run(store, run["id"], status="canceled", error=error)
         run = {**run, "status": "canceled", "error": error}
     return run
+
+
+def _list_page(store: Any, after: str | None, limit: int, order: str) -> tuple[list[dict[str, Any]], bool]:
+    """A page of public run objects (store work: called in a worker thread)."""
+    runs, has_more = db.list_runs(store, after=after, limit=limit, order=order)
+    return [run_object(store, _reconcile(store, r)) for r in runs], has_more
+
+
+def _run_view(store: Any, run_id: str) -> dict[str, Any] | None:
+    """One public run object, or None (store work: called in a worker thread)."""
+    run = db.get_run(store, run_id)
+    return None if run is None else run_object(store, _reconcile(store, run))
 
 
 def _not_found(run_id: str) -> JSONResponse:
@@ -76,8 +95,6 @@ def _not_found(run_id: str) -> JSONResponse:
 async def create_eval_run(request: Request) -> Response:
     if (denied := _denied(request)) is not None:
         return denied
-    from .runs import RunSpec, RunSpecError, create_run
-
     try:
         body = await request.json()
     except ValueError:
@@ -108,15 +125,12 @@ async def create_eval_run(request: Request) -> Response:
 async def list_eval_runs(request: Request, after: str | None = None, limit: int = 20, order: str = "desc") -> Response:
     if (denied := _denied(request)) is not None:
         return denied
-    from .runs import run_object
-
     if not 1 <= limit <= 100:
         return _error(400, "limit must be between 1 and 100.", param="limit", code="integer_out_of_range")
     if order not in ("asc", "desc"):
         return _error(400, "order must be 'asc' or 'desc'.", param="order")
     store = _store(request)
-    runs, has_more = db.list_runs(store, after=after, limit=limit, order=order)
-    data = [run_object(store, _reconcile(store, r)) for r in runs]
+    data, has_more = await asyncio.to_thread(_list_page, store, after, limit, order)
     return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None, "has_more": has_more})
 
@@ -125,41 +139,34 @@ async def list_eval_runs(request: Request, after: str | None = None, limit: int 
 async def get_eval_run(request: Request, run_id: str) -> Response:
     if (denied := _denied(request)) is not None:
         return denied
-    from .runs import run_object
-
-    store = _store(request)
-    run = db.get_run(store, run_id)
-    if run is None:
+    view = await asyncio.to_thread(_run_view, _store(request), run_id)
+    if view is None:
         return _not_found(run_id)
-    return JSONResponse(run_object(store, _reconcile(store, run)))
+    return JSONResponse(view)
 
 
 @router.post("/{run_id}/resume")
 async def resume_eval_run(request: Request, run_id: str) -> Response:
     if (denied := _denied(request)) is not None:
         return denied
-    from .runs import run_object
-
     store = _store(request)
-    run = db.get_run(store, run_id)
+    run = await asyncio.to_thread(db.get_run, store, run_id)
     if run is None:
         return _not_found(run_id)
     if run_id in _tasks:
         return _error(409, f"Eval run '{run_id}' is already running.", code="run_in_progress")
     _start(store, run_id)
-    return JSONResponse(run_object(store, {**run, "status": "in_progress", "error": None}))
+    return JSONResponse(await asyncio.to_thread(run_object, store, {**run, "status": "in_progress", "error": None}))
 
 
 @router.get("/{run_id}/report")
 async def eval_run_report(request: Request, run_id: str, format: str = "html") -> Response:
     if (denied := _denied(request)) is not None:
         return denied
-    from .summary import FORMATS, render_report
-
     if format not in FORMATS:
         return _error(400, f"format must be one of {', '.join(FORMATS)}.", param="format")
     store = _store(request)
-    if db.get_run(store, run_id) is None:
+    if await asyncio.to_thread(db.get_run, store, run_id) is None:
         return _not_found(run_id)
     try:
         text = await asyncio.to_thread(render_report, store, run_id, format)

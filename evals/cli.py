@@ -1,4 +1,8 @@
-"""`protege eval run|resume|list|show|report`: teacher-vs-student evals from the command line."""
+"""`protege eval run|resume|list|show|report`: teacher-vs-student evals from the command line.
+
+``protege`` mounts every room's commands at start-up, so the imports of runs, metrics and reports
+stay inside the commands: ``protege --help`` does not pay for openai, numpy and sacrebleu.
+"""
 
 from __future__ import annotations
 
@@ -119,8 +123,7 @@ def run_cmd(
         if as_json:
             clikit.print_json(run)
         else:
-            from .summary import report_data
-            from .report_md import verdicts
+            from .report import report_data, verdicts
 
             counts = run["result_counts"]
             typer.echo(f"{run_id}: {run['status']} ({counts['completed']} outputs, {counts['errored']} errors)")
@@ -184,7 +187,7 @@ def report_cmd(
 ) -> None:
     """The report of a finished run: headline (accuracy, prompt tokens, cost vs teacher), metrics, items."""
     from .pricing import PriceTableError, load_prices
-    from .summary import FORMATS, render_report
+    from .report import FORMATS, render_report
 
     if fmt not in FORMATS:
         clikit.fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")

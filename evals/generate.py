@@ -6,6 +6,9 @@ switched off (``max_retries=0``) and we retry here instead, so that every attemp
 back-off is one policy for all candidates: 408/409/429/5xx and connection errors are retried with
 exponential back-off and jitter (honouring ``retry-after`` up to a cap); other 4xx are final.
 Keys are read from the environment variable NAMED in the spec at call time and never stored.
+
+``openai`` is imported when a candidate is first called, not with this module: the HTTP API imports
+the run machinery when the server starts, and the SDK costs 1-2.5 s of start-up on these machines.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import openai
 import orjson
 
 # Request parameters copied from the teacher's captured request so the candidate answers the same task.
@@ -98,6 +100,8 @@ class Candidate:
         return "unused"
 
     def client(self) -> Any:
+        import openai
+
         if self.azure_endpoint:
             return openai.AsyncAzureOpenAI(
                 azure_endpoint=self.azure_endpoint, api_key=self.api_key(),
@@ -170,6 +174,8 @@ class RetryPolicy:
 
 
 def _retryable(exc: Exception) -> bool:
+    import openai
+
     if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError)):
         return True
     if isinstance(exc, openai.APIStatusError):
@@ -193,6 +199,8 @@ def _retry_after(exc: Exception) -> float | None:
 
 
 def _describe(exc: Exception) -> str:
+    import openai
+
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         message = body.get("message") if isinstance(body, dict) else None

@@ -24,6 +24,8 @@ from protege.store import Store
 from protege.store import evals as db
 
 from .generate import PASSTHROUGH_PARAMS, Candidate, CandidateError, RetryPolicy, build_request, generate_one, output_text
+from .metrics import MetricSpecError, load_metrics
+from .results import compute_results
 
 log = logging.getLogger("protege.evals")
 
@@ -82,9 +84,10 @@ class RunSpec:
             raise RunSpecError(f"reference must be one of {', '.join(REFERENCE_MODES)}, not {self.reference!r}")
         if not self.metrics:
             raise RunSpecError("an eval run needs at least one metric")
-        from .summary import load_metrics
-
-        load_metrics(self.metrics)  # raises RunSpecError for unknown metrics
+        try:
+            load_metrics(self.metrics)
+        except MetricSpecError as exc:
+            raise RunSpecError(str(exc)) from exc
         for key in ("concurrency", "n_resamples"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -277,8 +280,11 @@ async def execute_run(
     store: Store, run_id: str, *, progress: ProgressFn | None = None, policy: RetryPolicy | None = None,
     concurrency: int | None = None,
 ) -> dict[str, Any]:
-    """Generate the missing outputs, then score. Safe to call again on any run (resume)."""
-    run = db.get_run(store, run_id)
+    """Generate the missing outputs, then score. Safe to call again on any run (resume).
+
+    Every store call runs in a worker thread (``asyncio.to_thread``): this coroutine shares its event
+    loop with the HTTP API (and, under ``protege serve``, the proxy), which must not wait on the disk."""
+    run = await asyncio.to_thread(db.get_run, store, run_id)
     if run is None:
         raise RunSpecError(f"no eval run {run_id}")
     spec = run["spec"]
@@ -286,12 +292,13 @@ async def execute_run(
         candidates = [Candidate.from_dict(c) for c in spec["candidates"]]
         clients = {c.name: c.client() for c in candidates}
     except CandidateError as exc:
-        db.update_run(store, run_id, status="failed", error={"code": "invalid_candidate", "message": str(exc)})
+        await asyncio.to_thread(db.update_run, store, run_id, status="failed",
+                                error={"code": "invalid_candidate", "message": str(exc)})
         raise RunSpecError(str(exc)) from exc
-    db.update_run(store, run_id, status="in_progress", started_at=run["started_at"] or int(time.time()), error=None,
-                  completed_at=None)
-    items = db.list_items(store, run_id)
-    done = db.done_pairs(store, run_id)
+    await asyncio.to_thread(db.update_run, store, run_id, status="in_progress",
+                            started_at=run["started_at"] or int(time.time()), error=None, completed_at=None)
+    items = await asyncio.to_thread(db.list_items, store, run_id)
+    done = await asyncio.to_thread(db.done_pairs, store, run_id)
     todo = [(item, cand) for item in items for cand in candidates if (item["id"], cand.name) not in done]
     total = len(items) * len(candidates)
     finished = total - len(todo)
@@ -326,15 +333,16 @@ async def execute_run(
             await sink.close()  # what has arrived is kept
             raise
         await sink.close()
-        from .summary import compute_results
-
         results = await asyncio.to_thread(compute_results, store, run_id)
     except (asyncio.CancelledError, KeyboardInterrupt):
-        db.update_run(store, run_id, status="canceled", error={"code": "interrupted", "message": "interrupted; resume to continue"})
+        # The thread finishes the write even if this task is cancelled again while awaiting it.
+        await asyncio.to_thread(db.update_run, store, run_id, status="canceled",
+                                error={"code": "interrupted", "message": "interrupted; resume to continue"})
         raise
     except Exception as exc:
         log.exception("eval run %s failed", run_id)
-        db.update_run(store, run_id, status="failed", error={"code": "run_failed", "message": f"{type(exc).__name__}: {exc}"})
+        await asyncio.to_thread(db.update_run, store, run_id, status="failed",
+                                error={"code": "run_failed", "message": f"{type(exc).__name__}: {exc}"})
         raise
     finally:
         for client in clients.values():
@@ -342,7 +350,12 @@ async def execute_run(
                 await client.close()
             except Exception:  # noqa: BLE001
                 pass
-    db.update_run(store, run_id, status="completed", completed_at=int(time.time()), results=results)
+    await asyncio.to_thread(db.update_run, store, run_id, status="completed", completed_at=int(time.time()),
+                            results=results)
+    return await asyncio.to_thread(_current_run_object, store, run_id)
+
+
+def _current_run_object(store: Store, run_id: str) -> dict[str, Any]:
     return run_object(store, db.get_run(store, run_id))  # type: ignore[arg-type]
 
 

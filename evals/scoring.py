@@ -1,14 +1,16 @@
 """Fast batch scoring of many metrics on many (output, reference) pairs.
 
 ``score_pairs`` gives exactly the numbers sacrebleu and rouge-score give pair by pair (the bench and
-tests assert equality), but:
+tests assert equality), but every metric says what the fast path may do with it (see
+``protege.evals.metrics.base``), so this module knows no metric by name or class:
 
-* BLEU and chrF extract per-segment sufficient statistics once; the corpus score, every sentence
-  score and later every bootstrap resample are computed from those integers;
-* all ROUGE types share one tokenisation, and ROUGE-L's LCS length comes from rapidfuzz (C++);
-* identical (output, reference) pairs are scored once;
-* large inputs are split over forked worker processes (``workers``; default: all cores), only
-  when the calling process has no other threads (see ``_can_fork``).
+* corpus metrics (BLEU, chrF) extract per-segment sufficient statistics once (``score_items``); the
+  corpus score, every sentence score and later every bootstrap resample come from those integers;
+* metrics that share work are scored in one pass (``group_key``/``score_group``: all ROUGE types of
+  one tokenizer setting share one tokenisation, and ROUGE-L's LCS length comes from rapidfuzz);
+* for ``batchable`` metrics identical (output, reference) pairs are scored once, and large inputs
+  are split over forked worker processes (``workers``; default: all cores), only when the calling
+  process has no other threads (see ``_can_fork``).
 """
 
 from __future__ import annotations
@@ -19,44 +21,17 @@ import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
-from protege.evals.base import Metric
-from protege.evals.bleu import BleuMetric, _check_pairs
-from protege.evals.chrf import ChrfMetric
-from protege.evals.exact import ExactMatch
 from protege.evals.metrics import get_metric
-from protege.evals.rouge import RougeFamily, RougeMetric
-from protege.evals.stats import CI, DEFAULT_RESAMPLES, bootstrap_ci_data
+from protege.evals.metrics.base import Metric, MetricResult, Scores, check_pairs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match")
 PARALLEL_MIN_PAIRS = 2000  # below this, process start-up costs more than it saves
 
-
-@dataclass
-class MetricResult:
-    name: str
-    corpus: float  # the headline: corpus score (BLEU, chrF) or mean of item scores; 0-1
-    items: list[float]  # one 0-1 score per pair, in input order
-    stats: list[Any] | None  # per-pair sufficient statistics for corpus metrics (bootstrap input), else None
-    signature: str
-    kind: str = "mean"
-    scale: str = "continuous"
-    ci: CI | None = None
-
-    @property
-    def data(self) -> list[Any]:
-        """What the statistics resample: item stats for corpus metrics, item scores otherwise
-        (pass to ``stats.bootstrap_ci_data`` / ``stats.paired_difference_data``)."""
-        return self.stats if self.kind == "corpus" and self.stats is not None else self.items
-
-    def bootstrap(self, metric: Metric, seed: int = 0, n_resamples: int = DEFAULT_RESAMPLES,
-                  confidence: float = 0.95) -> CI:
-        self.ci = bootstrap_ci_data(metric, self.data, seed, n_resamples, confidence)
-        return self.ci
+__all__ = ["DEFAULT_METRICS", "MetricResult", "score_pairs"]
 
 
 def _resolve(metrics: Sequence[str | Metric], options: dict[str, dict] | None) -> list[Metric]:
@@ -71,36 +46,24 @@ def _resolve(metrics: Sequence[str | Metric], options: dict[str, dict] | None) -
 
 
 class _Plan:
-    """What the per-pair fast loop computes; picklable so that pool workers rebuild it."""
+    """The batchable metrics in groups that share one pass (each metric's ``group_key``); picklable,
+    so that pool workers run the same plan on their chunk."""
 
     def __init__(self, metrics: list[Metric]) -> None:
-        self.stat_metrics = [m for m in metrics if isinstance(m, (BleuMetric, ChrfMetric))]
-        rouge = [m for m in metrics if isinstance(m, RougeMetric)]
-        # one family per tokenizer setting, so that each pair is tokenised once per setting
-        self.families: list[RougeFamily] = []
-        by_setting: dict[tuple, list[str]] = {}
-        for m in rouge:
-            by_setting.setdefault((m.family.tokenizer_name, m.family.use_stemmer), []).append(m.rouge_type)
-        for (tok, stem), types in by_setting.items():
-            self.families.append(RougeFamily(types, tok, stem))
-        self.exact = [m for m in metrics if isinstance(m, ExactMatch)]
-        self.rouge_names = {(m.family.tokenizer_name, m.family.use_stemmer, m.rouge_type): m.name for m in rouge}
+        groups: dict[object, list[Metric]] = {}
+        for m in metrics:
+            key = m.group_key()
+            groups.setdefault((type(m), key) if key is not None else ("alone", m.name), []).append(m)
+        self.groups = list(groups.values())
 
-    def run(self, hyps: Sequence[str], refs: Sequence[str]) -> dict[str, tuple[list[float], list | None]]:
-        out: dict[str, tuple[list[float], list | None]] = {}
-        for m in self.stat_metrics:
-            stats = m.item_stats(hyps, refs)
-            out[m.name] = (m.item_scores_from_stats(stats), stats)
-        for fam in self.families:
-            res = fam.fmeasures(hyps, refs)
-            for rt, scores in res.items():
-                out[self.rouge_names[(fam.tokenizer_name, fam.use_stemmer, rt)]] = (scores, None)
-        for m in self.exact:
-            out[m.name] = (m.item_scores(hyps, refs), None)
+    def run(self, hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Scores]:
+        out: dict[str, Scores] = {}
+        for group in self.groups:
+            out.update(type(group[0]).score_group(group, hyps, refs))
         return out
 
 
-def _run_chunk(plan: _Plan, hyps: list[str], refs: list[str]) -> dict[str, tuple[list[float], list | None]]:
+def _run_chunk(plan: _Plan, hyps: list[str], refs: list[str]) -> dict[str, Scores]:
     return plan.run(hyps, refs)
 
 
@@ -111,7 +74,7 @@ def _can_fork() -> bool:
     return "fork" in mp.get_all_start_methods() and threading.active_count() == 1
 
 
-def _run_parallel(plan: _Plan, hyps: list[str], refs: list[str], workers: int) -> dict:
+def _run_parallel(plan: _Plan, hyps: list[str], refs: list[str], workers: int) -> dict[str, Scores]:
     n = len(hyps)
     bounds = [round(i * n / workers) for i in range(workers + 1)]
     try:
@@ -121,11 +84,11 @@ def _run_parallel(plan: _Plan, hyps: list[str], refs: list[str], workers: int) -
     except (BrokenProcessPool, OSError) as exc:  # e.g. no memory to fork: still answer, just slower
         log.warning("metric scoring pool failed (%s); scoring serially", type(exc).__name__)
         return plan.run(hyps, refs)
-    merged: dict[str, tuple[list[float], list | None]] = {}
+    merged: dict[str, Scores] = {}
     for name in parts[0]:
-        items = [x for p in parts for x in p[name][0]]
-        stats = None if parts[0][name][1] is None else [x for p in parts for x in p[name][1]]
-        merged[name] = (items, stats)
+        items = [x for p in parts for x in p[name].items]
+        stats = None if parts[0][name].stats is None else [x for p in parts for x in p[name].stats]
+        merged[name] = Scores(items, stats)
     return merged
 
 
@@ -134,10 +97,10 @@ def score_pairs(hyps: Sequence[str], refs: Sequence[str], metrics: Sequence[str 
                 bootstrap: int = 0, seed: int = 0) -> dict[str, MetricResult]:
     """Score every pair with every metric; names (with ``options[name]`` as constructor options) or
     :class:`Metric` instances. ``bootstrap=N`` also fills each result's ``ci`` (N resamples, ``seed``)."""
-    _check_pairs(hyps, refs)
+    check_pairs(hyps, refs)
     resolved = _resolve(metrics, options)
-    plan = _Plan(resolved)
-    fast = {m.name for m in plan.stat_metrics} | set(plan.rouge_names.values()) | {m.name for m in plan.exact}
+    batch = [m for m in resolved if m.batchable]
+    plan = _Plan(batch)
 
     # identical pairs are scored once
     if dedupe:
@@ -149,25 +112,20 @@ def score_pairs(hyps: Sequence[str], refs: Sequence[str], metrics: Sequence[str 
         where, u_hyps, u_refs = list(range(len(hyps))), list(hyps), list(refs)
 
     workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
-    if workers > 1 and len(u_hyps) >= PARALLEL_MIN_PAIRS and fast and _can_fork():
+    if workers > 1 and len(u_hyps) >= PARALLEL_MIN_PAIRS and batch and _can_fork():
         raw = _run_parallel(plan, u_hyps, u_refs, min(workers, len(u_hyps)))
     else:
         raw = plan.run(u_hyps, u_refs)
 
     results: dict[str, MetricResult] = {}
     for m in resolved:
-        if m.name in fast:
-            u_items, u_stats = raw[m.name]
-            items = [u_items[i] for i in where]
-            stats = None if u_stats is None else [u_stats[i] for i in where]
-            corpus = m.aggregate_stats(stats) if stats is not None else (sum(items) / len(items) if items else 0.0)
+        if m.batchable:
+            u = raw[m.name]
+            scores = Scores([u.items[i] for i in where], None if u.stats is None else [u.stats[i] for i in where])
         else:
-            items = m.item_scores(hyps, refs)
-            stats = m.item_stats(hyps, refs) if m.kind == "corpus" else None
-            corpus = m.aggregate_stats(stats) if stats is not None else (sum(items) / len(items) if items else 0.0)
-        res = MetricResult(name=m.name, corpus=float(corpus), items=[float(x) for x in items], stats=stats,
-                           signature=m.signature(), kind=m.kind, scale=m.scale)
-        if bootstrap and items:
+            scores = m.score_items(hyps, refs)
+        res = m.result(scores)
+        if bootstrap and res.items:
             res.bootstrap(m, seed=seed, n_resamples=bootstrap)
         results[m.name] = res
     return results

@@ -16,14 +16,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from protege.evals.base import Metric
-
 DEFAULT_RESAMPLES = 1000
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs; the chi-square approximation is poor below this
+
+
+class Metric(Protocol):
+    """What the statistics need of a metric (``protege.evals.metrics.base.Metric`` implements it);
+    declared here so that statistics sit below the metrics and import none of them."""
+
+    name: str
+    kind: str
+    scale: str
+    additive_stats: bool
+
+    def item_scores(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]: ...
+
+    def item_stats(self, hyps: Sequence[str], refs: Sequence[str]) -> list[Any] | None: ...
+
+    def aggregate_stats(self, stats: Sequence[Any]) -> float: ...
+
+    def score_from_totals(self, totals: Sequence[int]) -> float: ...
+
+    def bootstrap_scores(self, stats: Sequence[Any], counts: Any) -> Any: ...
 
 
 @dataclass

@@ -19,7 +19,7 @@ from protege.evals.runs import RunSpec, create_run
 from protege.settings import load_settings
 from protege.store import Store
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_eval_runs import CAPITALS, seed_completions, student_reply
+from tests.fixtures.evals import CAPITALS, WatchedStore, seed_completions, student_reply
 
 ITEMS = [{"messages": [{"role": "user", "content": f"Capital of {c}?"}], "reference": city} for c, city in CAPITALS[:4]]
 
@@ -176,3 +176,29 @@ def test_run_cut_off_by_a_restart_shows_interrupted_and_resumes(client: TestClie
     done = _wait(lambda i: client.get(f"/protege/v1/evals/{i}").json(), run["id"])
     assert done["status"] == "completed" and done["error"] is None and len(fake.chat_requests) == 4
     assert client.post("/protege/v1/evals/evalrun_nope/resume").status_code == 404
+
+
+def test_handlers_call_the_store_off_the_event_loop(tmp_path: Path, fake) -> None:
+    """Every handler (create, list, get, resume, report) and the background run reach the store
+    from worker threads only: a slow disk must not stall the loop that serves every other request."""
+    store = WatchedStore(str(tmp_path / "w.duckdb"))
+    app = FastAPI()
+    app.include_router(router)
+    app.state.protege_store = store
+    try:
+        with TestClient(app) as client:
+            body = {"candidates": [{"name": "s", "model": "m", "base_url": fake.base_url}], "items": ITEMS,
+                    "metrics": ["exact_match"], "n_resamples": 50}
+            run = client.post("/protege/v1/evals", json=body).json()
+            done = _wait(lambda i: client.get(f"/protege/v1/evals/{i}").json(), run["id"])
+            assert done["status"] == "completed"
+            assert client.get("/protege/v1/evals").json()["data"][0]["id"] == run["id"]
+            assert client.get(f"/protege/v1/evals/{run['id']}/report?format=md").status_code == 200
+            assert client.post(f"/protege/v1/evals/{run['id']}/resume").status_code == 200
+            assert _wait(lambda i: client.get(f"/protege/v1/evals/{i}").json(), run["id"])["status"] == "completed"
+            assert client.get("/protege/v1/evals/evalrun_nope").status_code == 404
+            assert client.post("/protege/v1/evals/evalrun_nope/resume").status_code == 404
+            assert client.get("/protege/v1/evals/evalrun_nope/report").status_code == 404
+    finally:
+        store.close()
+    assert store.on_loop == []

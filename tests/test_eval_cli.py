@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from protege.cli import app
 from protege.store import Store
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_eval_runs import seed_completions, student_reply
+from tests.fixtures.evals import seed_completions, student_reply
 
 runner = CliRunner()
 

@@ -13,11 +13,11 @@ from markdown_it import MarkdownIt
 
 from protege.evals.pricing import DEFAULT_PRICES, PriceTableError, cost, load_prices, price_for
 from protege.evals.runs import RunSpec, create_run, execute_run
-from protege.evals.summary import render_report, report_data
+from protege.evals.report import render_report, report_data
 from protege.store import Store, insert_records, record_from_completion
 from protege.store import evals as db
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_eval_runs import FAST, seed_completions, student_reply
+from tests.fixtures.evals import FAST, seed_completions, student_reply
 
 HOSTILE = '<script>alert("pwned")</script> | `x` </pre><img src=x onerror=alert(1)>'
 

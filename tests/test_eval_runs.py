@@ -14,44 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from protege.evals.generate import Candidate, CandidateError, RetryPolicy, apply_system_prompt
+from protege.evals.generate import Candidate, CandidateError, apply_system_prompt
 from protege.evals.runs import RunSpec, RunSpecError, create_run, execute_run, items_from_jsonl
-from protege.store import Store, insert_records, record_from_completion
+from protege.store import Store
 from protege.store import evals as db
 from tests.fakes.openai_upstream import FakeError, start_fake_openai
-
-SYSTEM = "You are a geography assistant. Answer with the city name only. " * 5
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
-            ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago")]
-FAST = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05)
-
-
-def seed_completions(store: Store, n: int = len(CAPITALS), *, model: str = "gpt-4o", tag: str = "geo") -> None:
-    """Captured teacher completions, as the proxy would have stored them."""
-    recs = []
-    for i, (country, city) in enumerate(CAPITALS[:n]):
-        request = {"model": model, "temperature": 0, "messages": [
-            {"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Capital of {country}?"}]}
-        response = {"id": f"chatcmpl-{i}", "object": "chat.completion", "created": 1_700_000_000 + i,
-                    "model": f"{model}-2024-08-06",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": city}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 120, "completion_tokens": 2, "total_tokens": 122}}
-        recs.append(record_from_completion(response, request, metadata={"task": tag}, source="proxy",
-                                           latency_ms=400.0 + 10 * i))
-    insert_records(store, recs)
-
-
-def student_reply(wrong: set[str] = frozenset({"Chile"})):
-    """A student that knows every capital except those in ``wrong``."""
-    table = dict(CAPITALS)
-
-    def reply(body: dict) -> str:
-        user = body["messages"][-1]["content"]
-        country = user.removeprefix("Capital of ").rstrip("?")
-        return "Valparaiso" if country in wrong else table.get(country, "?")
-
-    return reply
-
+from tests.fixtures.evals import FAST, WatchedStore, seed_completions, student_reply
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
@@ -366,3 +334,26 @@ def test_azure_candidate_uses_deployment_path_and_api_key_header(store: Store, m
     req = fake.chat_requests[0]
     assert req["path"] == "/openai/deployments/mini-deploy/chat/completions" and req["query"]["api-version"] == "2024-10-21"
     assert req["headers"]["api-key"] == "az-test-key"
+
+
+def test_execute_run_calls_the_store_off_the_event_loop(tmp_path: Path) -> None:
+    """execute_run shares its loop with the HTTP API and the proxy under `protege serve`: every store
+    call it makes (reading the run, marking it running, saving outputs, scoring, the final object,
+    and the failure path) runs in a worker thread."""
+    store = WatchedStore(str(tmp_path / "w.duckdb"))
+    fake = start_fake_openai(student_reply())
+    try:
+        seed_completions(store)
+        run = create_run(store, spec_for(fake.base_url))
+        done = asyncio.run(execute_run(store, run["id"], policy=FAST))
+        assert done["status"] == "completed"
+        bad = create_run(store, spec_for(fake.base_url))
+        store.cursor().execute("UPDATE eval_runs SET spec = '{\"candidates\": [{\"name\": \"x\"}]}' WHERE id = ?",
+                               [bad["id"]])
+        with pytest.raises(RunSpecError):
+            asyncio.run(execute_run(store, bad["id"], policy=FAST))
+        assert db.get_run(store, bad["id"])["status"] == "failed"
+    finally:
+        fake.stop()
+        store.close()
+    assert store.on_loop == []

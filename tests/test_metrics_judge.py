@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from protege.evals.judge import PairwiseJudge, parse_verdict
+from protege.evals.metrics.judge import PairwiseJudge, parse_verdict
 from protege.evals.metrics import get_metric
 from tests.fakes.openai_upstream import FakeError, start_fake_openai
 

@@ -8,7 +8,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from protege.evals.metrics import get_metric
-from protege.evals.rouge import RougeFamily, RougeMetric, UnicodeTokenizer, split_sentences
+from protege.evals.metrics.rouge import RougeFamily, RougeMetric, UnicodeTokenizer, split_sentences
 
 TYPES = ["rouge1", "rouge2", "rouge3", "rougeL", "rougeLsum"]
 

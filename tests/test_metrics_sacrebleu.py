@@ -7,8 +7,8 @@ import random
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
-from protege.evals.bleu import BleuMetric
-from protege.evals.chrf import ChrfMetric
+from protege.evals.metrics.bleu import BleuMetric
+from protege.evals.metrics.chrf import ChrfMetric
 from protege.evals.metrics import get_metric
 
 HYPS = [

@@ -11,10 +11,11 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
 from protege.evals import scoring
-from protege.evals.bleu import BleuMetric
-from protege.evals.exact import ExactMatch
-from protege.evals.jsonmetrics import JsonValid
-from protege.evals.rouge import UnicodeTokenizer
+from protege.evals.metrics.base import Metric, MetricResult, Scores
+from protege.evals.metrics.bleu import BleuMetric
+from protege.evals.metrics.exact import ExactMatch
+from protege.evals.metrics.jsonmetrics import JsonValid
+from protege.evals.metrics.rouge import UnicodeTokenizer
 from protege.evals.scoring import DEFAULT_METRICS, score_pairs
 
 
@@ -120,3 +121,52 @@ def test_bad_input_is_a_clear_error() -> None:
         score_pairs(["a"], ["a"], ["bleu", "bleu"])
     with pytest.raises(ValueError, match="unknown metric"):
         score_pairs(["a"], ["a"], ["blue"])
+
+
+class _Overlap(Metric):
+    """A metric the scorer has never heard of: the share of reference words (``side="ref"``) or output
+    words (``side="hyp"``) found on the other side. Both sides share one tokenisation per pair."""
+
+    batchable = True
+    passes: list[int] = []  # pairs seen by each shared pass (class-level: one list for the test)
+
+    def __init__(self, side: str) -> None:
+        self.side, self.name = side, f"overlap_{side}"
+
+    def _one(self, h: str, r: str) -> float:
+        hw, rw = set(h.split()), set(r.split())
+        mine, other = (rw, hw) if self.side == "ref" else (hw, rw)
+        return len(mine & other) / len(mine) if mine else 0.0
+
+    def item_scores(self, hyps, refs):
+        return [self._one(h, r) for h, r in zip(hyps, refs)]
+
+    def group_key(self):
+        return "words"
+
+    @classmethod
+    def score_group(cls, metrics, hyps, refs):
+        cls.passes.append(len(hyps))
+        return {m.name: Scores(m.item_scores(hyps, refs)) for m in metrics}
+
+    def signature(self) -> str:
+        return f"{self.name}|test"
+
+
+def test_a_new_metric_needs_nothing_from_the_scorer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path asks the metric (batchable, group_key, score_group, result): a metric defined
+    outside protege is deduplicated, scored in one shared pass with its group, forked, and typed."""
+    hyps, refs = pairs(60, seed=5)
+    hyps, refs = hyps + hyps[:10], refs + refs[:10]  # 10 repeated pairs
+    metrics = [_Overlap("ref"), "bleu", _Overlap("hyp")]
+    _Overlap.passes.clear()
+    res = score_pairs(hyps, refs, metrics, workers=1, bootstrap=100)
+    assert _Overlap.passes == [len(set(zip(hyps, refs)))]  # one pass for both, over distinct pairs
+    for side in ("ref", "hyp"):
+        r = res[f"overlap_{side}"]
+        assert isinstance(r, MetricResult) and r.items == _Overlap(side).item_scores(hyps, refs)
+        assert r.corpus == pytest.approx(sum(r.items) / len(r.items)) and r.ci is not None and r.stats is None
+    monkeypatch.setattr(scoring, "PARALLEL_MIN_PAIRS", 10)
+    monkeypatch.setattr(scoring, "_can_fork", lambda: True)
+    forked = score_pairs(hyps, refs, metrics, workers=2)
+    assert {k: v.items for k, v in forked.items()} == {k: v.items for k, v in res.items()}

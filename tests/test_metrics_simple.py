@@ -8,12 +8,12 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
 
-from protege.evals.exact import ExactMatch
-from protege.evals.graders import StringCheck, TextSimilarity, grader_from_config
-from protege.evals.jsonmetrics import JsonSchemaValid, JsonValid
-from protege.evals.labels import MISSING, LabelAccuracy, LabelExtractor, LabelF1
+from protege.evals.metrics.exact import ExactMatch
+from protege.evals.metrics.graders import StringCheck, TextSimilarity, grader_from_config
+from protege.evals.metrics.jsonmetrics import JsonSchemaValid, JsonValid
+from protege.evals.metrics.labels import MISSING, LabelAccuracy, LabelExtractor, LabelF1
 from protege.evals.metrics import available_metrics, get_metric
-from protege.evals.rouge import UnicodeTokenizer
+from protege.evals.metrics.rouge import UnicodeTokenizer
 
 
 # -- exact match ---------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import pytest
 from sacrebleu.metrics import BLEU
 from sklearn.metrics import cohen_kappa_score
 
-from protege.evals.bleu import BleuMetric
-from protege.evals.chrf import ChrfMetric
-from protege.evals.exact import ExactMatch
-from protege.evals.labels import LabelF1
-from protege.evals.rouge import RougeMetric
+from protege.evals.metrics.bleu import BleuMetric
+from protege.evals.metrics.chrf import ChrfMetric
+from protege.evals.metrics.exact import ExactMatch
+from protege.evals.metrics.labels import LabelF1
+from protege.evals.metrics.rouge import RougeMetric
 from protege.evals.stats import (_index_chunks, _resampled, bootstrap_ci, bootstrap_ci_data, cohen_kappa, mcnemar,
                                  paired_difference, paired_difference_data)
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import re as _re
 from collections import Counter
+from collections.abc import Hashable
 from typing import Sequence
 
 import regex
 from rapidfuzz.distance import LCSseq
 from rouge_score import rouge_scorer, scoring, tokenizers
 
-from protege.evals.base import Metric
-from protege.evals.bleu import _check_pairs
+from protege.evals.metrics.base import Metric, Scores, check_pairs
 
 # Scripts written without spaces between words: every character is a token (as for CJK in most
 # multilingual ROUGE variants). Everything else: maximal runs of letters, marks and digits.
@@ -114,7 +114,7 @@ class RougeFamily:
         return out
 
     def fmeasures(self, hyps: Sequence[str], refs: Sequence[str]) -> dict[str, list[float]]:
-        _check_pairs(hyps, refs)
+        check_pairs(hyps, refs)
         res: dict[str, list[float]] = {rt: [] for rt in self.rouge_types}
         for h, r in zip(hyps, refs):
             for rt, s in self.score_pair(h, r).items():
@@ -134,6 +134,7 @@ class RougeMetric(Metric):
 
     kind = "mean"
     scale = "continuous"
+    batchable = True
 
     def __init__(self, rouge_type: str = "rougeL", tokenizer: str = "unicode", use_stemmer: bool = False) -> None:
         self.family = RougeFamily([rouge_type], tokenizer, use_stemmer)
@@ -143,5 +144,26 @@ class RougeMetric(Metric):
     def item_scores(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
         return self.family.fmeasures(hyps, refs)[self.rouge_type]
 
+    def group_key(self) -> Hashable:
+        """ROUGE types with the same tokenizer setting share one tokenisation per pair."""
+        return (self.family.tokenizer_name, self.family.use_stemmer)
+
+    @classmethod
+    def score_group(cls, metrics: Sequence[Metric], hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Scores]:
+        rouge = [m for m in metrics if isinstance(m, RougeMetric)]
+        first = rouge[0].family
+        family = RougeFamily(list(dict.fromkeys(m.rouge_type for m in rouge)), first.tokenizer_name, first.use_stemmer)
+        by_type = family.fmeasures(hyps, refs)
+        return {m.name: Scores(by_type[m.rouge_type]) for m in rouge}
+
     def signature(self) -> str:
         return self.family.signature_for(self.rouge_type)
+
+
+def _rouge(rouge_type: str):
+    def make(**options: object) -> RougeMetric:
+        return RougeMetric(rouge_type, **options)  # type: ignore[arg-type]
+    return make
+
+
+METRICS = {rouge_type: _rouge(rouge_type) for rouge_type in ROUGE_TYPES}

@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
+from ..results import TEACHER
 from . import svg
-from .report_md import fmt, fmt_ci, fmt_diff, fmt_ms, fmt_ratio, fmt_usd, verdicts
-from .summary import TEACHER
+from .text import fmt, fmt_ci, fmt_diff, fmt_ms, fmt_ratio, fmt_usd, verdicts
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#1d1d1f;padding:0 16px}

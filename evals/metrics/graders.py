@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import rapidfuzz
 from rapidfuzz import fuzz
 
-from protege.evals.base import Metric
-from protege.evals.bleu import BleuMetric, _check_pairs
-from protege.evals.rouge import RougeFamily
+from protege.evals.metrics.base import Metric, check_pairs
+from protege.evals.metrics.bleu import BleuMetric
+from protege.evals.metrics.rouge import RougeFamily
 
 STRING_CHECK_OPERATIONS = ("eq", "ne", "like", "ilike")
 SIMILARITY_METRICS = ("fuzzy_match", "bleu", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l")
@@ -49,7 +49,7 @@ class StringCheck(Metric):
         return reference.lower() in output.lower()
 
     def item_scores(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
-        _check_pairs(hyps, refs)
+        check_pairs(hyps, refs)
         return [1.0 if self.check(h, r) else 0.0 for h, r in zip(hyps, refs)]
 
     def signature(self) -> str:
@@ -79,7 +79,7 @@ class TextSimilarity(Metric):
 
     def similarity(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
         """Raw 0-1 similarity per item, whatever the threshold."""
-        _check_pairs(hyps, refs)
+        check_pairs(hyps, refs)
         if self._bleu is not None:
             return self._bleu.item_scores(hyps, refs)
         if self._rouge is not None:
@@ -115,3 +115,6 @@ def grader_from_config(config: dict[str, Any]) -> Metric:
         return TextSimilarity(config.get("evaluation_metric", "fuzzy_match"), config.get("pass_threshold"),
                               name=config.get("name"))
     raise ValueError(f"unsupported grader type {kind!r}; use 'string_check' or 'text_similarity'")
+
+
+METRICS = {"string_check": StringCheck, "text_similarity": TextSimilarity}

@@ -7,8 +7,7 @@ from typing import Sequence
 
 import regex
 
-from protege.evals.base import Metric
-from protege.evals.bleu import _check_pairs
+from protege.evals.metrics.base import Metric, check_pairs
 
 _PUNCT = regex.compile(r"[\p{P}\p{S}]+")
 _SPACE = regex.compile(r"\s+")
@@ -24,6 +23,7 @@ class ExactMatch(Metric):
     name = "exact_match"
     kind = "mean"
     scale = "binary"
+    batchable = True
 
     def __init__(self, ignore_case: bool = False, collapse_whitespace: bool = True,
                  ignore_punctuation: bool = False, strip: bool = True, unicode_nfkc: bool = False) -> None:
@@ -47,7 +47,7 @@ class ExactMatch(Metric):
         return text
 
     def item_scores(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
-        _check_pairs(hyps, refs)
+        check_pairs(hyps, refs)
         norm = self.normalize
         if not (self.ignore_case or self.collapse_whitespace or self.ignore_punctuation or self.strip
                 or self.unicode_nfkc):
@@ -59,3 +59,6 @@ class ExactMatch(Metric):
         return (f"exact_match|case:{'insensitive' if self.ignore_case else 'sensitive'}|"
                 f"ws:{'collapse' if self.collapse_whitespace else 'keep'}|punct:{'ignore' if self.ignore_punctuation else 'keep'}|"
                 f"strip:{yn(self.strip)}|nfkc:{yn(self.unicode_nfkc)}")
+
+
+METRICS = {"exact_match": ExactMatch}

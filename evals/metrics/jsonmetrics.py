@@ -12,8 +12,7 @@ from typing import Any, Sequence
 import jsonschema
 import orjson
 
-from protege.evals.base import Metric
-from protege.evals.bleu import _check_pairs
+from protege.evals.metrics.base import Metric, check_pairs
 
 _FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
 
@@ -40,7 +39,7 @@ class JsonValid(Metric):
 
     def item_scores(self, hyps: Sequence[str], refs: Sequence[str] | None = None) -> list[float]:
         if refs is not None:
-            _check_pairs(hyps, refs)
+            check_pairs(hyps, refs)
         return [1.0 if parse_json(h, self.allow_fences)[0] else 0.0 for h in hyps]
 
     def signature(self) -> str:
@@ -77,7 +76,7 @@ class JsonSchemaValid(Metric):
 
     def item_scores(self, hyps: Sequence[str], refs: Sequence[str] | None = None) -> list[float]:
         if refs is not None:
-            _check_pairs(hyps, refs)
+            check_pairs(hyps, refs)
         out = []
         for h in hyps:
             ok, value = parse_json(h, self.allow_fences)
@@ -96,3 +95,6 @@ def _ver() -> str:
     import importlib.metadata as md
 
     return md.version("jsonschema")
+
+
+METRICS = {"json_valid": JsonValid, "json_schema": JsonSchemaValid}

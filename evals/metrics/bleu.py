@@ -2,7 +2,7 @@
 
 Both are computed from ONE pass of per-segment sufficient statistics
 ``[hyp_len, ref_len, correct_1..4, total_1..4]`` -- the same integers sacrebleu's own
-``_extract_corpus_statistics`` produces (proven by tests/test_metrics_bleu.py) -- so the corpus score,
+``_extract_corpus_statistics`` produces (proven by tests/test_metrics_sacrebleu.py) -- so the corpus score,
 every sentence score and every bootstrap resample reuse one tokenisation. Scores are 0-1
 (sacrebleu's 0-100 divided by 100).
 """
@@ -16,16 +16,7 @@ import numpy as np
 import sacrebleu
 from sacrebleu.metrics import BLEU
 
-from protege.evals.base import Metric
-
-
-def _check_pairs(hyps: Sequence[str], refs: Sequence[str]) -> None:
-    if len(hyps) != len(refs):
-        raise ValueError(f"got {len(hyps)} outputs but {len(refs)} references; they must pair up")
-    for seq in (hyps, refs):
-        for x in seq:
-            if not isinstance(x, str):
-                raise TypeError(f"outputs and references must be strings, got {type(x).__name__}")
+from protege.evals.metrics.base import Metric, Scores, check_pairs
 
 
 def _ngram_counters(tokens: list[str], max_order: int) -> list[Counter]:
@@ -48,6 +39,7 @@ class BleuMetric(Metric):
     kind = "corpus"
     scale = "continuous"
     additive_stats = True
+    batchable = True
 
     def __init__(self, tokenize: str = "13a", lowercase: bool = False, smooth_method: str = "exp",
                  smooth_value: float | None = None, max_ngram_order: int = 4) -> None:
@@ -82,7 +74,7 @@ class BleuMetric(Metric):
         return [len(h), len(r), *correct, *total]
 
     def item_stats(self, hyps: Sequence[str], refs: Sequence[str]) -> list[list[int]]:
-        _check_pairs(hyps, refs)
+        check_pairs(hyps, refs)
         return [self.segment_stats(h, r) for h, r in zip(hyps, refs)]
 
     def aggregate_stats(self, stats: Sequence[Any]) -> float:
@@ -104,8 +96,16 @@ class BleuMetric(Metric):
     def corpus_score(self, hyps: Sequence[str], refs: Sequence[str]) -> float:
         return self.aggregate_stats(self.item_stats(hyps, refs))
 
+    def score_items(self, hyps: Sequence[str], refs: Sequence[str]) -> Scores:
+        """One tokenisation: sentence scores and the corpus score both come from the statistics."""
+        stats = self.item_stats(hyps, refs)
+        return Scores(self.item_scores_from_stats(stats), stats)
+
     def signature(self) -> str:
         return f"bleu|{self._corpus.get_signature()}|item:sentence-eff|scale:0-1"
 
     def sacrebleu_version(self) -> str:
         return sacrebleu.__version__
+
+
+METRICS = {"bleu": BleuMetric}

@@ -15,8 +15,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from protege.evals.base import Metric
-from protege.evals.bleu import _check_pairs
+from protege.evals.metrics.base import Metric, check_pairs
 
 MISSING = "<missing>"
 
@@ -100,7 +99,7 @@ class LabelReport:
 
 
 def _labels(extractor: LabelExtractor, hyps: Sequence[str], refs: Sequence[str]) -> tuple[list[str], list[str]]:
-    _check_pairs(hyps, refs)
+    check_pairs(hyps, refs)
     return [extractor.extract(h) for h in hyps], [extractor.extract(r) for r in refs]
 
 
@@ -201,3 +200,6 @@ class LabelF1(Metric):
     def signature(self) -> str:
         return (f"{self.name}|{self.extractor.signature()}|average:{self.average}|"
                 f"zero_division:{self.zero_division}|sklearn")
+
+
+METRICS = {"label_accuracy": LabelAccuracy, "macro_f1": LabelF1}

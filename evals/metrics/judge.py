@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from protege.evals.base import Metric
-from protege.evals.bleu import _check_pairs
+from protege.evals.metrics.base import Metric, check_pairs
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are an impartial judge. Compare two responses to the same user request and decide which one "
@@ -113,7 +112,7 @@ class PairwiseJudge:
 
     async def acompare(self, inputs: Sequence[str] | None, candidates: Sequence[str],
                        baselines: Sequence[str]) -> JudgeResult:
-        _check_pairs(candidates, baselines)
+        check_pairs(candidates, baselines)
         if inputs is None:
             inputs = [""] * len(candidates)
         if len(inputs) != len(candidates):
@@ -166,3 +165,6 @@ class JudgeMetric(Metric):
 
     def signature(self) -> str:
         return self.judge.signature()
+
+
+METRICS = {"judge": JudgeMetric}

@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from sacrebleu.metrics import CHRF
 
-from protege.evals.base import Metric
-from protege.evals.bleu import _check_pairs
+from protege.evals.metrics.base import Metric, Scores, check_pairs
 
 
 _MAX_CHUNK = 16384
@@ -142,7 +141,7 @@ class ChrfMetric(Metric):
         return out
 
     def item_stats(self, hyps: Sequence[str], refs: Sequence[str]) -> list[list[int]]:
-        _check_pairs(hyps, refs)
+        check_pairs(hyps, refs)
         if self.word_order == 0 and len(hyps) >= 32:
             out: list[list[int]] = []
             for lo in range(0, len(hyps), _BATCH):  # bounded memory: ~20 MB per array per batch
@@ -174,5 +173,19 @@ class ChrfMetric(Metric):
     def corpus_score(self, hyps: Sequence[str], refs: Sequence[str]) -> float:
         return self.aggregate_stats(self.item_stats(hyps, refs))
 
+    def score_items(self, hyps: Sequence[str], refs: Sequence[str]) -> Scores:
+        """One pass of statistics gives the item scores and the corpus score."""
+        stats = self.item_stats(hyps, refs)
+        return Scores(self.item_scores_from_stats(stats), stats)
+
     def signature(self) -> str:
         return f"{self.name}|{self._chrf.get_signature()}|scale:0-1"
+
+
+def _chrf_plus_plus(**options: Any) -> ChrfMetric:
+    """chrF++: chrF with word bigrams (``word_order=2`` unless given)."""
+    options.setdefault("word_order", 2)
+    return ChrfMetric(**options)
+
+
+METRICS = {"chrf": ChrfMetric, "chrf++": _chrf_plus_plus}
