@@ -14,6 +14,8 @@ import os
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
+from .metrics import MetricSpecError, parse_metric
+
 SDK_DEFAULT_BASE = "https://api.openai.com/v1"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -73,8 +75,6 @@ def _describe(url: str) -> str:
 def credential_problem(candidates: Iterable[Any], metrics: Iterable[Any], settings: Any,
                        environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
     """``(message, param)`` when the run would send a server credential to a host not allowed."""
-    from .summary import parse_metric
-
     allowed = allowed_origins(settings)
     default = environ.get("OPENAI_BASE_URL") or SDK_DEFAULT_BASE
     hint = ("Point it at the configured upstream, or add the host to eval_allowed_hosts "
@@ -89,7 +89,7 @@ def credential_problem(candidates: Iterable[Any], metrics: Iterable[Any], settin
     for spec in metrics:
         try:
             name, opts = parse_metric(spec)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, MetricSpecError):
             continue  # the run spec's own validation reports it
         if name != "judge" or opts.get("api_key") or opts.get("client") is not None:
             continue
