@@ -40,7 +40,9 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
 
     store = store or Store(settings.db, data_dir=settings.data_path)
     writer = CaptureWriter(
-        store, max_queue=settings.queue_size, batch_size=settings.batch_size, flush_interval=settings.flush_interval
+        store, max_queue=settings.queue_size, batch_size=settings.batch_size, flush_interval=settings.flush_interval,
+        memory_budget=settings.capture_memory_bytes, drain_timeout=settings.drain_timeout,
+        journal_fsync=settings.journal_fsync, read_timeout=settings.read_your_writes_timeout,
     )
     routers = [r for r in (_optional(p) for p in _ROUTERS) if r is not None]
     registry_cls = _optional("protege.distill.students:StudentRegistry")

@@ -101,9 +101,13 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 
 def start_fake_openai(
-    reply: Callable[[dict], str | dict] | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0
+    reply: Callable[[dict], str | dict] | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0,
+    fields: Callable[[dict], dict] | None = None,
 ) -> FakeOpenAI:
-    """Start the fake on an ephemeral port in a background thread; ``.stop()`` ends it."""
+    """Start the fake on an ephemeral port in a background thread; ``.stop()`` ends it.
+
+    ``fields(request_body)`` returns top-level fields that replace those of a non-streamed
+    answer, to play a misbehaving OpenAI-compatible server (``{"id": 123}``, ``{"usage": []}``)."""
     reply = reply or _default_reply
     seen: list[dict] = []
 
@@ -179,13 +183,14 @@ def start_fake_openai(
                 "role": "assistant", "content": content, "refusal": None, "annotations": [],
                 "tool_calls": tool_calls, "function_call": None, "audio": None,
             }
-            return _json(
-                {
-                    "id": cid, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                    "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake",
-                }
-            )
+            answer = {
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake",
+            }
+            if fields is not None:
+                answer.update(fields(body))
+            return _json(answer)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(
             status=200,
