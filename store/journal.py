@@ -43,13 +43,23 @@ def fsync_dir(path: Path) -> None:
 
 
 def _open_append(path: Path) -> Any:
-    """Open ``path`` for appending; when this creates it, fsync its directory too."""
+    """Open ``path`` unbuffered for appending (a failed write leaves nothing behind in a buffer
+    to be written later); when this creates it, fsync its directory too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     created = not path.exists()
-    fh = open(path, "ab")
+    fh = open(path, "ab", buffering=0)
     if created:
         fsync_dir(path.parent)
     return fh
+
+
+def _write_all(fh: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = fh.write(view)
+        if not n:
+            raise OSError("short write")
+        view = view[n:]
 
 
 @dataclass
@@ -78,8 +88,7 @@ class Quarantine:
         entry = orjson.dumps({"reason": reason, "line": line.decode("utf-8", "replace")}) + b"\n"
         with self._lock:
             with _open_append(self.path) as fh:
-                fh.write(entry)
-                fh.flush()
+                _write_all(fh, entry)
                 os.fsync(fh.fileno())
             self.count += 1
         log.warning("quarantined a capture record in %s: %s", self.path, reason)
@@ -199,8 +208,7 @@ class Spool:
         with self._lock, _open_append(self.path) as fh:
             start = fh.tell()
             try:
-                fh.write(data)
-                fh.flush()
+                _write_all(fh, data)
                 os.fsync(fh.fileno())
             except OSError:
                 try:  # no half record left behind for the next append to follow
@@ -267,8 +275,7 @@ class Journal:
             fh, seg = self._fh, self._seg
             start = fh.tell()
         try:
-            fh.write(data)
-            fh.flush()
+            _write_all(fh, data)
             if self.fsync:
                 os.fdatasync(fh.fileno())
         except OSError:
@@ -285,6 +292,28 @@ class Journal:
             if end >= self.segment_bytes and seg == self._seg:
                 self._rotate()
         return seg, start, end
+
+    def probe(self) -> bool:
+        """Can a block be written now? (After a failure, while no capture comes to try it.) The
+        block is a blank line, which a reload skips, and is cut off again at once."""
+        with self._lock:
+            try:
+                if self._fh is None:
+                    self._fh = _open_append(self._path(self._seg))
+                    self._outstanding.setdefault(self._seg, 0)
+                start = self._fh.tell()
+                _write_all(self._fh, b" " * 4095 + b"\n")
+                self._fh.truncate(start)
+                self._fh.seek(start)
+                return True
+            except OSError:
+                try:
+                    if self._fh is not None:
+                        self._fh.truncate(start)
+                        self._fh.seek(start)
+                except (OSError, UnboundLocalError):
+                    pass
+                return False
 
     def _rotate(self) -> None:
         fh, seg = self._fh, self._seg

@@ -130,6 +130,8 @@ class CaptureWriter:
         self.journal_error: str | None = None
         self.spool_error: str | None = None
         self._last_drop = 0.0
+        self._journal_error_at = 0.0
+        self._spool_error_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "CaptureWriter":
@@ -170,6 +172,7 @@ class CaptureWriter:
             log.error("could not load the capture spool (%s); it is kept and retried", exc)
             return False
         self.recovered += n
+        self.db_error = None
         if n:
             log.info("loaded %d spooled captures into the store", n)
         return True
@@ -281,11 +284,11 @@ class CaptureWriter:
         problems = []
         if self.db_error:
             problems.append(f"database: {self.db_error}")
-        if self.journal_error:
-            problems.append(f"journal: {self.journal_error}")
-        if self.spool_error:
-            problems.append(f"spool: {self.spool_error}")
         held = sum(it.count for it in list(self._ready) if it.seg is None)
+        if self.journal_error:  # cleared by the next journal write, or a probe when idle
+            problems.append(f"journal: {self.journal_error}")
+        if self.spool_error and (held or self.db_error):  # the spool matters only while the database refuses
+            problems.append(f"spool: {self.spool_error}")
         if held:
             problems.append(f"{held} captures are held only in memory until a disk takes them")
         if self._last_drop and time.monotonic() - self._last_drop < 60:
@@ -337,6 +340,9 @@ class CaptureWriter:
             if not group:
                 if self._stop:
                     return
+                if self.journal_error is not None and self.journal.probe():
+                    log.info("the capture journal can be written again")
+                    self.journal_error = None
                 continue
             try:
                 self._journal_group(group)
@@ -366,6 +372,7 @@ class CaptureWriter:
                 if self.journal_error is None:
                     log.error("capture journal cannot be written (%s): captures wait in memory", exc)
                 self.journal_error = str(exc)
+                self._journal_error_at = time.monotonic()
         with self._lock:
             spill = seg is not None and (
                 self._ready_bytes + nbytes > self.memory_budget // 2 or self._mem_count > self.max_queue // 2
@@ -440,7 +447,7 @@ class CaptureWriter:
                 journal_alive = self._journal_thread is not None and self._journal_thread.is_alive()
                 if self._stop and not journal_alive and not self._pending:
                     return
-                if self.spool.exists() and time.monotonic() - self._last_spool_try > 5.0:
+                if self.spool.exists() and time.monotonic() - self._last_spool_try > 2.0:
                     self._load_spool()  # the database works again: bring back what it refused
                 self._db_wake.wait(self.flush_interval)
                 self._db_wake.clear()
@@ -487,6 +494,7 @@ class CaptureWriter:
             if self.spool_error is None:
                 log.error("capture spool %s cannot be written either (%s): %d captures wait in memory", self.spool.path, exc, len(records))
             self.spool_error = str(exc)
+            self._spool_error_at = time.monotonic()
             return False
 
 
