@@ -115,6 +115,8 @@ class CaptureWriter:
         self._journal_thread: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._last_spool_try = 0.0
+        self.closed_clean: bool | None = None  # set by close()
+        self._cursor: Any = None
         # State for health() and /metrics.
         self.captured = 0
         self.spooled = 0
@@ -191,6 +193,11 @@ class CaptureWriter:
         clean = not any(t is not None and t.is_alive() for t in (self._journal_thread, self._thread))
         self._abandon = True
         self._db_wake.set()
+        if not clean and self._cursor is not None:
+            try:  # stop the insert that is still running: its records are in the journal
+                self._cursor.interrupt()
+            except Exception:
+                pass
         if self._journal_thread is not None and self._journal_thread.is_alive():
             self._journal_thread.join(1.0)  # it is mid-write; the captures it holds are its to write
         # What the database did not take in time: records only in memory go to the spool now.
@@ -218,7 +225,8 @@ class CaptureWriter:
         with self._progress:
             self._resolved = self._submitted
             self._progress.notify_all()
-        return clean and not left and not pending
+        self.closed_clean = clean and not left and not pending
+        return self.closed_clean
 
     # -- the request path -------------------------------------------------------------------
     def submit(self, capture: Capture) -> None:
@@ -436,7 +444,7 @@ class CaptureWriter:
 
     def _db_loop(self) -> None:
         try:
-            cursor = self.store.cursor()
+            cursor = self._cursor = self.store.cursor()
         except Exception as exc:  # the database is gone: every batch will go to the spool
             log.error("capture writer has no database connection (%s); captures go to the spool", exc)
             cursor = None
@@ -480,6 +488,8 @@ class CaptureWriter:
             self.db_error = None
             return True
         except Exception as exc:
+            if self._abandon:  # shutting down past the drain limit: the journal keeps these
+                return False
             self.db_errors += 1
             if self.db_error is None:
                 log.error("capture batch of %d could not be written (%s); spooling it", len(records), exc)

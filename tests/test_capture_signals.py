@@ -155,6 +155,11 @@ def stored_messages(db: Path) -> set[str]:
         store.close()
 
 
+# The slow disk: bandwidth enough for the journal's appends, too few writes per second for the
+# database's commits and checkpoints, so its inserts fall far behind under this load.
+SLOW_BPS, SLOW_IOPS, PROMPT = 2 * 1024 * 1024, 40, 4096
+
+
 @pytest.fixture
 def upstream():
     fake = start_fake_openai(delay=0.005)
@@ -191,20 +196,19 @@ def test_sigkill_loses_at_most_the_flush_window(tmp_path, upstream):
 
 
 def test_sigkill_on_a_slow_disk_loses_at_most_the_flush_window(tmp_path, upstream):
-    # 4 KB prompts; the database's disk takes 2 MB/s and 40 writes/s: its inserts fall behind,
-    # so the queue is long when the kill comes; the journal (appends) keeps up.
-    with slow_disk(tmp_path, 2 * 1024 * 1024, 40) as (mnt, group):
-        answered, missing, depth = _sigkill_window(tmp_path, upstream, mnt / "slow.duckdb", group, 0.2, 1.0, 4096)
+    # The database's inserts fall behind, so the queue is long when the kill comes; the journal keeps up.
+    with slow_disk(tmp_path, SLOW_BPS, SLOW_IOPS) as (mnt, group):
+        answered, missing, depth = _sigkill_window(tmp_path, upstream, mnt / "slow.duckdb", group, 0.2, 1.0, PROMPT)
     assert depth > missing  # the old writer lost the whole queue; this one loses the last window
 
 
 def test_sigterm_on_a_slow_disk_drains_within_the_time_limit_and_keeps_everything(tmp_path, upstream):
-    with slow_disk(tmp_path, 2 * 1024 * 1024, 40) as (mnt, group):
+    with slow_disk(tmp_path, SLOW_BPS, SLOW_IOPS) as (mnt, group):
         db = mnt / "term.duckdb"
         srv = Serve(tmp_path, db, upstream.base_url, {"PROTEGE_DRAIN_TIMEOUT": "2"}, group)
-        load = Load(srv.base, content_bytes=4096)
+        load = Load(srv.base, content_bytes=PROMPT)
         try:
-            time.sleep(3.0)
+            time.sleep(5.0)
             depth = srv.depth()
             t0 = time.monotonic()
             srv.proc.send_signal(signal.SIGTERM)
@@ -214,7 +218,9 @@ def test_sigterm_on_a_slow_disk_drains_within_the_time_limit_and_keeps_everythin
             load.finish()
             srv.kill()
         assert code in (0, -signal.SIGTERM), srv.log_path.read_text()
-        assert took < 2 + 8, took  # drain_timeout plus uvicorn's own shutdown, far under a 30 s stop timeout
+        # drain_timeout (2 s), the last journal write, and the kernel finishing writes already
+        # queued on the throttled device: well under the common 30 s stop timeout.
+        assert took < 20, (took, srv.log_path.read_text()[-2000:])
         stored = stored_messages(db)
     answered = set(load.answered)
     print(f"SIGTERM: answered {len(answered)}, stored {len(answered & stored)}, queue at the signal {depth}, exit after {took:.1f} s")
