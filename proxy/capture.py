@@ -136,7 +136,8 @@ class ChatCapture:
             "served_by": self.served_by,
             "paired_with": self.pair.record_id if self.pair is not None else None,
         }
-        problems += record_problems(rec, _UPSTREAM_FIELDS)
+        if problems or not _fits(rec):
+            problems += record_problems(rec, _UPSTREAM_FIELDS)
         if problems:
             self._untyped(rec, problems)
         return rec
@@ -190,6 +191,26 @@ class ChatCapture:
             "source": self.source,
             "served_by": self.served_by,
         }
+
+
+_I32 = 2**31
+
+
+def _fits(rec: dict[str, Any]) -> bool:
+    """The common case in one expression (~1 µs): every upstream-derived value fits its column.
+    When not, :func:`record_problems` says which and why."""
+    created = rec["created"]
+    if type(rec["id"]) is not str or type(created) is not int or not -(2**63) <= created < 2**63:
+        return False
+    for name in ("model", "finish_reason", "request_id"):
+        v = rec[name]
+        if v is not None and type(v) is not str:
+            return False
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        v = rec[name]
+        if v is not None and (type(v) is not int or not -_I32 <= v < _I32):
+            return False
+    return True
 
 
 def _whole(value: Any) -> Any:
