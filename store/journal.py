@@ -111,10 +111,13 @@ def _insert_chunk(store: Store, batch: list[tuple[bytes, dict[str, Any]]], quara
         raise StoreUnavailable(str(exc)) from exc
     fresh: list[tuple[bytes, dict[str, Any]]] = []
     for line, rec in batch:
-        if (rec.get("seq"), rec.get("id")) in present:
+        key = (rec.get("seq"), rec.get("id"))
+        if key in present:  # already stored, or twice in this file (written by two threads at shutdown)
             result.duplicates += 1
         else:
             fresh.append((line, rec))
+            if key[0] is not None:
+                present.add(key)
     if not fresh:
         return
     try:

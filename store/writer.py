@@ -292,7 +292,8 @@ class CaptureWriter:
         problems = []
         if self.db_error:
             problems.append(f"database: {self.db_error}")
-        held = sum(it.count for it in list(self._ready) if it.seg is None)
+        with self._lock:  # never held across I/O: a short wait at most, on the event loop
+            held = sum(it.count for it in self._ready if it.seg is None)
         if self.journal_error:  # cleared by the next journal write, or a probe when idle
             problems.append(f"journal: {self.journal_error}")
         if self.spool_error and (held or self.db_error):  # the spool matters only while the database refuses
