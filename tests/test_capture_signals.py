@@ -100,7 +100,9 @@ class Serve:
                     break
             except httpx.TransportError:
                 pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log_path.read_text()
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()  # never leave a proxy behind holding the test's disk
+                raise AssertionError(f"protege serve did not start: {self.log_path.read_text()}")
             time.sleep(0.1)
 
     def depth(self) -> int:
