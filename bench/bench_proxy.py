@@ -4,6 +4,8 @@ Targets (2 cores, capture on): 32 connections >= 2,500 req/s through the proxy w
 captured; 1 connection: median added latency <= 1 ms; streaming adds <= 1 ms to time to first byte.
 
 Needs wrk (`apt-get install -y wrk`). Run: python bench/bench_proxy.py [--runs 3] [--duration 5]
+[--base-root ../main --base-python ../main/.venv/bin/python] (that checkout measured in the same run,
+interleaved with this one, each against its own direct-upstream baseline).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def free_port() -> int:
     return port
 
 
-def wait_port(port: int, timeout: float = 20.0) -> None:
+def wait_port(port: int, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -104,83 +106,128 @@ def ttfb(port: int, path: str, n: int) -> float:
     return statistics.median(times)
 
 
+def start_proxy(root: Path, python: str, db: Path, port: int, up_port: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("OPENAI_API_KEY", None)
+    return subprocess.Popen(
+        [python, "-m", "protege", "--db", str(db), "serve", "--port", str(port),
+         "--upstream", f"http://127.0.0.1:{up_port}/v1"],
+        env=env, cwd=str(root),
+    )
+
+
+def count_rows(python: str, root: Path, db: Path) -> int:
+    """Rows in a proxy's store, read by that tree's own code (its schema, its version)."""
+    code = (
+        "import sys; from protege.store import Store; from protege.store.completions import count; "
+        "s = Store(sys.argv[1], read_only=True); print(count(s)); s.close()"
+    )
+    env = dict(os.environ, PYTHONPATH=str(root))
+    return int(subprocess.run([python, "-c", code, str(db)], capture_output=True, text=True, check=True, env=env, cwd=str(root)).stdout.split()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--stream-requests", type=int, default=300)
+    ap.add_argument("--base-root", type=Path, default=None,
+                    help="another checkout (e.g. main) to measure in the same run, interleaved with this one")
+    ap.add_argument("--base-python", default=None, help="that checkout's interpreter (its venv's python)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: install it with `apt-get install -y wrk`")
 
     tmp = Path(tempfile.mkdtemp(prefix="protege-bench-"))
-    up_port, px_port = free_port(), free_port()
+    up_port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("OPENAI_API_KEY", None)
     upstream = subprocess.Popen([sys.executable, str(HERE / "fast_upstream.py"), str(up_port)], env=env)
-    db = tmp / "bench.duckdb"
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "protege", "--db", str(db), "serve", "--port", str(px_port),
-         "--upstream", f"http://127.0.0.1:{up_port}/v1"],
-        env=env, cwd=str(ROOT),
-    )
+    trees = [("this", ROOT, sys.executable)]
+    if args.base_root is not None:
+        trees.append(("base", args.base_root.resolve(), args.base_python or str(args.base_root / ".venv/bin/python")))
+    proxies = {}
+    for name, root, python in trees:
+        port = free_port()
+        db = tmp / f"bench-{name}.duckdb"
+        proxies[name] = (port, db, start_proxy(root, python, db, port, up_port), root, python)
     direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-    proxy_url = f"http://127.0.0.1:{px_port}/v1/chat/completions"
-    sent_through_proxy = 0
-    rows: dict[str, list[float]] = {k: [] for k in ("rps_d", "rps_p", "lat_d", "lat_p", "ttfb_d", "ttfb_p", "cpu_us")}
+    keys = ("rps_d", "rps_p", "lat_d", "lat_p", "ttfb_d", "ttfb_p", "cpu_us")
+    rows: dict[str, dict[str, list[float]]] = {name: {k: [] for k in keys} for name in proxies}
+    sent: dict[str, int] = {name: 0 for name in proxies}
     try:
         wait_port(up_port)
-        wait_port(px_port)
-        sent_through_proxy += wrk(proxy_url, 8, 1)[2]  # warm-up
-        for _ in range(args.runs):
-            rps, _, _ = wrk(direct_url, 32, args.duration)
-            rows["rps_d"].append(rps)
-            cpu0 = cpu_seconds(proxy.pid)
-            rps, _, n = wrk(proxy_url, 32, args.duration)
-            rows["rps_p"].append(rps)
-            sent_through_proxy += n
-            drain(px_port)
-            # CPU per request, capture writing included: less sensitive to other load than req/s.
-            rows["cpu_us"].append((cpu_seconds(proxy.pid) - cpu0) / n * 1e6)
-            _, lat, _ = wrk(direct_url, 1, max(2, args.duration // 2))
-            rows["lat_d"].append(lat)
-            _, lat, n = wrk(proxy_url, 1, max(2, args.duration // 2))
-            rows["lat_p"].append(lat)
-            sent_through_proxy += n
-            drain(px_port)
-            rows["ttfb_d"].append(ttfb(up_port, "/v1/chat/completions", args.stream_requests))
-            rows["ttfb_p"].append(ttfb(px_port, "/v1/chat/completions", args.stream_requests))
-            sent_through_proxy += args.stream_requests
+        for name, (port, *_rest) in proxies.items():
+            wait_port(port)
+            sent[name] += wrk(f"http://127.0.0.1:{port}/v1/chat/completions", 8, 1)[2]  # warm-up
+            drain(port)
+        for run in range(args.runs):
+            # Interleaved: each tree is measured right after its own direct baseline, in an order
+            # that alternates between runs, so drift on a shared machine hits both alike.
+            order = list(proxies) if run % 2 == 0 else list(proxies)[::-1]
+            for name in order:
+                port, _db, proc, _root, _py = proxies[name]
+                r = rows[name]
+                proxy_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                rps, _, _ = wrk(direct_url, 32, args.duration)
+                r["rps_d"].append(rps)
+                cpu0 = cpu_seconds(proc.pid)
+                rps, _, n = wrk(proxy_url, 32, args.duration)
+                r["rps_p"].append(rps)
+                sent[name] += n
+                drain(port)
+                # CPU per request, capture writing included: less sensitive to other load than req/s.
+                r["cpu_us"].append((cpu_seconds(proc.pid) - cpu0) / n * 1e6)
+                _, lat, _ = wrk(direct_url, 1, max(2, args.duration // 2))
+                r["lat_d"].append(lat)
+                _, lat, n = wrk(proxy_url, 1, max(2, args.duration // 2))
+                r["lat_p"].append(lat)
+                sent[name] += n
+                drain(port)
+                r["ttfb_d"].append(ttfb(up_port, "/v1/chat/completions", args.stream_requests))
+                r["ttfb_p"].append(ttfb(port, "/v1/chat/completions", args.stream_requests))
+                sent[name] += args.stream_requests
     finally:
-        proxy.send_signal(signal.SIGTERM)
-        proxy.wait(60)
+        for _port, _db, proc, _root, _py in proxies.values():
+            proc.send_signal(signal.SIGTERM)
+        for _port, _db, proc, _root, _py in proxies.values():
+            proc.wait(60)
         upstream.kill()
         upstream.wait()
 
-    sys.path.insert(0, str(ROOT))
-    from protege.store import Store
-    from protege.store.completions import count
-
-    store = Store(str(db), read_only=True)
-    captured = count(store)
-    store.close()
+    captured = {name: count_rows(py, root, db) for name, (_p, db, _proc, root, py) in proxies.items()}
     shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {k: statistics.median(v) for k, v in rows.items()}
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
     print(f"\n### Proxy benchmark (medians of {args.runs} runs, {args.duration} s each)\n")
     print(f"Machine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}")
-    print(f"Command: python bench/bench_proxy.py --runs {args.runs} --duration {args.duration}; load: wrk -t1 -s bench/post_chat.lua\n")
-    print("| Measure | Direct upstream | Through proxy | Ratio / added | Target |")
-    print("|---|---|---|---|---|")
-    print(f"| 32 connections, req/s | {med['rps_d']:,.0f} | {med['rps_p']:,.0f} | {med['rps_p'] / med['rps_d']:.3f}x | >= 2,500 req/s |")
-    print(f"| 32 connections, proxy CPU per request (all threads) | | {med['cpu_us']:.0f} µs | {1e6 / med['cpu_us']:,.0f} req/s per core | |")
-    print(f"| 1 connection, median latency | {med['lat_d']:.3f} ms | {med['lat_p']:.3f} ms | +{med['lat_p'] - med['lat_d']:.3f} ms | <= +1 ms |")
-    print(f"| Streaming, median time to first byte | {med['ttfb_d']:.3f} ms | {med['ttfb_p']:.3f} ms | +{med['ttfb_p'] - med['ttfb_d']:.3f} ms | <= +1 ms |")
-    print(f"\nCaptured rows: {captured:,} for {sent_through_proxy:,} requests wrk/the TTFB client counted through the proxy "
-          f"(rows >= counted: wrk does not count requests still in flight when it stops).")
-    print("Per run:", {k: [round(x, 3) for x in v] for k, v in rows.items()})
-    if captured < sent_through_proxy:
+    extra = f" --base-root {args.base_root}" if args.base_root else ""
+    print(f"Command: python bench/bench_proxy.py --runs {args.runs} --duration {args.duration}{extra}; load: wrk -t1 -s bench/post_chat.lua\n")
+    failed = False
+    for name in proxies:
+        med = {k: statistics.median(v) for k, v in rows[name].items()}
+        print(f"#### {name} ({proxies[name][3]})\n")
+        print("| Measure | Direct upstream | Through proxy | Ratio / added | Target |")
+        print("|---|---|---|---|---|")
+        print(f"| 32 connections, req/s | {med['rps_d']:,.0f} | {med['rps_p']:,.0f} | {med['rps_p'] / med['rps_d']:.4f}x | >= 2,500 req/s |")
+        print(f"| 32 connections, proxy CPU per request (all threads) | | {med['cpu_us']:.0f} µs | {1e6 / med['cpu_us']:,.0f} req/s per core | |")
+        print(f"| 1 connection, median latency | {med['lat_d']:.3f} ms | {med['lat_p']:.3f} ms | +{med['lat_p'] - med['lat_d']:.3f} ms | <= +1 ms |")
+        print(f"| Streaming, median time to first byte | {med['ttfb_d']:.3f} ms | {med['ttfb_p']:.3f} ms | +{med['ttfb_p'] - med['ttfb_d']:.3f} ms | <= +1 ms |")
+        print(f"\nCaptured rows: {captured[name]:,} for {sent[name]:,} requests wrk/the TTFB client counted through the proxy "
+              f"(rows >= counted: wrk does not count requests still in flight when it stops).")
+        print("Per run:", {k: [round(x, 3) for x in v] for k, v in rows[name].items()}, "\n")
+        if captured[name] < sent[name]:
+            failed = True
+    if len(proxies) == 2:
+        a = {k: statistics.median(v) for k, v in rows["this"].items()}
+        b = {k: statistics.median(v) for k, v in rows["base"].items()}
+        print("#### this against base\n")
+        print(f"req/s ratio to direct: {a['rps_p'] / a['rps_d']:.4f} vs {b['rps_p'] / b['rps_d']:.4f} "
+              f"({(a['rps_p'] / a['rps_d']) / (b['rps_p'] / b['rps_d']):.3f}x); "
+              f"CPU per request: {a['cpu_us']:.0f} vs {b['cpu_us']:.0f} µs; "
+              f"added latency: +{a['lat_p'] - a['lat_d']:.3f} vs +{b['lat_p'] - b['lat_d']:.3f} ms; "
+              f"added TTFB: +{a['ttfb_p'] - a['ttfb_d']:.3f} vs +{b['ttfb_p'] - b['ttfb_d']:.3f} ms")
+    if failed:
         sys.exit("FAIL: fewer captured rows than answered requests")
 
 

@@ -106,11 +106,18 @@ async def create_feedback(completion_id: str, request: Request) -> Response:
     bad = _check_feedback(body)
     if bad is not None:
         return bad
-    fb = await asyncio.to_thread(
-        add_feedback, _store(request), completion_id,
-        score=body.get("score"), label=body.get("label"), correction=body.get("correction"),
-        comment=body.get("comment"), accepted=body.get("accepted"), metadata=body.get("metadata"),
-    )
+    store = _store(request)
+
+    def add() -> Any:
+        return add_feedback(
+            store, completion_id,
+            score=body.get("score"), label=body.get("label"), correction=body.get("correction"),
+            comment=body.get("comment"), accepted=body.get("accepted"), metadata=body.get("metadata"),
+        )
+
+    # Read-your-writes: feedback sent right after the answer waits (boundedly) for its capture.
+    writer = getattr(request.app.state, "protege_writer", None)
+    fb = await asyncio.to_thread(writer.read_your_writes, add) if writer is not None else await asyncio.to_thread(add)
     if fb is None:
         return error(404, f"No completion found with id '{completion_id}'.", param="completion_id", code="not_found")
     return _json(fb)

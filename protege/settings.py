@@ -71,10 +71,18 @@ class Settings(BaseSettings):
     # (a candidate's api_key_env), besides the configured upstream / Azure endpoint.
     eval_allowed_hosts: list[str] = Field(default_factory=list)
 
-    # Capture writer.
-    queue_size: int = 100_000
+    # Capture writer (store/writer.py). Captures wait in memory up to capture_memory_bytes (beyond
+    # it they are dropped and counted); every flush_interval they are journaled to disk, so a
+    # SIGKILL loses at most that window; on SIGTERM the database gets drain_timeout seconds, then
+    # what is left stays in the journal for the next start.
+    queue_size: int = 100_000  # most captures held in memory, beside the byte budget
     batch_size: int = 2_000
-    flush_interval: float = 0.2  # longest a capture waits for its batch to fill
+    flush_interval: float = 0.2  # longest a capture waits to be journaled (the SIGKILL window)
+    capture_memory_bytes: int = 256 * 1024 * 1024
+    drain_timeout: float = 5.0
+    journal_fsync: bool = True  # fdatasync each journal write (survives power loss, not only SIGKILL)
+    # Stored API / feedback reads of a completion not yet in the database wait this long for the writer.
+    read_your_writes_timeout: float = 2.0
 
     # Fine-tune jobs: how often cloud jobs are polled.
     finetune_poll_interval: float = 1.0

@@ -146,11 +146,14 @@ def create_app(
                 await asyncio.to_thread(hook)
             await chat.drain()
             await upstream.close()
-            writer.close()
-            try:
-                store.close()
-            except Exception as exc:  # already closed by its owner
-                log.debug("store close: %s", exc)
+            # Bounded (drain_timeout): what the database has not taken by then stays in the journal.
+            if await asyncio.to_thread(writer.close):
+                try:
+                    store.close()
+                except Exception as exc:  # already closed by its owner
+                    log.debug("store close: %s", exc)
+            else:  # an insert may still be running: leave the file to DuckDB's own recovery
+                log.warning("capture writer did not finish in time; the store is left for the next start to recover")
 
     # Swagger UI's assets are served from the package (fastapi-offline), not from a CDN: /docs
     # works on a machine with no internet access. Both /docs and /openapi.json need an admin key
@@ -166,13 +169,20 @@ def create_app(
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok", "capture_queue": writer.depth})
+        # 503 while captures are at risk (a disk refuses them, or the memory budget overflowed):
+        # the proxy still answers, but a load balancer should send new traffic to an instance
+        # that can keep it, while this one writes out what it holds. Most balancers fail open
+        # when every instance is unhealthy, so this never takes a lone proxy out of service.
+        health = writer.health()
+        body = {"status": health["status"], "capture_queue": writer.depth, "capture": health}
+        return JSONResponse(body, status_code=200 if health["status"] == "ok" else 503)
 
     @api.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(writer), media_type="text/plain; version=0.0.4")
 
-    api.include_router(stored_router(store, list(settings.proxy_keys), list(settings.admin_keys)))
+    api.state.protege_writer = writer  # other areas' routers (feedback) read their writes through it
+    api.include_router(stored_router(store, list(settings.proxy_keys), list(settings.admin_keys), writer=writer))
     for r in routers:
         api.include_router(r)
     proxy = ProxyApp(api, chat, passthrough, upstream, writer, store, metrics)

@@ -12,9 +12,14 @@ from typing import Any
 import orjson
 
 from protege.store.ids import new_completion_id
+from protege.store.records import record_problems, value_problem
 
 from .auth import key_hash
 from .streaming import reassemble
+
+
+# Columns whose values come from the upstream's answer: each is typed on its own (store.records).
+_UPSTREAM_FIELDS = ("id", "created", "model", "prompt_tokens", "completion_tokens", "total_tokens", "finish_reason", "request_id")
 
 
 class ChatCapture:
@@ -77,8 +82,18 @@ class ChatCapture:
             response = None
         if outcome == "ok" and response is None:
             outcome = "upstream_error"
-        usage = (response or {}).get("usage") or {}
-        choices = (response or {}).get("choices") or []
+        problems: list[str] = []
+        resp = response or {}
+        usage = resp.get("usage")
+        if usage is None:
+            usage = {}
+        elif not isinstance(usage, dict):
+            problems.append(f"'usage' must be an object, got {type(usage).__name__}")
+            usage = {}
+        choices = resp.get("choices") or []
+        if not isinstance(choices, list):
+            problems.append(f"'choices' must be a list, got {type(choices).__name__}")
+            choices = []
         if isinstance(error, (bytes, bytearray)):
             error = error.decode("utf-8", "replace")
         elif error is not None and not isinstance(error, str):
@@ -103,9 +118,9 @@ class ChatCapture:
             request_text = orjson.dumps(self.request).decode()
         if response is not None and response_text is None:
             response_text = orjson.dumps(response).decode()
-        return {
+        rec = {
             "id": comp_id,
-            "created": int((response or {}).get("created") or self.started_at),
+            "created": _whole(resp.get("created")) or int(self.started_at),
             "started_at": self.started_at,
             "finished_at": self.started_at + (end - self.t0),
             "model_requested": self.request.get("model"),
@@ -119,9 +134,9 @@ class ChatCapture:
             "error": error,
             "latency_ms": (end - self.t0) * 1000.0,
             "ttft_ms": (self.t_first - self.t0) * 1000.0 if self.t_first is not None else None,
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-            "total_tokens": usage.get("total_tokens"),
+            "prompt_tokens": _whole(usage.get("prompt_tokens")),
+            "completion_tokens": _whole(usage.get("completion_tokens")),
+            "total_tokens": _whole(usage.get("total_tokens")),
             "finish_reason": choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None,
             "stream": self.stream,
             "upstream": self.upstream,
@@ -132,6 +147,88 @@ class ChatCapture:
             "paired_with": self.pair.record_id if self.pair is not None else None,
             "upstream_id": upstream_id,
         }
+        if problems or not _fits(rec):
+            problems += record_problems(rec, _UPSTREAM_FIELDS)
+        if problems:
+            self._untyped(rec, problems)
+        return rec
+
+    def _untyped(self, rec: dict[str, Any], problems: list[str]) -> None:
+        """An answer whose fields do not fit their columns: kept with its raw body as
+        ``invalid_response`` (never in the Stored API), with what was wrong in ``error``."""
+        for name in _UPSTREAM_FIELDS:
+            if value_problem(name, rec.get(name)) is not None:
+                rec[name] = None
+        if rec["id"] is None:
+            rec["id"] = self.record_id = new_completion_id()
+        if rec["created"] is None:
+            rec["created"] = int(self.started_at)
+        if self.body is not None and rec["response"] is None:
+            rec["response"] = self.body.decode("utf-8", "replace")
+        rec["outcome"] = "invalid_response"
+        rec["error"] = "; ".join(problems)
+
+    def approx_bytes(self) -> int:
+        """Memory this capture holds, for the writer's budget (the parsed request counts twice)."""
+        n = 2 * len(self.raw_request) + 2048
+        if self.body:
+            n += len(self.body)
+        if self.chunks:
+            n += sum(map(len, self.chunks))
+        return n
+
+    def raw_record(self, problem: str) -> dict[str, Any]:
+        """The capture's raw bytes as a record, when :meth:`to_record` itself fails."""
+        raw = self.body if self.body is not None else b"".join(self.chunks or [])
+        end = self.t_end or self.t0
+        self.record_id = self.record_id or new_completion_id()
+        return {
+            "id": self.record_id,
+            "created": int(self.started_at),
+            "started_at": self.started_at,
+            "finished_at": self.started_at + (end - self.t0),
+            "model_requested": self.request.get("model") if isinstance(self.request.get("model"), str) else None,
+            "request": self.raw_request.decode("utf-8", "replace"),
+            "response": raw.decode("utf-8", "replace") if raw else None,
+            "metadata": "{}",
+            "status_code": self.status,
+            "outcome": "invalid_response",
+            "error": problem,
+            "latency_ms": (end - self.t0) * 1000.0,
+            "stream": self.stream,
+            "upstream": self.upstream,
+            "key_hash": key_hash(self.key),
+            "request_id": self.request_id,
+            "source": self.source,
+            "served_by": self.served_by,
+        }
+
+
+_I32 = 2**31
+
+
+def _fits(rec: dict[str, Any]) -> bool:
+    """The common case in one expression (~1 µs): every upstream-derived value fits its column.
+    When not, :func:`record_problems` says which and why."""
+    created = rec["created"]
+    if type(rec["id"]) is not str or type(created) is not int or not -(2**63) <= created < 2**63:
+        return False
+    for name in ("model", "finish_reason", "request_id"):
+        v = rec[name]
+        if v is not None and type(v) is not str:
+            return False
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        v = rec[name]
+        if v is not None and (type(v) is not int or not -_I32 <= v < _I32):
+            return False
+    return True
+
+
+def _whole(value: Any) -> Any:
+    """A float that is a whole number (``1700000000.0``) as an int; anything else unchanged, to be typed."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def now() -> float:

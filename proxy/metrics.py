@@ -42,11 +42,28 @@ class Metrics:
         out.append(f'protege_upstream_latency_seconds_bucket{{le="+Inf"}} {self.latency_count}')
         out.append(f"protege_upstream_latency_seconds_sum {self.latency_sum}")
         out.append(f"protege_upstream_latency_seconds_count {self.latency_count}")
+        health = writer.health() if hasattr(writer, "health") else {"problems": []}
         for name, help_, value in (
             ("protege_capture_queue_depth", "Captures waiting to be written.", writer.depth),
             ("protege_captures_written_total", "Captures written to the store.", writer.captured),
             ("protege_captures_spooled_total", "Captures written to the spool file instead.", writer.spooled),
+            ("protege_captures_dropped_total", "Captures lost: the memory budget was full while no disk took them.", getattr(writer, "dropped", 0)),
+            ("protege_captures_invalid_total", "Upstream answers stored raw as invalid_response (fields that fit no column).", getattr(writer, "invalid", 0)),
+            ("protege_captures_recovered_total", "Captures loaded from the journal or spool a previous run left.", getattr(writer, "recovered", 0)),
+            ("protege_captures_quarantined_total", "Journal or spool records that could not be loaded, kept beside them.", _quarantined(writer)),
+            ("protege_capture_journal_errors_total", "Journal writes that failed (captures stayed in memory).", getattr(writer, "journal_errors", 0)),
+            ("protege_capture_db_errors_total", "Capture batches the database refused.", getattr(writer, "db_errors", 0)),
+            ("protege_capture_memory_bytes", "Memory held by captures not yet written (estimate).", getattr(writer, "memory_bytes", 0)),
+            ("protege_capture_degraded", "1 while captures are at risk (see /healthz).", 1 if health["problems"] else 0),
         ):
-            kind = "gauge" if name.endswith("depth") else "counter"
+            kind = "counter" if name.endswith("_total") else "gauge"
             out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return "\n".join(out) + "\n"
+
+
+def _quarantined(writer: Any) -> int:
+    total = 0
+    for part in ("journal", "spool"):
+        q = getattr(getattr(writer, part, None), "quarantine", None)
+        total += getattr(q, "count", 0)
+    return total

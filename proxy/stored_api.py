@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from protege.apikit import list_envelope
 from protege.keys import admin_denial
-from protege.store import Store, delete_completion, get_stored, input_messages, list_stored, update_metadata
+from protege.store import CaptureWriter, Store, delete_completion, get_stored, input_messages, list_stored, update_metadata
 
 from . import errors
 from .auth import client_key
@@ -67,8 +67,13 @@ def _envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     return list_envelope(data, has_more)
 
 
-def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) -> APIRouter:
+def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], writer: CaptureWriter | None = None) -> APIRouter:
     router = APIRouter()
+
+    def visible(fetch: Callable[[], Any]) -> Any:
+        """Read-your-writes: a completion whose capture is still on its way to the database is
+        waited for (boundedly, in this threadpool thread), so a client that has its answer finds it."""
+        return writer.read_your_writes(fetch) if writer is not None else fetch()
 
     def check(request: Request) -> None:
         denial = admin_denial(_key(request), proxy_keys, admin_keys, "The Stored Completions API")
@@ -101,7 +106,7 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) ->
 
     @endpoint
     def retrieve(request: Request, completion_id: str) -> Response:
-        obj = get_stored(store, completion_id)
+        obj = visible(lambda: get_stored(store, completion_id))
         if obj is None:
             raise _not_found(completion_id)
         return _json(obj)
@@ -117,7 +122,7 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) ->
         problem = metadata_error(payload["metadata"])
         if problem is not None:
             raise ApiError(400, problem[0], "metadata", problem[1])
-        if get_stored(store, completion_id) is None:
+        if visible(lambda: get_stored(store, completion_id)) is None:
             raise _not_found(completion_id)
         obj = update_metadata(store, completion_id, payload["metadata"])
         if obj is None:
@@ -134,7 +139,7 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str]) ->
     def messages(request: Request, completion_id: str) -> Response:
         q = request.query_params
         limit, order, after = _limit(q.get("limit")), _order(q.get("order")), q.get("after")
-        msgs = input_messages(store, completion_id)
+        msgs = visible(lambda: input_messages(store, completion_id))
         if msgs is None:
             raise _not_found(completion_id)
         if order == "desc":

@@ -58,7 +58,7 @@ _COLS = ", ".join(COLUMNS)
 _TYPES = list(COLUMNS.items())[1:]  # every column but seq
 
 # Outcomes a capture can have. Only "ok" captures are chat completions the Stored API returns.
-OUTCOMES = ("ok", "upstream_error", "unreachable", "timeout", "client_disconnected")
+OUTCOMES = ("ok", "upstream_error", "unreachable", "timeout", "client_disconnected", "invalid_response")
 
 
 class Completion(SQLModel, table=True):
@@ -151,13 +151,17 @@ def insert_records(store: Store, records: Sequence[dict[str, Any]], cursor: Any 
 
     The Arrow table is built column by column (``pa.array`` per column is ~3x faster than
     ``Table.from_pylist``), which is what lets the capture writer and the import keep up.
+    A record that already has a ``seq`` keeps it: the capture writer numbers captures when it
+    journals them, so that a reload after a crash can tell which are already in the table.
     """
     if not records:
         return 0
-    seqs = store.next_seqs(len(records))
-    dumps = orjson.dumps
-    for rec, seq in zip(records, seqs):
+    fresh = [rec for rec in records if rec.get("seq") is None]
+    for rec, seq in zip(fresh, store.next_seqs(len(fresh))):
         rec["seq"] = seq
+    seqs = [rec["seq"] for rec in records]
+    dumps = orjson.dumps
+    for rec in records:
         md = rec.get("metadata")
         if md is None:
             rec["metadata"] = "{}"

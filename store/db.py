@@ -81,6 +81,13 @@ class Store:
         with self._seq_lock:
             return [next(self._seq) for _ in range(n)]
 
+    def seqs_above(self, seq: int) -> None:
+        """Make every later :meth:`next_seqs` value greater than ``seq`` (numbers a crashed
+        process had already given to captures that are reloaded from its journal)."""
+        with self._seq_lock:
+            nxt = next(self._seq)
+            self._seq = itertools.count(max(nxt, int(seq) + 1))
+
     def artifact_dir(self, *parts: str) -> Path:
         path = self.data_dir.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)

@@ -102,13 +102,15 @@ def _json(obj: Any, status: int = 200, option: int = 0) -> web.Response:
 
 def start_fake_openai(
     reply: Callable[[dict], str | dict] | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0,
-    completion_id: str | None = None, sort_keys: bool = False,
+    completion_id: str | None = None, sort_keys: bool = False, fields: Callable[[dict], dict] | None = None,
 ) -> FakeOpenAI:
     """Start the fake on an ephemeral port in a background thread; ``.stop()`` ends it.
 
     ``completion_id`` makes every completion carry that id, as local servers do (Ollama's
     ``chatcmpl-<0..998>``, ``"0"``); ``sort_keys`` writes JSON keys in alphabetical order, as
-    llama.cpp's server and Azure OpenAI do (``choices`` before ``id``).
+    llama.cpp's server and Azure OpenAI do (``choices`` before ``id``). ``fields(request_body)``
+    returns top-level fields that replace those of a non-streamed answer, to play a misbehaving
+    OpenAI-compatible server (``{"id": 123}``, ``{"usage": []}``).
     """
     option = orjson.OPT_SORT_KEYS if sort_keys else 0
     reply = reply or _default_reply
@@ -193,14 +195,14 @@ def start_fake_openai(
                 "role": "assistant", "content": content, "refusal": None, "annotations": [],
                 "tool_calls": tool_calls, "function_call": None, "audio": None,
             }
-            return _json(
-                {
-                    "id": cid, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                    "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake",
-                },
-                option=option,
-            )
+            answer = {
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake",
+            }
+            if fields is not None:
+                answer.update(fields(body))
+            return _json(answer, option=option)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(
             status=200,

@@ -1,0 +1,315 @@
+"""Captures under faults, in process: bad upstream answers, a full disk (a real tmpfs), spool and
+journal reloads, read-your-writes. Each test counts answers received against rows stored.
+
+The process-level faults (SIGTERM, SIGKILL, a slow disk) are in tests/test_capture_signals.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import openai
+import orjson
+import pytest
+import uvicorn
+
+from protege.settings import Settings
+from protege.store import CaptureWriter, Store, count, insert_records, iter_records, record_from_completion
+from tests.fakes.openai_upstream import start_fake_openai
+
+KEY = "sk-faults-test"
+
+
+class Proxy:
+    """The real proxy app (with the feedback router) under uvicorn, with a writer we configure."""
+
+    def __init__(self, settings: Settings, **writer_options) -> None:
+        from protege.distill.api import router as feedback_router
+        from protege.proxy import create_app
+
+        self.store = Store(settings.db, data_dir=settings.data_path)
+        self.writer = CaptureWriter(self.store, **writer_options)
+        self.app = create_app(settings, self.store, self.writer, routers=[feedback_router])
+        self.app.state.protege_store = self.store
+        self.app.state.protege_settings = settings
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "proxy did not start"
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        self.base_url = self.url + "/v1"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@pytest.fixture
+def proxies():
+    started: list[Proxy] = []
+
+    def start(settings: Settings, **writer_options) -> Proxy:
+        p = Proxy(settings, **writer_options)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def user_texts(store: Store) -> list[str]:
+    return [orjson.loads(r["request"])["messages"][-1]["content"] for r in iter_records(store)]
+
+
+# -- one bad upstream answer never takes others with it ------------------------------------------
+
+BAD = {
+    "int-id": {"id": 123},
+    "int-model": {"model": 7},
+    "huge-tokens": {"usage": {"prompt_tokens": 3_000_000_000, "completion_tokens": 1, "total_tokens": 3_000_000_001}},
+    "fractional-tokens": {"usage": {"prompt_tokens": 1.5, "completion_tokens": 1, "total_tokens": 2.5}},
+    "usage-list": {"usage": [1, 2]},
+    "created-string": {"created": "yesterday"},
+}
+
+
+def test_bad_upstream_answers_are_stored_alone_and_never_block_others(tmp_path, proxies):
+    fake = start_fake_openai(fields=lambda body: BAD.get(body["messages"][-1]["content"].split(":")[0], {}))
+    try:
+        proxy = proxies(Settings(db=str(tmp_path / "bad.duckdb"), upstream=fake.base_url), flush_interval=0.3, batch_size=500)
+        client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
+        good_ids, answered = [], 0
+        with httpx.Client(timeout=10) as http:
+            for i in range(60):
+                kind = list(BAD)[(i // 3) % len(BAD)] if i % 3 == 0 else "good"
+                text = f"{kind}:{i}"
+                if kind == "good":
+                    good_ids.append(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}]).id)
+                else:  # the SDK would choke on some of these shapes; the proxy relays them as they are
+                    r = http.post(proxy.base_url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                                  json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+                    assert r.status_code == 200
+                answered += 1
+        assert proxy.writer.flush(10)
+        rows = list(iter_records(proxy.store))
+        assert len(rows) == answered == 60  # every answer stored, in one go: nothing spooled
+        assert proxy.writer.spooled == 0 and not proxy.writer.spool.path.exists()
+        by_text = {orjson.loads(r["request"])["messages"][-1]["content"]: r for r in rows}
+        for text, row in by_text.items():
+            kind = text.split(":")[0]
+            if kind == "good":
+                assert row["outcome"] == "ok" and isinstance(row["prompt_tokens"], int)
+            else:
+                assert row["outcome"] == "invalid_response", (text, row["outcome"])
+                assert row["response"] is not None and orjson.loads(row["response"])  # the raw body, kept
+                assert row["error"]
+        assert "'id' must be a string" in by_text["int-id:0"]["error"]
+        assert "out of range" in by_text["huge-tokens:6"]["error"]
+        assert "'usage' must be an object" in by_text["usage-list:12"]["error"]
+        assert "'created' must be an integer" in by_text["created-string:15"]["error"]
+        assert proxy.writer.invalid == 20
+        # the good ones are served by the Stored API as usual
+        assert client.chat.completions.retrieve(good_ids[-1]).id == good_ids[-1]
+        metrics = httpx.get(proxy.url + "/metrics").text
+        assert "protege_captures_invalid_total 20" in metrics
+    finally:
+        fake.stop()
+
+
+# -- spool and journal reloads: per record, idempotent, quarantined --------------------------------
+
+def _rec(i: int, **over) -> dict:
+    response = {"id": f"chatcmpl-r{i}", "object": "chat.completion", "created": 1_700_000_000 + i, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+    rec = record_from_completion(response, {"model": "m", "messages": [{"role": "user", "content": f"r{i}"}]}, source="proxy")
+    rec["seq"] = 1000 + i
+    rec.update(over)
+    return rec
+
+
+def test_spool_reload_is_per_record_idempotent_and_quarantines(tmp_path):
+    store = Store(str(tmp_path / "s.duckdb"), data_dir=tmp_path / "data")
+    spool = store.data_dir / "capture-spool.jsonl"
+    spool.parent.mkdir(parents=True)
+    good = [_rec(i) for i in range(12)]
+    bad = _rec(99, prompt_tokens=3_000_000_000)
+    lines = [orjson.dumps(r) for r in good[:6]] + [orjson.dumps(bad)] + [orjson.dumps(r) for r in good[6:]]
+    spool.write_bytes(b"\n".join(lines) + b"\n" + orjson.dumps(_rec(100))[:30])  # torn last line
+    # A previous load got the first 5 in before it failed (or the process died before removing the file).
+    insert_records(store, [dict(r) for r in good[:5]])
+    w = CaptureWriter(store).start()
+    w.close()
+    assert count(store) == 12  # the 5 already there are not duplicated, the 7 others loaded
+    assert w.recovered == 7
+    assert sorted(user_texts(store), key=lambda t: int(t[1:])) == [f"r{i}" for i in range(12)]
+    assert not spool.exists()
+    quarantined = [orjson.loads(x) for x in (store.data_dir / "capture-spool.quarantine.jsonl").read_bytes().splitlines()]
+    assert len(quarantined) == 2 and w.spool.quarantine.count == 2
+    assert "out of range" in quarantined[0]["reason"] and "chatcmpl-r99" in quarantined[0]["line"]
+    assert "not JSON" in quarantined[1]["reason"]
+    # New captures never reuse the numbers the spool carried.
+    assert store.next_seqs(1)[0] > 1011
+    w2 = CaptureWriter(store).start()  # a second start has nothing left to load
+    w2.close()
+    assert count(store) == 12 and w2.recovered == 0
+    store.close()
+
+
+def test_journal_left_by_a_crash_loads_once(tmp_path):
+    """A writer killed after its journal write (some rows inserted, the segment not yet removed)."""
+    store = Store(str(tmp_path / "j.duckdb"), data_dir=tmp_path / "data")
+    jdir = store.data_dir / "capture-journal"
+    jdir.mkdir(parents=True)
+    recs = [_rec(i) for i in range(20)]
+    (jdir / "000000000001.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
+    insert_records(store, [dict(r) for r in recs[:13]])
+    for _ in range(2):  # and once more: nothing doubles
+        w = CaptureWriter(store).start()
+        w.close()
+    assert count(store) == 20
+    assert sorted(user_texts(store), key=lambda t: int(t[1:])) == [f"r{i}" for i in range(20)]
+    assert not list(jdir.glob("0*.jsonl"))
+    store.close()
+
+
+# -- disk full: a real tmpfs filled to 100 % ---------------------------------------------------------
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); these tests need root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(path: Path) -> Path:
+    """Fill the filesystem at ``path`` to 100 %; returns the filler file (delete it to free the disk)."""
+    filler = path / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        for size in (1 << 16, 4096, 512, 1):  # down to the last partial blocks
+            block = b"\0" * size
+            try:
+                while True:
+                    fh.write(block)
+            except OSError:
+                pass
+    st = os.statvfs(path)
+    assert st.f_bavail == 0
+    return filler
+
+
+def test_disk_full_keeps_captures_in_memory_reports_degraded_and_loses_none(tmp_path, proxies):
+    fake = start_fake_openai()
+    try:
+        with small_disk(tmp_path / "disk", "24m") as disk:
+            proxy = proxies(Settings(db=str(disk / "full.duckdb"), upstream=fake.base_url), flush_interval=0.05)
+            client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
+            answered = 0
+            for i in range(30):
+                client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"before {i}"}], stream=i % 2 == 0)
+                answered += 1
+            assert proxy.writer.flush(10)
+            filler = fill(disk)
+            try:
+                for i in range(300):  # the disk is full: the proxy keeps answering
+                    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"full {i}"}])
+                    assert r.choices[0].message.content
+                    answered += 1
+                assert not proxy.writer.flush(1.0)  # nothing can be written anywhere
+                health = httpx.get(proxy.url + "/healthz")
+                assert health.status_code == 503
+                body = health.json()
+                assert body["status"] == "degraded" and body["capture"]["problems"]
+                assert any("held only in memory" in p for p in body["capture"]["problems"])
+                metrics = httpx.get(proxy.url + "/metrics").text
+                assert "protege_capture_degraded 1" in metrics and "protege_captures_dropped_total 0" in metrics
+            finally:
+                filler.unlink()
+            # Retried until written once the disk has room again (straight in, or via the spool,
+            # which the writer loads back by itself).
+            deadline = time.monotonic() + 30
+            while count(proxy.store) < answered and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert proxy.writer.flush(10)
+            assert proxy.writer.dropped == 0
+            rows = user_texts(proxy.store)
+            assert len(rows) == answered == 330
+            assert sorted(rows) == sorted([f"before {i}" for i in range(30)] + [f"full {i}" for i in range(300)])
+            assert httpx.get(proxy.url + "/healthz").status_code == 200
+            proxy.stop()
+            proxy.store.close()
+    finally:
+        fake.stop()
+
+
+class Sized:
+    """A capture with a known memory size, for the budget."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def approx_bytes(self) -> int:
+        return 10_000
+
+    def to_record(self) -> dict:
+        return _rec(self.i, seq=None)
+
+
+def test_disk_full_past_the_memory_budget_drops_and_counts(tmp_path):
+    with small_disk(tmp_path / "disk", "24m") as disk:
+        store = Store(str(disk / "b.duckdb"), data_dir=disk / "data")
+        w = CaptureWriter(store, flush_interval=0.02, memory_budget=100_000).start()
+        filler = fill(disk)
+        try:
+            for i in range(25):
+                w.submit(Sized(i))
+            time.sleep(0.3)
+            assert w.dropped == 15  # 10 x 10 kB fit the budget; every one over it is counted
+            health = w.health()
+            assert health["status"] == "degraded" and any("dropped" in p for p in health["problems"])
+        finally:
+            filler.unlink()
+        assert w.flush(20)
+        assert count(store) == 10 == 25 - w.dropped
+        w.close()
+        store.close()
+
+
+# -- read-your-writes --------------------------------------------------------------------------------
+
+def test_read_your_writes_without_waiting_on_the_request_path(tmp_path, proxies, fake_openai):
+    # A long flush interval: before, each of these reads was a 404 for up to 2 x flush_interval.
+    proxy = proxies(Settings(db=str(tmp_path / "ryw.duckdb"), upstream=fake_openai.base_url), flush_interval=1.5)
+    client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
+    for i in range(5):
+        t0 = time.monotonic()
+        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"hello {i}"}], metadata={"n": str(i)})
+        assert time.monotonic() - t0 < 1.0  # the answer did not wait for the database
+        if i % 2:
+            assert client.chat.completions.retrieve(r.id).id == r.id
+        else:
+            status = httpx.post(f"{proxy.url}/protege/v1/completions/{r.id}/feedback", json={"score": 1.0}).status_code
+            assert status == 200
+        assert [m.content for m in client.chat.completions.messages.list(r.id)] == [f"hello {i}"]
+        assert client.chat.completions.update(r.id, metadata={"n": "x"}).metadata == {"n": "x"}
+    # Bounded: an unknown id is a 404 at once when nothing is on its way.
+    assert proxy.writer.flush(10)
+    t0 = time.monotonic()
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.retrieve("chatcmpl-nope")
+    assert time.monotonic() - t0 < 0.5

@@ -1,0 +1,233 @@
+"""Captures when the process is stopped or killed, on a normal and on a really slow disk.
+
+``protege serve`` runs as a subprocess under load from threads that each send unique messages and
+note when each answer arrived; after SIGTERM or SIGKILL the store is opened again (which loads
+what the journal kept) and every answered message is looked for in it.
+
+The slow disk is real: an ext4 image on a loop device, written through a blkio cgroup that
+throttles the proxy process's writes to it (``blkio.throttle.write_bps_device`` and
+``write_iops_device``; cgroup v1, root). Where that is not possible the slow-disk tests skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import orjson
+import pytest
+
+from protege.store import CaptureWriter, Store, iter_records
+from tests.fakes.openai_upstream import start_fake_openai
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-signals-test"
+CGROUP = Path("/sys/fs/cgroup/blkio")
+
+
+def _free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@contextlib.contextmanager
+def slow_disk(tmp: Path, write_bps: int, write_iops: int):
+    """A mounted ext4 loop device and a cgroup whose members write to it at most this fast."""
+    if os.geteuid() != 0 or not (CGROUP / "cgroup.procs").exists():
+        pytest.skip("a throttled disk needs root and the cgroup v1 blkio controller")
+    image, mnt = tmp / "slow.img", tmp / "slow"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "512M", str(image)], check=True)
+    if subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True).returncode != 0:
+        pytest.skip("mkfs.ext4 is not available")
+    dev = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if dev.returncode != 0:
+        pytest.skip(f"no loop device: {dev.stderr.strip()}")
+    loop = dev.stdout.strip()
+    group = CGROUP / f"protege-test-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        if subprocess.run(["mount", loop, str(mnt)], capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a loop device here")
+        group.mkdir()
+        st = os.stat(loop)
+        majmin = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        (group / "blkio.throttle.write_bps_device").write_text(f"{majmin} {write_bps}")
+        (group / "blkio.throttle.write_iops_device").write_text(f"{majmin} {write_iops}")
+        yield mnt, group
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+class Serve:
+    def __init__(self, tmp: Path, db: Path, upstream: str, env: dict[str, str], cgroup: Path | None = None) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"serve-{self.port}.log"
+        full_env = dict(os.environ, **env)
+        full_env.pop("OPENAI_API_KEY", None)
+
+        if cgroup is not None:  # the schema is created unthrottled: the test is about captures, not migrations
+            Store(str(db)).close()
+
+        def enter_cgroup() -> None:
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "protege", "--db", str(db), "serve", "--port", str(self.port), "--upstream", upstream],
+                stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(ROOT), preexec_fn=enter_cgroup,
+            )
+        deadline = time.monotonic() + 90  # a loaded 2-core machine
+        while True:
+            try:
+                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()  # never leave a proxy behind holding the test's disk
+                raise AssertionError(f"protege serve did not start: {self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def depth(self) -> int:
+        text = httpx.get(self.base + "/metrics", timeout=5).text
+        return int(next(line.split()[1] for line in text.splitlines() if line.startswith("protege_capture_queue_depth ")))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Load:
+    """Threads sending unique chat requests; ``answered`` maps each message to when its answer came."""
+
+    def __init__(self, base: str, threads: int = 8, content_bytes: int = 0) -> None:
+        self.base = base
+        self.answered: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.pad = "x" * content_bytes
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, n: int) -> None:
+        with httpx.Client(timeout=30) as c:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                text = f"w{n} r{i} {self.pad}"
+                try:
+                    r = c.post(self.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                               json={"model": "m", "stream": i % 2 == 0, "messages": [{"role": "user", "content": text}]})
+                    if r.status_code == 200:
+                        r.read()
+                        self.answered[text] = time.monotonic()
+                except httpx.TransportError:
+                    if self.stop.is_set():
+                        return
+                    time.sleep(0.01)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def stored_messages(db: Path) -> set[str]:
+    """Open the store as the next start would (the journal and spool are loaded), then read it."""
+    store = Store(str(db))
+    CaptureWriter(store).start().close()
+    try:
+        return {orjson.loads(r["request"])["messages"][-1]["content"] for r in iter_records(store)}
+    finally:
+        store.close()
+
+
+# The slow disk: bandwidth enough for the journal's appends, too few writes per second for the
+# database's commits and checkpoints, so its inserts fall far behind under this load.
+SLOW_BPS, SLOW_IOPS, PROMPT = 2 * 1024 * 1024, 40, 4096
+
+
+@pytest.fixture
+def upstream():
+    fake = start_fake_openai(delay=0.005)
+    yield fake
+    fake.stop()
+
+
+def _sigkill_window(tmp_path: Path, upstream, db: Path, cgroup: Path | None, flush: float, margin: float, pad: int) -> tuple[int, int, int]:
+    srv = Serve(tmp_path, db, upstream.base_url, {"PROTEGE_FLUSH_INTERVAL": str(flush)}, cgroup)
+    load = Load(srv.base, content_bytes=pad)
+    try:
+        time.sleep(3.0)
+        depth = srv.depth()
+        t_kill = time.monotonic()
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait(10)
+    finally:
+        load.finish()
+        srv.kill()
+    stored = stored_messages(db)
+    answered = dict(load.answered)
+    missing = {m: t for m, t in answered.items() if m not in stored}
+    # Lost at most: what was answered within the last flush interval (plus one journal write).
+    late = {m: round(t_kill - t, 3) for m, t in missing.items() if t < t_kill - (flush + margin)}
+    assert not late, f"lost captures answered long before the kill: {list(late.values())[:10]}"
+    assert len(answered) > 200
+    print(f"SIGKILL: answered {len(answered)}, stored {len(answered) - len(missing)}, lost {len(missing)}, queue at the kill {depth}")
+    return len(answered), len(missing), depth
+
+
+def test_sigkill_loses_at_most_the_flush_window(tmp_path, upstream):
+    answered, missing, _ = _sigkill_window(tmp_path, upstream, tmp_path / "kill.duckdb", None, 0.2, 0.5, 0)
+    assert missing < answered / 4
+
+
+def test_sigkill_on_a_slow_disk_loses_at_most_the_flush_window(tmp_path, upstream):
+    # The database's inserts fall behind, so the queue is long when the kill comes; the journal keeps up.
+    with slow_disk(tmp_path, SLOW_BPS, SLOW_IOPS) as (mnt, group):
+        answered, missing, depth = _sigkill_window(tmp_path, upstream, mnt / "slow.duckdb", group, 0.2, 1.0, PROMPT)
+    assert depth > missing  # the old writer lost the whole queue; this one loses the last window
+
+
+def test_sigterm_on_a_slow_disk_drains_within_the_time_limit_and_keeps_everything(tmp_path, upstream):
+    with slow_disk(tmp_path, SLOW_BPS, SLOW_IOPS) as (mnt, group):
+        db = mnt / "term.duckdb"
+        srv = Serve(tmp_path, db, upstream.base_url, {"PROTEGE_DRAIN_TIMEOUT": "2"}, group)
+        load = Load(srv.base, content_bytes=PROMPT)
+        try:
+            time.sleep(5.0)
+            depth = srv.depth()
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            code = srv.proc.wait(60)
+            took = time.monotonic() - t0
+        finally:
+            load.finish()
+            srv.kill()
+        assert code in (0, -signal.SIGTERM), srv.log_path.read_text()
+        # drain_timeout (2 s), the last journal write, and the kernel finishing writes already
+        # queued on the throttled device: well under the common 30 s stop timeout.
+        assert took < 20, (took, srv.log_path.read_text()[-2000:])
+        stored = stored_messages(db)
+    answered = set(load.answered)
+    print(f"SIGTERM: answered {len(answered)}, stored {len(answered & stored)}, queue at the signal {depth}, exit after {took:.1f} s")
+    assert len(answered) > 100 and depth > 0
+    assert not answered - stored, f"{len(answered - stored)} of {len(answered)} answered captures lost"
