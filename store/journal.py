@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator
 import orjson
 
 from .completions import insert_records
+from .ids import resolve_ids
 from .db import Store
 from .records import record_problems
 
@@ -118,6 +119,17 @@ def _insert_chunk(store: Store, batch: list[tuple[bytes, dict[str, Any]]], quara
             fresh.append((line, rec))
             if key[0] is not None:
                 present.add(key)
+    # Records spooled before capture ids were minted by Protege (no ``upstream_id`` key) carry the
+    # upstream's id, which may repeat: they go through the same resolution as an import.
+    legacy = [i for i, (_, rec) in enumerate(fresh) if "upstream_id" not in rec and isinstance(rec.get("id"), str) and isinstance(rec.get("request"), str)]
+    if legacy:
+        try:
+            skipped = set(resolve_ids(store, [fresh[i][1] for i in legacy]).skipped)
+        except Exception as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        drop = {legacy[k] for k in skipped}
+        result.duplicates += len(drop)
+        fresh = [f for i, f in enumerate(fresh) if i not in drop]
     if not fresh:
         return
     try:

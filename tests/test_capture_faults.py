@@ -89,7 +89,7 @@ def test_bad_upstream_answers_are_stored_alone_and_never_block_others(tmp_path, 
     try:
         proxy = proxies(Settings(db=str(tmp_path / "bad.duckdb"), upstream=fake.base_url), flush_interval=0.3, batch_size=500)
         client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
-        good_ids, answered = [], 0
+        good_ids, answered, client_ids = [], 0, {}
         with httpx.Client(timeout=10) as http:
             for i in range(60):
                 kind = list(BAD)[(i // 3) % len(BAD)] if i % 3 == 0 else "good"
@@ -100,6 +100,8 @@ def test_bad_upstream_answers_are_stored_alone_and_never_block_others(tmp_path, 
                     r = http.post(proxy.base_url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
                     assert r.status_code == 200
+                    if kind == "int-id":  # the client is answered with Protege's own (string) id
+                        client_ids[text] = r.json()["id"]
                 answered += 1
         assert proxy.writer.flush(10)
         rows = list(iter_records(proxy.store))
@@ -110,19 +112,23 @@ def test_bad_upstream_answers_are_stored_alone_and_never_block_others(tmp_path, 
             kind = text.split(":")[0]
             if kind == "good":
                 assert row["outcome"] == "ok" and isinstance(row["prompt_tokens"], int)
+            elif kind == "int-id":
+                # Since Protege mints every capture's id (store/ids.py), the upstream's id is not a
+                # column to type: it is kept, as JSON, in upstream_id, and the answer is usable.
+                assert row["outcome"] == "ok" and row["upstream_id"] == "123"
+                assert row["id"] == client_ids[text] and row["id"].startswith("chatcmpl-")
             else:
                 assert row["outcome"] == "invalid_response", (text, row["outcome"])
                 assert row["response"] is not None and orjson.loads(row["response"])  # the raw body, kept
                 assert row["error"]
-        assert "'id' must be a string" in by_text["int-id:0"]["error"]
         assert "out of range" in by_text["huge-tokens:6"]["error"]
         assert "'usage' must be an object" in by_text["usage-list:12"]["error"]
         assert "'created' must be an integer" in by_text["created-string:15"]["error"]
-        assert proxy.writer.invalid == 20
+        assert proxy.writer.invalid == 16  # the 20 bad answers but the 4 int ids
         # the good ones are served by the Stored API as usual
         assert client.chat.completions.retrieve(good_ids[-1]).id == good_ids[-1]
         metrics = httpx.get(proxy.url + "/metrics").text
-        assert "protege_captures_invalid_total 20" in metrics
+        assert "protege_captures_invalid_total 16" in metrics
     finally:
         fake.stop()
 
@@ -313,3 +319,29 @@ def test_read_your_writes_without_waiting_on_the_request_path(tmp_path, proxies,
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.retrieve("chatcmpl-nope")
     assert time.monotonic() - t0 < 0.5
+
+
+def test_a_spool_written_before_minted_ids_loads_without_duplicate_ids(tmp_path):
+    """Spool lines from before migration 5 carry the upstream's id (no ``upstream_id``, no ``seq``):
+    a repeated upstream id gets a fresh id, a line already stored is skipped."""
+    store = Store(str(tmp_path / "s.duckdb"), data_dir=tmp_path / "data")
+    stored = _rec(1, id="chatcmpl-123")
+    stored.pop("seq")
+    insert_records(store, [dict(stored)])
+    legacy = []
+    for i in (1, 2, 3):  # 1 is the completion already stored; 2 and 3 are others the upstream gave the same id
+        rec = _rec(i, id="chatcmpl-123")
+        rec.pop("seq")
+        rec.pop("upstream_id", None)
+        legacy.append(orjson.dumps(rec))
+    spool = store.data_dir / "capture-spool.jsonl"
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    spool.write_bytes(b"\n".join(legacy) + b"\n")
+    w = CaptureWriter(store).start()
+    w.close()
+    rows = list(iter_records(store))
+    assert sorted(r["request"].count("r2") + 2 * r["request"].count("r3") for r in rows) == [0, 1, 2]
+    assert len({r["id"] for r in rows}) == 3 == len(rows)
+    assert [r["id"] for r in rows].count("chatcmpl-123") == 1  # the stored one keeps its id
+    assert {r["upstream_id"] for r in rows if r["id"] != "chatcmpl-123"} == {"chatcmpl-123"}
+    store.close()
