@@ -196,7 +196,9 @@ def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, pr
 
         spec = {
             "candidates": [{"name": "student", "model": cycle.student_model, "base_url": None, "api_key_env": None}],
-            "metrics": list(policy.gate.metrics), "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
+            # the judge already ran for the gate (its verdicts are in the decision): not asked twice
+            "metrics": [m for m in policy.gate.metrics if not (isinstance(m, dict) and m.get("name") == "judge") and m != "judge"],
+            "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
             "source": f"protege auto: policy {policy.name}, cycle {cycle.id}, dataset {cycle.dataset_id} (held-out split)",
         }
         items = [{"source_id": f"{cycle.dataset_id}/validation/{i}", "messages": m, "reference": r, "reference_kind": "teacher",
@@ -213,6 +215,17 @@ def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, pr
     except Exception:
         log.warning("could not record the gate's eval run for cycle %s", cycle.id, exc_info=True)
         return None
+
+
+def _prompt_text(messages: list[dict[str, Any]]) -> str:
+    """The request as a judge reads it: the last user turn's text."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
 
 
 def _read_heldout(path: str | None) -> tuple[list[list[dict[str, Any]]], list[str]]:
@@ -508,7 +521,7 @@ class Worker:
         # The reference is the teacher's answer (or a human correction of it, which the dataset puts
         # in its place); the teacher's own output is that same answer unless it was corrected.
         teacher_out = list(refs)
-        result = run_gate(policy.gate, student_out, teacher_out, refs)
+        result = run_gate(policy.gate, student_out, teacher_out, refs, inputs=[_prompt_text(p) for p in prompts])
         disagreements = [
             {"prompt": (p[-1].get("content") if p else None), "teacher": r, "student": s}
             for p, r, s in zip(prompts, refs, student_out) if s.strip() != r.strip()

@@ -103,9 +103,13 @@ GATE_METRICS = ("exact_match", "label_accuracy", "accuracy", "bleu", "chrf", "ro
 
 
 class GateSpec(_Strict):
-    """Promote only if, per metric, the 95% CI lower bound of (student - teacher) > -tolerance."""
+    """Promote only if, per metric, the 95% CI lower bound of (student - teacher) > -tolerance.
 
-    metrics: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
+    ``metrics``: any metric of ``protege.evals`` by name (``"rougeL"``, ``"json_valid"``,
+    ``"bleu:tokenize=char"``) or as a table with options (``{name = "json_schema", schema = {...}}``,
+    ``{name = "judge", model = "gpt-4.1", api_key_env = "OPENAI_API_KEY"}``); see distill/gate.py."""
+
+    metrics: list[str | dict[str, Any]] = Field(default_factory=lambda: ["exact_match"], min_length=1)
     tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
     min_items: int = Field(default=30, ge=1)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
@@ -113,10 +117,21 @@ class GateSpec(_Strict):
 
     @field_validator("metrics")
     @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
-                raise ValueError(f"bad metric name {name!r}")
+    def _known(cls, value: list[Any]) -> list[Any]:
+        from .gate import build_metric
+
+        labels = []
+        for spec in value:
+            try:
+                label, _metric = build_metric(spec, resolve_secrets=False)
+            except ImportError:  # evals not installed: the gate knows exact_match and labels only
+                label = spec if isinstance(spec, str) else str(spec.get("name"))
+                if label not in GATE_METRICS[:3]:
+                    raise ValueError(f"gate metric {label!r} needs protege.evals") from None
+            labels.append(label)
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise ValueError(f"gate metric {min(dup)!r} is listed twice (give one a 'label')")
         return value
 
 
