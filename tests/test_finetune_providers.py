@@ -151,3 +151,18 @@ def test_openai_refusal_through_the_cli(tmp_path, monkeypatch) -> None:
     assert result.exit_code != 0
     err = result.stderr if hasattr(result, "stderr") else result.output
     assert OPENAI_CLOSED_MESSAGE in err and "--backend lora" in err
+
+
+def test_readme_lists_the_azure_table() -> None:
+    """The docs say which Azure models take which methods, from the same table the backend checks."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    names = {"supervised": "SFT", "dpo": "DPO"}
+    for row in AZURE_FINE_TUNING:
+        version = f" ({row.version})" if row.version else ""
+        line = next((ln for ln in readme.splitlines() if ln.startswith(f"| `{row.name}`{version} |")
+                     or (ln.startswith("| `") and f"`{row.name}`" in ln.split("|")[1])), None)
+        assert line is not None, row.name
+        if "reinforcement" not in row.methods:
+            assert f"| {', '.join(names[m] for m in row.methods)} |" in line, line
+            assert ("global training only" in line) is row.global_only
+    assert "2027-01-06" in readme and "--backend lora" in readme and "--from-openai" in readme
