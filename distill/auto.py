@@ -174,34 +174,42 @@ def _poll_job(store: Any, settings: Any, job_id: str, backend_options: dict[str,
     return _jobs().sync_job(store, job_id, settings=settings, backend_options=(backend_options or {}).get(job["backend"]))
 
 
-def _answerer(store: Any, settings: Any, backend: str, student_model: str, client: Any = None) -> Callable[[list[dict[str, Any]]], str]:
-    """One prompt -> the student's answer: students served here in-process (protege/<name>), cloud ones via the SDK."""
+def _served_here(backend: str, student_model: str) -> bool:
+    return backend in _SERVED_HERE or student_model.startswith("protege/")
+
+
+def _answerer(store: Any, settings: Any, backend: str, student_model: str, client: Any = None) -> tuple[Callable[[list[dict[str, Any]]], str], Callable[[], None]]:
+    """(one prompt -> the student's greedy answer, close): students served here in-process
+    (protege/<name>: classifier, LoRA, endpoint students), cloud ones via the SDK."""
     from .agreement import response_text
 
-    if backend in _SERVED_HERE or student_model.startswith("protege/"):
+    if _served_here(backend, student_model):
         from protege.distill.students import StudentRegistry  # type: ignore[attr-defined]
 
         registry = StudentRegistry(store)
-        return lambda msgs: response_text(registry.complete({"model": student_model, "messages": msgs}))
+        close = getattr(registry, "close", None) or (lambda: None)
+        return (lambda msgs: response_text(registry.complete({"model": student_model, "messages": msgs, "temperature": 0}))), close
     client = client or _cloud_client(settings, backend)
 
     def ask(msgs: list[dict[str, Any]]) -> str:
         resp = client.chat.completions.create(model=student_model, messages=msgs, temperature=0)
         return resp.choices[0].message.content or ""
 
-    return ask
+    return ask, lambda: None
 
 
 def _predict(store: Any, settings: Any, backend: str, student_model: str, prompts: list[list[dict[str, Any]]],
              client: Any = None) -> list[str]:
-    """The student's answers to held-out prompts (local students in-process, cloud ones via the SDK, 8 at a time)."""
-    answer = _answerer(store, settings, backend, student_model, client)
-    if backend in _SERVED_HERE or student_model.startswith("protege/"):
-        return [answer(msgs) for msgs in prompts]
+    """The student's answers to held-out prompts, 8 at a time (so LoRA students batch their answers;
+    the SDK client is thread-safe)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="protege-gate") as pool:  # the SDK client is thread-safe
-        return list(pool.map(answer, prompts))
+    answer, close = _answerer(store, settings, backend, student_model, client)
+    try:
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="protege-gate") as pool:
+            return list(pool.map(answer, prompts))
+    finally:
+        close()
 
 
 def _cloud_client(settings: Any, backend: str) -> Any:
@@ -627,7 +635,11 @@ class Worker:
             if r.status != "succeeded" or not r.model:
                 continue
             try:
-                outs, times = timed_answers(_answerer(self.store, self.settings, r.backend, r.model, self.student_client), prompts)
+                answer, close = _answerer(self.store, self.settings, r.backend, r.model, self.student_client)
+                try:
+                    outs, times = timed_answers(answer, prompts)  # one at a time: the latency a client sees
+                finally:
+                    close()
                 r.score = round(compare_metric(metric, outs, refs, refs, seed=policy.gate.seed, inputs=inputs).student, 6)
                 r.latency_ms_p50, r.latency_ms_p90 = latency_stats(times)
                 r.n = len(outs)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -196,21 +197,44 @@ def select_classifier(
                            "validation_accuracy": round(float(res["mean_test_score"][i]), 4),
                            "fit_seconds": round(float(res["mean_fit_time"][i]), 3)})
     best = int(search.best_index_)  # the first of the best: the default wins ties
-    chosen = Pipeline([("clf", default_classifier(random_state))]).set_params(**res["params"][best]).named_steps["clf"]
     from sklearn.base import clone
 
-    chosen = clone(chosen)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=ConvergenceWarning)
-        chosen.fit(x_fit, y_fit)
-    selection = {
+    def make(i: int) -> Any:
+        return clone(Pipeline([("clf", default_classifier(random_state))]).set_params(**res["params"][i]).named_steps["clf"])
+
+    def fit(clf: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=ConvergenceWarning)
+            return clf.fit(x_fit, y_fit)
+
+    selection: dict[str, Any] = {
         "criterion": "validation_accuracy",
         "chosen": candidates[best],
         "default": candidates[0],
         "candidates": candidates,
         "selected_on": {"fit_examples": int(len(rows)), "validation_examples": len(y_val)},
     }
-    return chosen, selection
+    if len(rows) < n_fit and best != 0:
+        # Chosen on a slice: what wins on 5,000 rows can lose on 50,000, and the slower models cost
+        # most on all rows. Switch only for a gain above one standard error of the default's score,
+        # and then confirm on all rows against the default (cheap to fit).
+        p0 = candidates[0]["validation_accuracy"]
+        se = math.sqrt(max(p0 * (1 - p0), 1e-12) / max(1, len(y_val)))
+        if candidates[best]["validation_accuracy"] - p0 <= se:
+            selection["chosen"] = candidates[0]
+            selection["note"] = f"the slice's best ({candidates[best]['model']}) was within one standard error ({se:.4f}) of the default; kept the default"
+            return fit(make(0)), selection
+        chosen, default = fit(make(best)), fit(make(0))
+        acc_chosen = float(np.mean(chosen.predict(x_val) == np.asarray(y_val)))
+        acc_default = float(np.mean(default.predict(x_val) == np.asarray(y_val)))
+        selection["confirmed_on_all_rows"] = {"chosen": round(acc_chosen, 4), "default": round(acc_default, 4)}
+        if acc_default >= acc_chosen:
+            selection["chosen"] = {**candidates[0], "validation_accuracy": round(acc_default, 4)}
+            selection["note"] = "the slice's choice did not beat the default on all rows; kept the default"
+            return default, selection
+        selection["chosen"] = {**candidates[best], "validation_accuracy": round(acc_chosen, 4)}
+        return chosen, selection
+    return fit(make(best)), selection
 
 
 @dataclass

@@ -123,6 +123,8 @@ class StudentSpec(_Strict):
     def _base(self) -> StudentSpec:
         if self.backend in ("openai", "azure") and not self.base_model:
             raise ValueError(f"backend {self.backend!r} needs base_model (e.g. \"gpt-4.1-mini-2025-04-14\")")
+        if self.backend == "lora" and not self.base_model:
+            raise ValueError("backend 'lora' needs base_model (a Hugging Face model id, a local model directory or a .gguf file)")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ValueError("name may contain letters, digits, '_', '.', '-' (max 64)")
         defaults = {"candidates": ["classifier", "lora"], "latency_budget_ms": None, "selection_metric": None, "selection_fraction": 0.15}
@@ -134,7 +136,7 @@ class StudentSpec(_Strict):
             if len(labels) < 2 or len(set(labels)) != len(labels):
                 raise ValueError("backend \"best\" needs at least two different candidates (e.g. [\"classifier\", \"lora\"])")
             for c in self.candidate_specs():
-                if c.job_backend in ("openai", "azure") and not c.base_model:
+                if c.job_backend in ("openai", "azure", "lora") and not c.base_model:
                     raise ValueError(f"candidate {c.label!r} needs base_model")
                 if c.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", c.name):
                     raise ValueError("candidate name may contain letters, digits, '_', '.', '-' (max 64)")

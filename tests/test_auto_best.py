@@ -148,6 +148,8 @@ def test_no_candidate_within_the_budget_rejects_the_cycle(tmp_path, cloud) -> No
         ({"backend": "best", "candidates": ["classifier"]}, "at least two different candidates"),
         ({"backend": "best", "candidates": ["classifier", "local"]}, "at least two different candidates"),
         ({"backend": "best", "candidates": ["classifier", "openai"]}, "candidate 'openai' needs base_model"),
+        ({"backend": "best", "candidates": ["classifier", "lora"]}, "candidate 'lora' needs base_model"),
+        ({"backend": "lora"}, "backend 'lora' needs base_model"),
         ({"backend": "local", "latency_budget_ms": 5}, "latency_budget_ms applies to backend = \"best\" only"),
         ({"backend": "best", "candidates": ["classifier", "vertex"]}, "student.candidates"),
         ({"backend": "best", "latency_budget_ms": 0}, "greater than 0"),
