@@ -89,3 +89,23 @@ def test_choice_is_recorded_in_the_job_and_manifest(tmp_path) -> None:
         assert type(loaded.pipeline.named_steps["clf"]).__name__ in ("SGDClassifier", "LogisticRegression", "LinearSVC")
     finally:
         store.close()
+
+
+def test_on_a_slice_a_clear_winner_is_confirmed_on_all_rows(pairs) -> None:
+    from protege.distill.local_student import make_features, normalise_label, select_classifier
+
+    tr, va = pairs
+    feats = make_features()
+    x_fit = feats.fit_transform([q for q, _ in tr])
+    y_fit = [normalise_label(a) for _, a in tr]
+    x_val, y_val = feats.transform([q for q, _ in va]), [normalise_label(a) for _, a in va]
+    grid = [{"clf": [SGDClassifier(loss="modified_huber", random_state=0)], "clf__alpha": [10.0, 1e-4]}]
+    clf, sel = select_classifier(x_fit, y_fit, x_val, y_val, grid=grid, max_select_examples=300)
+    assert sel["selected_on"] == {"fit_examples": 300, "validation_examples": len(y_val)}
+    confirmed = sel["confirmed_on_all_rows"]
+    assert confirmed["chosen"] > confirmed["default"] + 0.2 and clf.alpha == 1e-4
+    assert sel["chosen"]["validation_accuracy"] == confirmed["chosen"]
+    # a gain within one standard error on a slice keeps the default (and costs no slow full fit)
+    near = [{"clf": [SGDClassifier(loss="modified_huber", random_state=0)], "clf__alpha": [1e-4, 1.01e-4]}]
+    clf, sel = select_classifier(x_fit, y_fit, x_val, y_val, grid=near, max_select_examples=300)
+    assert clf.alpha == 1e-4 and sel["chosen"] == sel["default"]
