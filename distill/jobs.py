@@ -121,6 +121,9 @@ def start_job(
 
         check_name(name or suffix or "student")
     impl = _backend(store, backend, _settings(settings), backend_options)  # unknown backend / missing key: before recording
+    check_model = getattr(impl, "check_model", None)
+    if check_model is not None:  # backends that can tell a bad base model before anything is recorded
+        check_model(model)
     job = store_jobs.create_job(
         store,
         backend=backend,

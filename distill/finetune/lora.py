@@ -77,18 +77,31 @@ class LoraBackend:
 
     # --- start ---------------------------------------------------------------------------------
 
-    def start(self, spec: JobSpec) -> StartResult:
-        from ..local_student import check_name
+    def check_model(self, model: str | None) -> None:
+        """A missing GGUF file or a directory that holds no model: refused before a job is recorded."""
         from . import base as base_mod
+
+        if not model:
+            raise FineTuneError("the lora backend needs a base model: a Hugging Face id, a local model directory or a .gguf file", param="model")
+        kind = base_mod.kind(model)
+        if kind == "gguf" and not Path(model).expanduser().is_file():
+            raise FineTuneError(f"base model file {model} does not exist", param="model", code="model_not_found")
+        if kind == "dir" and not (Path(model).expanduser() / "config.json").is_file():
+            raise FineTuneError(f"{model} is not a model directory (no config.json)", param="model", code="model_not_found")
+
+    def start(self, spec: JobSpec) -> StartResult:
+        job_dir = self.prepare(spec)
+        self._launch(job_dir, attempt=1)
+        return StartResult(provider_job_id=f"lora-{job_dir.name}", status="validating_files")
+
+    def prepare(self, spec: JobSpec) -> Path:
+        """Check the request and write the job directory (spec, first status and event); no process yet."""
+        from ..local_student import check_name
 
         if spec.method not in ("supervised", "dpo"):
             raise FineTuneError("the lora backend trains method 'supervised' or 'dpo'", param="method")
         name = check_name(spec.name or spec.suffix or "student")
-        kind = base_mod.kind(spec.model)
-        if kind == "gguf" and not Path(spec.model).expanduser().is_file():
-            raise FineTuneError(f"base model file {spec.model} does not exist", param="model", code="model_not_found")
-        if kind == "dir" and not (Path(spec.model) / "config.json").is_file():
-            raise FineTuneError(f"{spec.model} is not a model directory (no config.json)", param="model", code="model_not_found")
+        self.check_model(spec.model)
         job_id = spec.job_id or store_jobs.new_id("ftjob_")
         job_dir = self.store.artifact_dir("finetune", job_id)
         dataset = self._dataset_info(job_id, spec)
@@ -113,8 +126,7 @@ class LoraBackend:
         jobfiles.EventLog(job_dir, job_id.removeprefix("ftjob_")).add(
             f"Starting the training process for protege/{name} on {spec.model} ({self.threads} threads)"
         )
-        self._launch(job_dir, attempt=1)
-        return StartResult(provider_job_id=f"lora-{job_id}", status="validating_files")
+        return job_dir
 
     def _dataset_info(self, job_id: str, spec: JobSpec) -> dict[str, Any]:
         info: dict[str, Any] = {

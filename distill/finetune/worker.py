@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,15 +223,29 @@ def _datasets(job: Job, tokenizer) -> tuple[Any, Any, Any, Any, bool]:
     return train, val, counts, tools_ok, bool(val and val.rows)
 
 
-def train(job: Job) -> None:
+@dataclass
+class Built:
+    """A ready trainer and what the rest of the job needs to know about its data and base."""
+
+    trainer: Any
+    tokenizer: Any
+    hp: dict[str, Any]
+    counts: dict[str, Any]
+    val_rows: Any
+    tools_ok: bool
+    has_val: bool
+    base_dir: str | None
+    cuda: bool
+
+
+def build(job: Job) -> Built:
+    """Base, data and TRL trainer for the job (no training yet; tests inspect what TRL built)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
 
-    from . import base as base_mod
-    from . import data, hyperparameters
+    from . import hyperparameters
 
     spec = job.spec
     job.update(status="validating_files")
@@ -290,6 +305,21 @@ def train(job: Job) -> None:
 
         args = SFTConfig(completion_only_loss=True, packing=False, **common)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config)
+    return Built(trainer, tokenizer, hp, counts, val_rows, tools_ok, has_val, base_dir, cuda)
+
+
+def train(job: Job) -> None:
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from . import base as base_mod
+    from . import data
+
+    spec = job.spec
+    built = build(job)
+    trainer, tokenizer, hp, counts, val_rows = built.trainer, built.tokenizer, built.hp, built.counts, built.val_rows
+    tools_ok, has_val, base_dir, cuda = built.tools_ok, built.has_val, built.base_dir, built.cuda
+    ckpt_dir = job.dir / jobfiles.CHECKPOINTS
     trainer.add_callback(_progress_callback(job))
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     job.event(
