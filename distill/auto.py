@@ -222,6 +222,17 @@ def _cloud_client(settings: Any, backend: str) -> Any:
     return openai.OpenAI(base_url=settings.upstream, api_key=key)
 
 
+def _eval_metric_specs(metrics: list[Any]) -> list[Any]:
+    """Gate metric specs as an eval run takes them: the judge already ran for the gate (its verdicts
+    are in the decision), so it is not asked twice; the gate's own ``label`` is not a metric option."""
+    out: list[Any] = []
+    for m in metrics:
+        if m == "judge" or (isinstance(m, dict) and m.get("name") == "judge"):
+            continue
+        out.append({k: v for k, v in m.items() if k != "label"} if isinstance(m, dict) else m)
+    return out
+
+
 def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, prompts: list[list[dict[str, Any]]],
                      refs: list[str], student_out: list[str]) -> str | None:
     """Record the gate's evaluation as an eval run too, so `protege eval report RUN` shows it with
@@ -232,9 +243,7 @@ def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, pr
 
         spec = {
             "candidates": [{"name": "student", "model": cycle.student_model, "base_url": None, "api_key_env": None}],
-            # the judge already ran for the gate (its verdicts are in the decision): not asked twice
-            "metrics": [m for m in policy.gate.metrics if not (isinstance(m, dict) and m.get("name") == "judge") and m != "judge"],
-            "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
+            "metrics": _eval_metric_specs(policy.gate.metrics), "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
             "source": f"protege auto: policy {policy.name}, cycle {cycle.id}, dataset {cycle.dataset_id} (held-out split)",
         }
         items = [{"source_id": f"{cycle.dataset_id}/validation/{i}", "messages": m, "reference": r, "reference_kind": "teacher",

@@ -157,3 +157,17 @@ def test_bad_gate_metrics_are_one_line_policy_errors(metrics, words) -> None:
     with pytest.raises(PolicyError) as exc:
         parse_policy(policy(metrics))
     assert words in exc.value.message and "\n" not in exc.value.message and exc.value.param == "gate.metrics"
+
+
+def test_the_gate_evaluation_is_also_an_eval_run_with_table_metrics(tmp_path) -> None:
+    from protege.store import evals as store_evals
+
+    d = decide_once(tmp_path, policy(["rougeL", {"name": "json_schema", "schema": SCHEMA, "label": "schema"}]))
+    assert set(by_metric(d)) == {"rougeL", "schema"}
+    store = Store(str(tmp_path / "g.duckdb"))
+    try:
+        run = store_evals.get_run(store, d["details"]["eval_run_id"])
+        assert run["status"] == "completed"
+        assert run["spec"]["metrics"] == ["rougeL", {"name": "json_schema", "schema": SCHEMA}]
+    finally:
+        store.close()
