@@ -154,9 +154,9 @@ def build_metric(spec: Any, *, resolve_secrets: bool = True) -> tuple[str, Any]:
         if env is not None and not (isinstance(env, str) and env.replace("_", "").isalnum()):
             raise ValueError("judge: api_key_env must name an environment variable")
         if resolve_secrets:
-            opts["api_key"] = os.environ.get(env) if env else None
-            if opts["api_key"] is None and not opts.get("base_url"):
-                opts["api_key"] = os.environ.get("OPENAI_API_KEY")
+            if env and not os.environ.get(env):
+                raise ValueError(f"judge: the environment variable {env} (api_key_env) is not set")
+            opts["api_key"] = os.environ.get(env or "OPENAI_API_KEY")
     return label, get_metric(name, **opts)
 
 

@@ -171,3 +171,17 @@ def test_the_gate_evaluation_is_also_an_eval_run_with_table_metrics(tmp_path) ->
         assert run["spec"]["metrics"] == ["rougeL", {"name": "json_schema", "schema": SCHEMA}]
     finally:
         store.close()
+
+
+def test_a_judge_without_its_key_fails_the_cycle_with_a_clear_reason(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("JUDGE_KEY_MISSING", raising=False)
+    store = Store(str(tmp_path / "k.duckdb"))
+    try:
+        spec = policy([{"name": "judge", "model": "judge-1", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "JUDGE_KEY_MISSING"}])
+        pid = save_policy(store, parse_policy(spec)).id
+        fill(store)
+        run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"), 60)
+        cycle = store_auto.last_cycle(store, pid)
+        assert cycle.state == "failed" and "JUDGE_KEY_MISSING (api_key_env) is not set" in cycle.error
+    finally:
+        store.close()
