@@ -310,7 +310,6 @@ def build(job: Job) -> Built:
 
 def train(job: Job) -> None:
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
     from . import base as base_mod
     from . import data
@@ -321,7 +320,11 @@ def train(job: Job) -> None:
     tools_ok, has_val, base_dir, cuda = built.tools_ok, built.has_val, built.base_dir, built.cuda
     ckpt_dir = job.dir / jobfiles.CHECKPOINTS
     trainer.add_callback(_progress_callback(job))
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = jobfiles.last_checkpoint(job.dir)
+    for partial in ckpt_dir.glob("checkpoint-*"):  # half-written by a killed process: not a resume point
+        if last is None or (partial != last and partial.name.rsplit("-", 1)[-1].isdigit() and int(partial.name.rsplit("-", 1)[-1]) > int(last.name.rsplit("-", 1)[-1])):
+            shutil.rmtree(partial, ignore_errors=True)
+    resume = str(last) if last else None
     job.event(
         f"Training {spec['method']} LoRA (r={hp['lora_r']}, alpha={hp['lora_alpha']}) on {'CUDA bf16' if cuda else 'CPU fp32'}"
         + (f", {torch.get_num_threads()} threads" if not cuda else "")
