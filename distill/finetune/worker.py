@@ -67,11 +67,16 @@ def _cap_threads(threads: int | None) -> None:
 
 def _on_sigterm(job: Job):
     def handler(signum, frame):  # noqa: ARG001
-        # Cancellation: record it and leave now (a training step can take seconds on a CPU).
-        if job.state.get("status") not in ("succeeded", "failed"):
+        # Leave now (a training step can take seconds on a CPU). Cancelled: record it. Any other
+        # SIGTERM (a shutdown): leave the status open, so the job resumes from its checkpoint.
+        if job.state.get("status") in ("succeeded", "failed"):
+            os._exit(0)
+        if (job.dir / jobfiles.CANCEL).exists():
             job.event("Fine-tuning job cancelled")
             job.update(status="cancelled")
-        os._exit(0)
+            os._exit(0)
+        job.event("The training process was stopped (SIGTERM); it resumes from its last checkpoint when the job is next looked at", level="warn")
+        os._exit(143)
 
     return handler
 
