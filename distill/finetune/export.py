@@ -48,7 +48,7 @@ class Student:
     def base_path(self) -> str:
         """What to load the base from: the dequantised directory, or the model as the user gave it."""
         if self.manifest.get("base_dir"):
-            return str(self.data_dir / self.manifest["base_dir"])
+            return str((self.data_dir / self.manifest["base_dir"]).resolve())
         return str(self.manifest["base_model"])
 
     def model_type(self) -> str | None:
@@ -217,7 +217,7 @@ def _readme(student: Student, fmt: str, out: Path, merge: bool, family: str | No
             ]
             if m.get("base_dir"):
                 body += ["", f"The base was a GGUF file; `{base}` is its dequantised safetensors copy, which vLLM loads directly."]
-        body += ["", "Then, with any OpenAI client: `curl localhost:8000/v1/chat/completions -d '{\"model\": \"" + name + "\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'`", ""]
+        body += ["", "Then, with any OpenAI client: `curl localhost:8000/v1/chat/completions -H 'content-type: application/json' -d '{\"model\": \"" + name + "\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'`", ""]
     if fmt == "ollama":
         body += [
             "## Ollama",

@@ -92,6 +92,17 @@ def read_events(job_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def last_checkpoint(job_dir: Path) -> Path | None:
+    """The newest COMPLETE Trainer checkpoint: Trainer writes ``trainer_state.json`` last and not
+    atomically, so a process killed while saving leaves a directory without a readable one."""
+    found = []
+    for p in (Path(job_dir) / CHECKPOINTS).glob("checkpoint-*"):
+        step = p.name.rsplit("-", 1)[-1]
+        if step.isdigit() and isinstance(read_json(p / "trainer_state.json"), dict):
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
 def process_alive(job_dir: Path) -> bool:
     """Is the latest launched process of this job still running (not a zombie, not a reused pid)?"""
     info = read_json(Path(job_dir) / PROCESS) or {}
@@ -130,5 +141,5 @@ def signal_group(job_dir: Path, sig: int = signal.SIGTERM) -> bool:
 
 __all__ = [
     "CANCEL", "CHECKPOINTS", "EVENTS", "EventLog", "FINALIZED", "LOG", "OUTPUT", "PROCESS", "SPEC", "STATUS",
-    "process_alive", "read_events", "read_json", "signal_group", "write_json",
+    "last_checkpoint", "process_alive", "read_events", "read_json", "signal_group", "write_json",
 ]

@@ -211,8 +211,8 @@ class LoraBackend:
                 state.update(status="failed", error={"code": "interrupted", "message": message, "param": None})
                 write_json(job_dir / jobfiles.STATUS, state)
                 return state, "failed"
-            ckpts = sorted((job_dir / jobfiles.CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-            where = f"resuming from {ckpts[-1].name}" if ckpts else "no checkpoint yet, starting over"
+            last = jobfiles.last_checkpoint(job_dir)
+            where = f"resuming from {last.name}" if last else "no checkpoint yet, starting over"
             events.add(f"The training process exited before finishing (attempt {attempt}); restarting it, {where}", level="warn")
             self._launch(job_dir, attempt=attempt + 1)
             return state, status
@@ -278,13 +278,19 @@ class LoraBackend:
         if state.get("status") in TERMINAL:
             raise FineTuneError(f"job has already completed ({state['status']})", code="job_completed")
         (job_dir / jobfiles.CANCEL).write_text(str(time.time()))
+        proc = self._procs.get(str(job_dir))  # ours to reap, when this process launched it
+
+        def gone() -> bool:
+            return proc.poll() is not None if proc is not None else not jobfiles.process_alive(job_dir)
+
         if jobfiles.signal_group(job_dir, signal.SIGTERM):
             deadline = time.monotonic() + CANCEL_GRACE_S
-            while jobfiles.process_alive(job_dir) and time.monotonic() < deadline:
-                self._reap(job_dir)
+            while not gone() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if jobfiles.process_alive(job_dir):
+            if not gone():
                 jobfiles.signal_group(job_dir, signal.SIGKILL)
+                if proc is not None:
+                    proc.wait(CANCEL_GRACE_S)
         self._reap(job_dir)
         state = read_json(job_dir / jobfiles.STATUS) or {}
         if state.get("status") not in TERMINAL:

@@ -67,11 +67,16 @@ def _cap_threads(threads: int | None) -> None:
 
 def _on_sigterm(job: Job):
     def handler(signum, frame):  # noqa: ARG001
-        # Cancellation: record it and leave now (a training step can take seconds on a CPU).
-        if job.state.get("status") not in ("succeeded", "failed"):
+        # Leave now (a training step can take seconds on a CPU). Cancelled: record it. Any other
+        # SIGTERM (a shutdown): leave the status open, so the job resumes from its checkpoint.
+        if job.state.get("status") in ("succeeded", "failed"):
+            os._exit(0)
+        if (job.dir / jobfiles.CANCEL).exists():
             job.event("Fine-tuning job cancelled")
             job.update(status="cancelled")
-        os._exit(0)
+            os._exit(0)
+        job.event("The training process was stopped (SIGTERM); it resumes from its last checkpoint when the job is next looked at", level="warn")
+        os._exit(143)
 
     return handler
 
@@ -310,7 +315,6 @@ def build(job: Job) -> Built:
 
 def train(job: Job) -> None:
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
     from . import base as base_mod
     from . import data
@@ -321,7 +325,11 @@ def train(job: Job) -> None:
     tools_ok, has_val, base_dir, cuda = built.tools_ok, built.has_val, built.base_dir, built.cuda
     ckpt_dir = job.dir / jobfiles.CHECKPOINTS
     trainer.add_callback(_progress_callback(job))
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = jobfiles.last_checkpoint(job.dir)
+    for partial in ckpt_dir.glob("checkpoint-*"):  # half-written by a killed process: not a resume point
+        if last is None or (partial != last and partial.name.rsplit("-", 1)[-1].isdigit() and int(partial.name.rsplit("-", 1)[-1]) > int(last.name.rsplit("-", 1)[-1])):
+            shutil.rmtree(partial, ignore_errors=True)
+    resume = str(last) if last else None
     job.event(
         f"Training {spec['method']} LoRA (r={hp['lora_r']}, alpha={hp['lora_alpha']}) on {'CUDA bf16' if cuda else 'CPU fp32'}"
         + (f", {torch.get_num_threads()} threads" if not cuda else "")
