@@ -191,7 +191,10 @@ _AZURE_SUFFIX = r"(?:-(?:\d{4}-\d{2}-\d{2}|\d{4}))?(?:\.ft-[A-Za-z0-9]+)?"
 
 
 def azure_model(model: str) -> AzureModel | None:
-    """The Azure table row for a model id as Azure spells it (undated, dated or ``.ft-`` names)."""
+    """The Azure table row for a model id as Azure spells it (undated, dated or ``.ft-`` names; an
+    OpenAI-style ``ft:<base>:...`` name resolves to its base too)."""
+    if (model or "").startswith("ft:") and model.count(":") >= 2:
+        model = model.split(":")[1]
     for row in sorted(AZURE_FINE_TUNING, key=lambda r: -len(r.name)):  # gpt-4o-mini before gpt-4o
         if re.fullmatch(re.escape(row.name) + _AZURE_SUFFIX, model or "", flags=re.IGNORECASE):
             return row

@@ -62,6 +62,7 @@ def test_the_table_is_azures_list() -> None:
     assert azure_model("gpt-4o-2024-08-06").name == "gpt-4o"
     assert azure_model("gpt-4.1-mini-2025-04-14.ft-0123abcd").name == "gpt-4.1-mini"
     assert azure_model("Ministral-3B-2411").name == "Ministral-3B"
+    assert azure_model("ft:gpt-4.1-2025-04-14:org:suffix:abc123").name == "gpt-4.1"
     assert azure_model("gpt-35-turbo-0125") is None and azure_model("gpt-4o-mini-tts") is None
 
 

@@ -492,7 +492,7 @@ class FakeFineTuneServer:
             if not body.get(req):
                 return _error(400, f"Missing required parameter: '{req}'.", param=req)
         model = body["model"]
-        if azure and not any(model.lower() == m.lower() or model.lower().startswith(m.lower() + "-") or model.lower().startswith(m.lower() + ".ft-")
+        if azure and not model.startswith("ft:") and not any(model.lower() == m.lower() or model.lower().startswith(m.lower() + "-") or model.lower().startswith(m.lower() + ".ft-")
                              for m in AZURE_FINE_TUNABLE):
             return web.json_response({"error": {"code": "invalidPayload", "message": AZURE_UNSUPPORTED_MESSAGE}}, status=400)
         if model.startswith("ft:") and not any(j.fine_tuned_model == model for j in self.jobs.values()):
