@@ -31,7 +31,7 @@ from protege.store import auto as store_auto
 
 from .agreement import AgreementResult, online_agreement
 from .gate import run_gate
-from .policies import Policy, PolicyError, stored_policy, sync_policies_file
+from .policies import CandidateSpec, Policy, PolicyError, stored_policy, sync_policies_file
 
 log = logging.getLogger("protege.distill.auto")
 
@@ -84,33 +84,53 @@ def _jobs() -> Any:
     return jobs
 
 
+_SERVED_HERE = ("local", "lora")  # students Protege trains and serves itself, as protege/<name>
+
+
 def _launch_job(store: Any, settings: Any, policy: Policy, cycle: store_auto.AutoCycle, ds: dict[str, Any],
-                backend_options: dict[str, Any] | None = None) -> str:
-    """Start the fine-tune on the TRAIN split only (the validation split is the held-out gate set)."""
+                backend_options: dict[str, Any] | None = None, candidate: CandidateSpec | None = None,
+                files: tuple[str, str | None] | None = None) -> str:
+    """Start the fine-tune on the TRAIN split only (the validation split is the held-out gate set).
+
+    ``candidate``: one student of a ``backend = "best"`` policy, trained on ``files`` (the train split
+    minus the selection slice, and that slice as its validation file)."""
     jobs = _jobs()
     student = policy.student
+    backend = candidate.job_backend if candidate else student.backend
+    base_model = candidate.base_model if candidate else student.base_model
+    hp = dict(candidate.hyperparameters if candidate else student.hyperparameters)
+    name = None
+    if backend in _SERVED_HERE:
+        name = (candidate.name or f"{policy.student_name}-{candidate.label}") if candidate else policy.student_name
+    metadata = {"protege_policy": cycle.policy_id, "protege_cycle": cycle.id, "protege_dataset": str(ds.get("id"))}
+    if candidate is not None:
+        metadata["protege_candidate"] = candidate.label
+    train_file, validation_file = files if files else (ds.get("train_path"), None)
     job = jobs.start_job(
         store,
-        backend=student.backend,
-        model=student.base_model,
-        training_file=ds.get("train_path"),
-        validation_file=None,
-        hyperparameters=dict(student.hyperparameters),
-        suffix=student.suffix or (policy.name[:40] if student.backend != "local" else None),
+        backend=backend,
+        model=base_model,
+        training_file=train_file,
+        validation_file=validation_file,
+        hyperparameters=hp,
+        suffix=student.suffix or (policy.name[:40] if backend not in _SERVED_HERE else None),
         seed=0,
-        metadata={"protege_policy": cycle.policy_id, "protege_cycle": cycle.id, "protege_dataset": str(ds.get("id"))},
-        name=policy.student_name if student.backend == "local" else None,
+        metadata=metadata,
+        name=name,
         settings=settings,
         backend_options=backend_options,
     )
     return job["id"] if isinstance(job, dict) else job.id
 
 
-def _find_job_for_cycle(store: Any, cycle_id: str) -> str | None:
-    """A job a killed worker started for this cycle before it could record the id."""
+def _find_job_for_cycle(store: Any, cycle_id: str, candidate: str | None = None) -> str | None:
+    """A job a killed worker started for this cycle (or for one candidate of it) before it could record the id."""
     from protege.store import jobs as store_jobs
 
-    rows, _more = store_jobs.list_jobs(store, limit=1000, metadata={"protege_cycle": cycle_id})
+    md = {"protege_cycle": cycle_id}
+    if candidate is not None:
+        md["protege_candidate"] = candidate
+    rows, _more = store_jobs.list_jobs(store, limit=1000, metadata=md)
     return rows[-1]["id"] if rows else None  # the oldest, should there ever be two
 
 
@@ -154,32 +174,42 @@ def _poll_job(store: Any, settings: Any, job_id: str, backend_options: dict[str,
     return _jobs().sync_job(store, job_id, settings=settings, backend_options=(backend_options or {}).get(job["backend"]))
 
 
-def _predict(store: Any, settings: Any, policy: Policy, student_model: str, prompts: list[list[dict[str, Any]]],
-             client: Any = None) -> list[str]:
-    """The student's answers to held-out prompts (local students in-process, cloud ones via the SDK)."""
+def _served_here(backend: str, student_model: str) -> bool:
+    return backend in _SERVED_HERE or student_model.startswith("protege/")
+
+
+def _answerer(store: Any, settings: Any, backend: str, student_model: str, client: Any = None) -> tuple[Callable[[list[dict[str, Any]]], str], Callable[[], None]]:
+    """(one prompt -> the student's greedy answer, close): students served here in-process
+    (protege/<name>: classifier, LoRA, endpoint students), cloud ones via the SDK."""
     from .agreement import response_text
 
-    from concurrent.futures import ThreadPoolExecutor
-
-    if policy.student.backend == "local" or student_model.startswith("protege/"):
-        # Local and endpoint students; greedy, and concurrent so LoRA students batch their answers.
+    if _served_here(backend, student_model):
         from protege.distill.students import StudentRegistry  # type: ignore[attr-defined]
 
         registry = StudentRegistry(store)
-        try:
-            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="protege-gate") as pool:
-                return list(pool.map(lambda msgs: response_text(registry.complete({"model": student_model, "messages": msgs, "temperature": 0})), prompts))
-        finally:
-            registry.close()
-
-    client = client or _cloud_client(settings, policy.student.backend)
+        close = getattr(registry, "close", None) or (lambda: None)
+        return (lambda msgs: response_text(registry.complete({"model": student_model, "messages": msgs, "temperature": 0}))), close
+    client = client or _cloud_client(settings, backend)
 
     def ask(msgs: list[dict[str, Any]]) -> str:
         resp = client.chat.completions.create(model=student_model, messages=msgs, temperature=0)
         return resp.choices[0].message.content or ""
 
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="protege-gate") as pool:  # the SDK client is thread-safe
-        return list(pool.map(ask, prompts))
+    return ask, lambda: None
+
+
+def _predict(store: Any, settings: Any, backend: str, student_model: str, prompts: list[list[dict[str, Any]]],
+             client: Any = None) -> list[str]:
+    """The student's answers to held-out prompts, 8 at a time (so LoRA students batch their answers;
+    the SDK client is thread-safe)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    answer, close = _answerer(store, settings, backend, student_model, client)
+    try:
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="protege-gate") as pool:
+            return list(pool.map(answer, prompts))
+    finally:
+        close()
 
 
 def _cloud_client(settings: Any, backend: str) -> Any:
@@ -192,6 +222,17 @@ def _cloud_client(settings: Any, backend: str) -> Any:
     return openai.OpenAI(base_url=settings.upstream, api_key=key)
 
 
+def _eval_metric_specs(metrics: list[Any]) -> list[Any]:
+    """Gate metric specs as an eval run takes them: the judge already ran for the gate (its verdicts
+    are in the decision), so it is not asked twice; the gate's own ``label`` is not a metric option."""
+    out: list[Any] = []
+    for m in metrics:
+        if m == "judge" or (isinstance(m, dict) and m.get("name") == "judge"):
+            continue
+        out.append({k: v for k, v in m.items() if k != "label"} if isinstance(m, dict) else m)
+    return out
+
+
 def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, prompts: list[list[dict[str, Any]]],
                      refs: list[str], student_out: list[str]) -> str | None:
     """Record the gate's evaluation as an eval run too, so `protege eval report RUN` shows it with
@@ -202,7 +243,7 @@ def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, pr
 
         spec = {
             "candidates": [{"name": "student", "model": cycle.student_model, "base_url": None, "api_key_env": None}],
-            "metrics": list(policy.gate.metrics), "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
+            "metrics": _eval_metric_specs(policy.gate.metrics), "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
             "source": f"protege auto: policy {policy.name}, cycle {cycle.id}, dataset {cycle.dataset_id} (held-out split)",
         }
         items = [{"source_id": f"{cycle.dataset_id}/validation/{i}", "messages": m, "reference": r, "reference_kind": "teacher",
@@ -219,6 +260,17 @@ def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, pr
     except Exception:
         log.warning("could not record the gate's eval run for cycle %s", cycle.id, exc_info=True)
         return None
+
+
+def _prompt_text(messages: list[dict[str, Any]]) -> str:
+    """The request as a judge reads it: the last user turn's text."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
 
 
 def _read_heldout(path: str | None) -> tuple[list[list[dict[str, Any]]], list[str]]:
@@ -240,6 +292,13 @@ def _read_heldout(path: str | None) -> tuple[list[list[dict[str, Any]]], list[st
             prompts.append(messages[:last])
             refs.append(response_text({"choices": [{"message": messages[last]}]}))
     return prompts, refs
+
+
+def _candidate_result(spec: CandidateSpec, job_id: str, job: dict[str, Any], error: str | None) -> Any:
+    from .selection import CandidateResult
+
+    return CandidateResult(spec.label, spec.job_backend, job_id, job.get("fine_tuned_model"), str(job.get("status")),
+                           error=error if job.get("status") != "succeeded" else None)
 
 
 def _is_final(exc: Exception) -> bool:
@@ -451,6 +510,11 @@ class Worker:
                 ds = _build_dataset(store, policy, cycle)
                 cycle = store_auto.update_cycle(store, cycle.id, dataset_id=ds["id"], state="dataset_built")
                 actions.append(f"{name}: dataset {ds['id']} built")
+            if policy.student.backend == "best" and cycle.state in ("dataset_built", "launching", "training"):
+                cycle, more = self._step_best(policy_id, policy, cycle)
+                actions += more
+                if cycle.state != "evaluating":
+                    return actions
             if cycle.state == "dataset_built":
                 # Persist the intent BEFORE the side effect: a crash after the job starts but before its
                 # id is recorded leaves "launching", and resume adopts the job tagged with this cycle.
@@ -496,6 +560,116 @@ class Worker:
             raise
         return actions
 
+    # -- backend = "best": several candidates, one winner ----------------------------------------
+
+    def _step_best(self, policy_id: str, policy: Policy, cycle: store_auto.AutoCycle) -> tuple[store_auto.AutoCycle, list[str]]:
+        """Launch every candidate on the same data, wait for all, choose within the latency budget.
+
+        Same resumability as one job: each candidate's job is tagged with the cycle and its label, so
+        a restarted worker adopts what was started; the selection files are written once per cycle."""
+        from protege.store import jobs as store_jobs
+
+        from .selection import split_for_selection
+
+        store, name = self.store, policy.name
+        actions: list[str] = []
+        specs = policy.student.candidate_specs()
+        ds = self._dataset(cycle)
+        if cycle.state == "dataset_built":
+            cycle = store_auto.update_cycle(store, cycle.id, state="launching", attempts=cycle.attempts + 1)
+        fit, sel = split_for_selection(ds["train_path"], store.artifact_dir("auto", cycle.id), policy.student.selection_fraction,
+                                       seed=policy.gate.seed)
+        if cycle.state == "launching":
+            first = None
+            for spec in specs:
+                job_id = _find_job_for_cycle(store, cycle.id, spec.label)
+                if job_id is None:
+                    try:
+                        job_id = _launch_job(store, self.settings, policy, cycle, ds, self.backend_options.get(spec.job_backend),
+                                             candidate=spec, files=(fit, sel))
+                    except Exception as exc:
+                        if not _is_final(exc):
+                            raise
+                        store_auto.record_decision(store, policy_id, "candidate", "not_started", f"{spec.label} could not start: {exc}",
+                                                   {"candidate": spec.label, "backend": spec.job_backend}, cycle_id=cycle.id)
+                        actions.append(f"{name}: candidate {spec.label} could not start: {exc}")
+                        continue
+                    actions.append(f"{name}: candidate {spec.label}: fine-tune {job_id} started")
+                first = first or job_id
+            cycle = store_auto.update_cycle(store, cycle.id, job_id=first, state="training")
+        results = []
+        waiting = False
+        for spec in specs:
+            job_id = _find_job_for_cycle(store, cycle.id, spec.label)
+            if job_id is None:
+                results.append(self._not_started(policy_id, cycle.id, spec))
+                continue
+            job = _poll_job(store, self.settings, job_id, self.backend_options)
+            if job.get("status") not in store_jobs.TERMINAL_STATUSES:
+                waiting = True
+                continue
+            err = job.get("error") or {}
+            results.append(_candidate_result(spec, job_id, job, err.get("message") if isinstance(err, dict) else str(err)))
+        if waiting:
+            return cycle, actions
+        selection = self._choose(policy, results, sel)
+        winner = selection.winner
+        d = store_auto.record_decision(store, policy_id, "select", "select" if winner else "reject", selection.reason,
+                                       selection.to_dict(), cycle_id=cycle.id)
+        actions.append(f"{name}: {'selected ' + winner.label if winner else 'no student selected'} ({selection.reason})")
+        if winner is None:
+            cycle = store_auto.update_cycle(store, cycle.id, state="rejected", decision_id=d.id, error=selection.reason[:2000])
+            return cycle, actions
+        cycle = store_auto.update_cycle(store, cycle.id, student_model=winner.model, job_id=winner.job_id, state="evaluating")
+        return cycle, actions
+
+    def _not_started(self, policy_id: str, cycle_id: str, spec: CandidateSpec) -> Any:
+        from .selection import CandidateResult
+
+        rows, _ = store_auto.list_decisions(self.store, policy_id, limit=1000)
+        why = next((r.reason for r in rows if r.kind == "candidate" and r.cycle_id == cycle_id
+                    and store_auto.loads(r.details, {}).get("candidate") == spec.label), None)
+        return CandidateResult(spec.label, spec.job_backend, None, None, "not_started", error=why)
+
+    def _choose(self, policy: Policy, results: list[Any], selection_path: str) -> Any:
+        """Each trained candidate answers every selection prompt in turn (its latency), scored as the gate scores."""
+        from .gate import compare_metric, parse_metric_spec
+        from .selection import choose, latency_stats, timed_answers
+
+        prompts, refs = _read_heldout(selection_path)
+        metric = policy.student.selection_metric or policy.gate.metrics[0]
+        label = parse_metric_spec(metric)[0]
+        inputs = [_prompt_text(p) for p in prompts]
+        for r in results:
+            if r.status != "succeeded" or not r.model:
+                continue
+            try:
+                answer, close = _answerer(self.store, self.settings, r.backend, r.model, self.student_client)
+                try:
+                    outs, times = timed_answers(answer, prompts)  # one at a time: the latency a client sees
+                finally:
+                    close()
+                r.score = round(compare_metric(metric, outs, refs, refs, seed=policy.gate.seed, inputs=inputs).student, 6)
+                r.latency_ms_p50, r.latency_ms_p90 = latency_stats(times)
+                r.n = len(outs)
+            except Exception as exc:  # a candidate that cannot answer is out, not the cycle
+                log.warning("candidate %s could not be evaluated", r.label, exc_info=True)
+                r.status, r.error = "failed", f"could not be evaluated: {exc}"
+        return choose(results, label, policy.student.latency_budget_ms)
+
+    def _selection_decision(self, policy_id: str, cycle_id: str) -> Any:
+        rows, _ = store_auto.list_decisions(self.store, policy_id, limit=1000)
+        return next((r for r in rows if r.kind == "select" and r.cycle_id == cycle_id), None)
+
+    def _student_backend(self, policy: Policy, cycle: store_auto.AutoCycle) -> str:
+        """The winning candidate's backend for ``best`` policies, else the policy's."""
+        if policy.student.backend != "best":
+            return policy.student.backend
+        from protege.store import jobs as store_jobs
+
+        job = store_jobs.get_job(self.store, cycle.job_id) if cycle.job_id else None
+        return job["backend"] if job else "local"
+
     def _dataset(self, cycle: store_auto.AutoCycle) -> dict[str, Any]:
         from protege.distill.builder import get_dataset  # type: ignore[attr-defined]
 
@@ -510,16 +684,21 @@ class Worker:
         prompts, refs = _read_heldout(ds.get("validation_path"))
         if not refs:
             raise ValueError(f"dataset {ds['id']} has no held-out (validation) items to evaluate the student on")
-        student_out = _predict(self.store, self.settings, policy, cycle.student_model, prompts, self.student_client) if prompts else []  # type: ignore[arg-type]
+        backend = self._student_backend(policy, cycle)
+        student_out = _predict(self.store, self.settings, backend, cycle.student_model, prompts, self.student_client) if prompts else []  # type: ignore[arg-type]
         # The reference is the teacher's answer (or a human correction of it, which the dataset puts
         # in its place); the teacher's own output is that same answer unless it was corrected.
         teacher_out = list(refs)
-        result = run_gate(policy.gate, student_out, teacher_out, refs)
+        result = run_gate(policy.gate, student_out, teacher_out, refs, inputs=[_prompt_text(p) for p in prompts])
         disagreements = [
             {"prompt": (p[-1].get("content") if p else None), "teacher": r, "student": s}
             for p, r, s in zip(prompts, refs, student_out) if s.strip() != r.strip()
         ][:10]
         evaluation = {"dataset_id": ds["id"], "n_items": len(refs), "gate": result.to_dict(), "examples_disagreeing": disagreements}
+        if policy.student.backend == "best":
+            selected = self._selection_decision(policy_id, cycle.id)
+            if selected is not None:
+                evaluation["selection"] = {"decision_id": selected.id, "reason": selected.reason, "backend": backend}
         run_id = _record_eval_run(self.store, policy, cycle, prompts, refs, student_out)
         if run_id:
             evaluation["eval_run_id"] = run_id

@@ -104,19 +104,26 @@ def get_backend(name: str, **kwargs: Any) -> FineTuneBackend:
 
 
 def _ensure_builtin() -> None:
-    if "openai" in _REGISTRY and "local" in _REGISTRY:
+    if "openai" in _REGISTRY and "local" in _REGISTRY and "lora" in _REGISTRY:
         return
     from . import local_student, openai_backend
+    from .finetune import lora  # no torch at import: the job process loads it
 
     _REGISTRY.setdefault("openai", openai_backend.openai_backend_from_settings)
     _REGISTRY.setdefault("azure", openai_backend.azure_backend_from_settings)
     _REGISTRY.setdefault("local", local_student.local_backend)
+    _REGISTRY.setdefault("lora", lora.lora_backend)
 
 
-def validate_hyperparameters(method: str, hp: dict[str, Any]) -> dict[str, Any]:
-    """Check against OpenAI's documented domains before anything is uploaded (fail fast, one clear line)."""
+def validate_hyperparameters(method: str, hp: dict[str, Any], backend: str | None = None) -> dict[str, Any]:
+    """Check against OpenAI's documented domains before anything is uploaded (fail fast, one clear line).
+    The ``lora`` backend trains here and takes more settings (LoRA rank, max length, ...): its own check."""
     if method not in METHODS:
         raise FineTuneError(f"method must be one of {', '.join(METHODS)}, not {method!r}", param="method")
+    if backend == "lora":
+        from .finetune.hyperparameters import validate
+
+        return validate(method, hp)
     out: dict[str, Any] = {}
     for key, value in hp.items():
         if value is None:

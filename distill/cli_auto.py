@@ -188,7 +188,7 @@ def decisions(
     limit: int = typer.Option(20, min=1, max=1000, help="How many, newest first."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Every gate, advance and rollback decision with the numbers behind it."""
+    """Every decision (gate, select, candidate, advance, rollback) with the numbers behind it."""
     from protege.store import auto as store_auto
 
     from .auto import decision_object

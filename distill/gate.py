@@ -5,12 +5,21 @@ difference (student - teacher) of item scores against the reference and its conf
 The student passes a metric when the interval's lower bound is above ``-tolerance`` (strictly) on at
 least ``min_items`` items: "not worse than the teacher by more than the tolerance", stated with 95%
 confidence rather than from a point estimate that a lucky split could inflate.
+
+Every metric the evals package provides can gate (``protege.evals.metrics.available_metrics``), by
+name (``"rougeL"``), with options (``"bleu:tokenize=char"`` or ``{name = "json_schema", schema = {...}}``),
+each with its own paired bootstrap CI from ``protege.evals.stats``. Reference-free metrics
+(``json_valid``, ``json_schema``) score the teacher's own answers too. The pairwise ``judge`` asks a
+model whether the student's answer beats the teacher's on each held-out prompt (both orders): its
+item scores are 1/0.5/0 against the teacher's 0.5 with itself, so the gated difference is the
+student's win rate minus 0.5.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +40,7 @@ class MetricComparison:
     p_value: float | None
     test: str
     confidence: float = 0.95
+    signature: str | None = None  # the evals metric's settings and library versions
 
 
 @dataclass
@@ -100,44 +110,100 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, seed: int, confi
     return diff, float(low), float(high), p
 
 
+LABEL_ALIASES = ("label_accuracy", "accuracy", "label")
+_ALIASES = {"accuracy": "exact_match", "label": "label_accuracy"}
+JUDGE_OPTIONS = ("model", "base_url", "api_key_env", "system_prompt", "temperature", "max_tokens", "concurrency", "timeout", "max_retries")
+
+
+def parse_metric_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
+    """(label, evals metric name, options) of a gate metric: ``"rougeL"``, ``"bleu:tokenize=char"``
+    or ``{"name": "json_schema", "schema": {...}}``. ``label`` is what the gate reports."""
+    if isinstance(spec, Mapping):
+        opts = dict(spec)
+        name = opts.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError("a gate metric table needs a 'name'")
+        label = str(opts.pop("label", name))
+    elif isinstance(spec, str) and spec.strip():
+        from protege.evals.summary import parse_metric
+
+        name, opts = parse_metric(spec)
+        label = spec.strip()
+    else:
+        raise ValueError(f"a gate metric is a name or a table with a name, not {spec!r}")
+    return label, _ALIASES.get(name, name), opts
+
+
+def build_metric(spec: Any, *, resolve_secrets: bool = True) -> tuple[str, Any]:
+    """(label, configured ``protege.evals`` Metric); a one-line ValueError for unknown names/options.
+
+    The judge's key is named by ``api_key_env`` (never written in a policy); it is read from the
+    environment only when the gate runs (``resolve_secrets``), not when a policy is validated."""
+    from protege.evals.metrics import available_metrics, get_metric
+
+    label, name, opts = parse_metric_spec(spec)
+    if name not in available_metrics():
+        raise ValueError(f"unknown gate metric {name!r}; available: {', '.join(available_metrics() + list(_ALIASES))}")
+    if name == "judge":
+        unknown = set(opts) - set(JUDGE_OPTIONS)
+        if unknown:
+            raise ValueError(f"judge: unknown option {min(unknown)!r} (known: {', '.join(JUDGE_OPTIONS)})")
+        if not opts.get("model"):
+            raise ValueError("judge needs a model (the judging model's name)")
+        env = opts.pop("api_key_env", None)
+        if env is not None and not (isinstance(env, str) and env.replace("_", "").isalnum()):
+            raise ValueError("judge: api_key_env must name an environment variable")
+        if resolve_secrets:
+            if env and not os.environ.get(env):
+                raise ValueError(f"judge: the environment variable {env} (api_key_env) is not set")
+            opts["api_key"] = os.environ.get(env or "OPENAI_API_KEY")
+    return label, get_metric(name, **opts)
+
+
 def compare_metric(
-    metric: str,
+    metric: Any,
     student: Sequence[str],
     teacher: Sequence[str],
     references: Sequence[str],
     *,
     seed: int = 0,
     confidence: float = 0.95,
+    inputs: Sequence[str] | None = None,
 ) -> MetricComparison:
-    """Student vs teacher on one metric. Uses ``protege.evals`` (metrics + paired statistics) when
-    it knows the metric; exact match and label accuracy also work without it."""
+    """Student vs teacher on one metric (a gate metric spec), with the paired CI of the difference.
+
+    Uses ``protege.evals`` (metrics + paired statistics); exact match and label accuracy also work
+    without it."""
     n = len(references)
-    if metric in ("label_accuracy", "accuracy", "label"):
+    label = metric if isinstance(metric, str) else parse_metric_spec(metric)[0]
+    name = label
+    try:
+        label, m = build_metric(metric)
+        name = m.name
+    except ImportError:  # evals not installed
+        m = None
+    raw = metric.get("name") if isinstance(metric, Mapping) else str(metric).partition(":")[0].strip()
+    if raw in LABEL_ALIASES:
         # Labels are compared after the same normalisation as online agreement ({"label": "Spam"} == "spam").
         student, teacher, references = ([normalise_label(x) for x in seq] for seq in (student, teacher, references))
-    try:
-        from protege.evals.metrics import get_metric  # type: ignore[import-not-found]
-        from protege.evals.stats import paired_difference  # type: ignore[import-not-found]
-
-        m = get_metric("exact_match" if metric == "accuracy" else metric)
-    except Exception:  # noqa: BLE001 - evals not installed, or the metric is unknown to it
-        m = None
     if m is not None:
-        # evals.stats: diff = b - a, so the teacher is the baseline (a) and the student the candidate (b)
-        res = paired_difference(m, list(teacher), list(student), list(references), seed=seed, confidence=confidence)
-        s_score = getattr(res, "score_b", None)
-        t_score = getattr(res, "score_a", None)
-        if s_score is None or t_score is None:
-            s_score = m.corpus_score(list(student), list(references))
-            t_score = m.corpus_score(list(teacher), list(references))
-        return MetricComparison(metric, n, float(s_score), float(t_score), float(res.diff), float(res.low), float(res.high),
-                                None if res.p_value is None else float(res.p_value), str(res.test), confidence)
-    if metric not in ("exact_match", "label_accuracy", "accuracy", "label"):
-        raise ValueError(f"gate metric {metric!r} needs protege.evals (not available)")
-    s = _binary_scores(metric, student, references)
-    t = _binary_scores(metric, teacher, references)
+        from protege.evals.stats import paired_difference, paired_difference_data
+
+        if name == "judge":
+            # The student against the teacher, on the prompt; the teacher against itself is a tie (0.5).
+            scores = m.item_scores(list(student), list(teacher), inputs=list(inputs) if inputs is not None else None)
+            res = paired_difference_data(m, [0.5] * len(scores), scores, seed=seed, confidence=confidence)
+        else:
+            # evals.stats: diff = b - a, so the teacher is the baseline (a) and the student the candidate (b)
+            res = paired_difference(m, list(teacher), list(student), list(references), seed=seed, confidence=confidence)
+        return MetricComparison(label, n, float(res.score_b), float(res.score_a), float(res.diff), float(res.low), float(res.high),
+                                None if res.p_value is None else float(res.p_value), str(res.test), confidence, m.signature())
+    if label not in ("exact_match",) + LABEL_ALIASES:
+        raise ValueError(f"gate metric {label!r} needs protege.evals (not available)")
+    s = _binary_scores(label, student, references)
+    t = _binary_scores(label, teacher, references)
     diff, low, high, p = paired_bootstrap(s, t, seed=seed, confidence=confidence)
-    return MetricComparison(metric, n, float(np.mean(s)) if n else float("nan"), float(np.mean(t)) if n else float("nan"),
+    return MetricComparison(label, n, float(np.mean(s)) if n else float("nan"), float(np.mean(t)) if n else float("nan"),
                             diff, low, high, p, "paired_bootstrap", confidence)
 
 
@@ -146,9 +212,12 @@ def run_gate(
     student: Sequence[str],
     teacher: Sequence[str],
     references: Sequence[str],
+    inputs: Sequence[str] | None = None,
 ) -> GateResult:
-    """Compute every metric of ``gate`` (a policies.GateSpec) and decide."""
+    """Compute every metric of ``gate`` (a policies.GateSpec) and decide. ``inputs``: the prompts'
+    text, which the judge shows its model beside the two answers."""
     comparisons = [
-        compare_metric(metric, student, teacher, references, seed=gate.seed, confidence=gate.confidence) for metric in gate.metrics
+        compare_metric(metric, student, teacher, references, seed=gate.seed, confidence=gate.confidence, inputs=inputs)
+        for metric in gate.metrics
     ]
     return decide(comparisons, tolerance=gate.tolerance, min_items=gate.min_items)

@@ -20,6 +20,7 @@ from .backends import FineTuneError, JobSpec, get_backend, validate_hyperparamet
 log = logging.getLogger("protege.distill.jobs")
 
 TERMINAL = store_jobs.TERMINAL_STATUSES
+LOCAL_BACKENDS = ("local", "lora")  # students trained here and served as protege/<name>
 
 
 def resolve_dataset(store, dataset: str) -> tuple[str, str | None, str]:
@@ -89,7 +90,7 @@ def start_job(
         validation_file = validation_file or ds_validation
         method = method or ("dpo" if kind == "dpo" else "supervised")
     method = method or "supervised"
-    hp = validate_hyperparameters(method, dict(hyperparameters or {}))
+    hp = validate_hyperparameters(method, dict(hyperparameters or {}), backend)
     if not training_file:
         raise FineTuneError("a dataset id or a training file is required", param="training_file", code="missing_training_file")
     for label, path in (("training_file", training_file), ("validation_file", validation_file)):
@@ -102,10 +103,12 @@ def start_job(
         prior = store_jobs.get_job(store, model)
         if prior is None or not prior["fine_tuned_model"] or prior["status"] != "succeeded":
             raise FineTuneError(f"{model} has no fine-tuned model to continue from", param="model", code="model_not_found")
-        if prior["backend"] == "local" or backend == "local":
+        if prior["backend"] in LOCAL_BACKENDS or backend in LOCAL_BACKENDS:
             raise FineTuneError("continual fine-tuning needs a cloud backend (local students retrain from scratch)", param="model")
         model = prior["fine_tuned_model"]
     if not model:
+        if backend == "lora":
+            raise FineTuneError("the lora backend needs a base model: a Hugging Face id, a local model directory or a .gguf file", param="model")
         raise FineTuneError("a base model is required (e.g. gpt-4.1-mini-2025-04-14, or ft:... to continue)", param="model")
     if suffix is not None and not (1 <= len(suffix) <= 64):
         raise FineTuneError("suffix must be 1 to 64 characters", param="suffix")
@@ -113,11 +116,14 @@ def start_job(
         raise FineTuneError("metadata has more than 16 keys", param="metadata")
     if seed is not None and not (0 <= int(seed) <= 2147483647):
         raise FineTuneError("seed must be between 0 and 2147483647", param="seed")
-    if backend == "local":
+    if backend in LOCAL_BACKENDS:
         from .local_student import check_name
 
         check_name(name or suffix or "student")
     impl = _backend(store, backend, _settings(settings), backend_options)  # unknown backend / missing key: before recording
+    check_model = getattr(impl, "check_model", None)
+    if check_model is not None:  # backends that can tell a bad base model before anything is recorded
+        check_model(model)
     job = store_jobs.create_job(
         store,
         backend=backend,
@@ -130,7 +136,7 @@ def start_job(
         suffix=suffix,
         seed=seed,
         metadata=metadata,
-        name=(name or suffix or "student") if backend == "local" else name,
+        name=(name or suffix or "student") if backend in LOCAL_BACKENDS else name,
     )
     spec = JobSpec(
         model=model,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -31,8 +32,10 @@ import numpy as np
 import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import SGDClassifier
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.svm import LinearSVC
 
 from protege.store import jobs as store_jobs
 
@@ -114,21 +117,124 @@ def examples_from_jsonl(path: str | Path, include_system: bool = False) -> list[
 # --- model -----------------------------------------------------------------------------------
 
 
-def make_pipeline(random_state: int = 0) -> Pipeline:
-    """Word 1-2-grams catch topic words, char 2-4-grams catch morphology and typos; a linear SGD
-    model with modified-huber loss trains in one pass per epoch and still gives probabilities."""
-    features = FeatureUnion(
+def make_features() -> FeatureUnion:
+    """Word 1-2-grams catch topic words, char 2-4-grams catch morphology and typos."""
+    return FeatureUnion(
         [
             ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=200_000, dtype=np.float32)),
             ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2, max_features=200_000, dtype=np.float32)),
         ]
     )
-    # One-vs-rest classes fit in parallel threads; each class has its own fixed seed, so the
-    # result is the same for any n_jobs.
-    clf = SGDClassifier(
+
+
+def default_classifier(random_state: int = 0) -> SGDClassifier:
+    """A linear SGD model with modified-huber loss: one pass per epoch, still gives probabilities.
+
+    One-vs-rest classes fit in parallel threads; each class has its own fixed seed, so the result
+    is the same for any n_jobs."""
+    return SGDClassifier(
         loss="modified_huber", alpha=2e-5, max_iter=25, tol=1e-4, random_state=random_state, n_jobs=min(4, os.cpu_count() or 1)
     )
-    return Pipeline([("features", features), ("clf", clf)])
+
+
+def make_pipeline(random_state: int = 0) -> Pipeline:
+    """The default configuration (TF-IDF features + :func:`default_classifier`)."""
+    return Pipeline([("features", make_features()), ("clf", default_classifier(random_state))])
+
+
+def model_grid(random_state: int = 0) -> list[dict[str, Any]]:
+    """The configurations compared on the validation split, the default first (it wins ties).
+
+    All linear, so serving stays one sparse dot product (~1 ms): SGD (modified huber) at three
+    strengths of L2 regularisation, logistic regression, a linear SVM at two C. Logistic regression is
+    the slowest to fit (seconds where SGD takes a tenth), so it gets one C."""
+    sgd = default_classifier(random_state)
+    return [
+        {"clf": [sgd], "clf__alpha": [2e-5, 1e-5, 1e-4]},
+        {"clf": [LogisticRegression(max_iter=300, random_state=random_state)], "clf__C": [30.0]},
+        {"clf": [LinearSVC(random_state=random_state)], "clf__C": [0.5, 2.0]},
+    ]
+
+
+_CLF_NAMES = {SGDClassifier: "sgd_modified_huber", LogisticRegression: "logistic_regression", LinearSVC: "linear_svc"}
+
+
+def describe(clf: Any) -> dict[str, Any]:
+    """``{"model": "logistic_regression", "C": 10.0}``: the choice as recorded in the manifest."""
+    name = _CLF_NAMES.get(type(clf), type(clf).__name__)
+    params = clf.get_params()
+    keys = {"sgd_modified_huber": ("alpha",), "logistic_regression": ("C",), "linear_svc": ("C",)}.get(name, ())
+    return {"model": name, **{k: params[k] for k in keys}}
+
+
+def select_classifier(
+    x_fit: Any, y_fit: list[str], x_val: Any, y_val: list[str], *, random_state: int = 0,
+    grid: list[dict[str, Any]] | None = None, max_select_examples: int = 5000,
+) -> tuple[Any, dict[str, Any]]:
+    """Pick the classifier with the best validation accuracy (scikit-learn's GridSearchCV over a
+    PredefinedSplit: train on the fit rows, score on the validation rows), then fit it on all fit rows.
+
+    Large datasets choose on a stratified-enough random slice of ``max_select_examples`` fit rows
+    (choosing is what a grid costs; the final fit uses everything)."""
+    import scipy.sparse as sp
+
+    grid = grid or model_grid(random_state)
+    n_fit = x_fit.shape[0]
+    rows = np.arange(n_fit)
+    if n_fit > max_select_examples:
+        rows = np.sort(np.random.default_rng(random_state).choice(n_fit, max_select_examples, replace=False))
+    x = sp.vstack([x_fit[rows], x_val]).tocsr()
+    y = [y_fit[i] for i in rows] + list(y_val)
+    fold = PredefinedSplit(np.r_[np.full(len(rows), -1), np.zeros(len(y_val))].astype(int))
+    search = GridSearchCV(Pipeline([("clf", default_classifier(random_state))]), grid, cv=fold, scoring="accuracy", refit=False, n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        search.fit(x, y)
+    res = search.cv_results_
+    candidates = []
+    for i, params in enumerate(res["params"]):
+        candidates.append({**describe(Pipeline([("clf", default_classifier(random_state))]).set_params(**params).named_steps["clf"]),
+                           "validation_accuracy": round(float(res["mean_test_score"][i]), 4),
+                           "fit_seconds": round(float(res["mean_fit_time"][i]), 3)})
+    best = int(search.best_index_)  # the first of the best: the default wins ties
+    from sklearn.base import clone
+
+    def make(i: int) -> Any:
+        return clone(Pipeline([("clf", default_classifier(random_state))]).set_params(**res["params"][i]).named_steps["clf"])
+
+    def fit(clf: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=ConvergenceWarning)
+            return clf.fit(x_fit, y_fit)
+
+    selection: dict[str, Any] = {
+        "criterion": "validation_accuracy",
+        "chosen": candidates[best],
+        "default": candidates[0],
+        "candidates": candidates,
+        "selected_on": {"fit_examples": int(len(rows)), "validation_examples": len(y_val)},
+    }
+    if len(rows) < n_fit and best != 0:
+        # Chosen on a slice: what wins on 5,000 rows can lose on 50,000, and the slower models cost
+        # most on all rows. Switch only for a gain above one standard error of the default's score,
+        # and then confirm on all rows against the default (cheap to fit).
+        p0 = candidates[0]["validation_accuracy"]
+        se = math.sqrt(max(p0 * (1 - p0), 1e-12) / max(1, len(y_val)))
+        if candidates[best]["validation_accuracy"] - p0 <= se:
+            selection["chosen"] = candidates[0]
+            selection["note"] = f"the slice's best ({candidates[best]['model']}) was within one standard error ({se:.4f}) of the default; kept the default"
+            return fit(make(0)), selection
+        chosen, default = fit(make(best)), fit(make(0))
+        acc_chosen = float(np.mean(chosen.predict(x_val) == np.asarray(y_val)))
+        acc_default = float(np.mean(default.predict(x_val) == np.asarray(y_val)))
+        selection["confirmed_on_all_rows"] = {"chosen": round(acc_chosen, 4), "default": round(acc_default, 4)}
+        if acc_default >= acc_chosen:
+            selection["chosen"] = {**candidates[0], "validation_accuracy": round(acc_default, 4)}
+            selection["note"] = "the slice's choice did not beat the default on all rows; kept the default"
+            return default, selection
+        selection["chosen"] = {**candidates[best], "validation_accuracy": round(acc_chosen, 4)}
+        return chosen, selection
+    return fit(make(best)), selection
 
 
 @dataclass
@@ -176,6 +282,7 @@ class FastScorer:
 
     def __init__(self, pipeline: Pipeline) -> None:
         clf = pipeline.named_steps["clf"]
+        self.logistic = isinstance(clf, LogisticRegression)
         coef = np.asarray(clf.coef_, dtype=np.float64)
         self.binary = coef.shape[0] == 1
         self.classes = [str(c) for c in clf.classes_]
@@ -217,12 +324,34 @@ class FastScorer:
         return total
 
     def predict(self, text: str) -> tuple[str, float]:
+        """(label, confidence): the model's probability where it has one (logistic regression),
+        else the modified-huber estimate (score + 1) / 2, clipped, as before."""
         s = self.scores(text)
         if self.binary:
             score = float(s[0])
-            return self.classes[int(score > 0)], float(np.clip((abs(score) + 1) / 2, 0.0, 1.0))
+            label = self.classes[int(score > 0)]
+            if self.logistic:
+                return label, float(1.0 / (1.0 + np.exp(-abs(score))))
+            return label, float(np.clip((abs(score) + 1) / 2, 0.0, 1.0))
         i = int(np.argmax(s))
+        if self.logistic:
+            e = np.exp(s - s[i])
+            return self.classes[i], float(1.0 / e.sum())
         return self.classes[i], float(np.clip((s[i] + 1) / 2, 0.0, 1.0))
+
+
+def _answer_ms(pipeline: Pipeline, texts: list[str], n: int = 200) -> float | None:
+    """Median time of one served answer (the fast scorer on one text), in ms, over up to ``n`` texts."""
+    if not texts:
+        return None
+    fast = FastScorer(pipeline)
+    sample = texts[:n]
+    times = []
+    for t in sample:
+        t0 = time.perf_counter()
+        fast.predict(t)
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)) * 1000, 4)
 
 
 def _metrics(y_true: list[str], y_pred: list[str]) -> dict[str, Any]:
@@ -252,8 +381,13 @@ def train(
     random_state: int = 0,
     validation_fraction: float = 0.1,
     max_label_ratio: float = 0.5,
+    select: bool = True,
+    grid: list[dict[str, Any]] | None = None,
 ) -> TrainedStudent:
-    """Fit on (input text, teacher answer) pairs; without a validation set, hold out a stratified slice."""
+    """Fit on (input text, teacher answer) pairs; without a validation set, hold out a random slice.
+
+    ``select``: choose the classifier and its regularisation on the validation split
+    (:func:`model_grid`, or ``grid``); the choice and every candidate's score go in the metrics."""
     if len(train_pairs) < 2:
         raise FineTuneError("the local student needs at least 2 training examples", param="training_file", code="invalid_training_file")
     labels = [normalise_label(a) for _, a in train_pairs]
@@ -286,17 +420,26 @@ def train(
         fit_labels = [labels[i] for i in fit_idx]
         v_texts = [texts[i] for i in sorted(val_idx)]
         v_labels = [labels[i] for i in sorted(val_idx)]
-    pipeline = make_pipeline(random_state)
     t0 = time.perf_counter()
+    features = make_features()
+    x_fit = features.fit_transform(fit_texts)
+    selection: dict[str, Any] | None = None
     with warnings.catch_warnings():
         # A capped number of epochs is a deliberate speed/accuracy trade; not converging to tol is fine.
         warnings.simplefilter("ignore", category=ConvergenceWarning)
-        pipeline.fit(fit_texts, fit_labels)
+        if select and v_texts and len(set(fit_labels)) >= 2:
+            clf, selection = select_classifier(x_fit, fit_labels, features.transform(v_texts), v_labels, random_state=random_state, grid=grid)
+        else:
+            clf = default_classifier(random_state).fit(x_fit, fit_labels)
+    pipeline = Pipeline([("features", features), ("clf", clf)])
     fit_s = time.perf_counter() - t0
     metrics = _metrics(v_labels, [str(x) for x in pipeline.predict(v_texts)]) if v_texts else {"validation_examples": 0, "validation_accuracy": None, "per_class": {}}
     majority = Counter(fit_labels).most_common(1)[0][0]
     metrics["majority_baseline_accuracy"] = round(sum(lab == majority for lab in v_labels) / len(v_labels), 4) if v_labels else None
-    metrics.update({"train_examples": len(fit_texts), "classes": len(counts), "fit_seconds": round(fit_s, 3)})
+    metrics.update({"train_examples": len(fit_texts), "classes": len(counts), "fit_seconds": round(fit_s, 3), "model": describe(clf)})
+    if selection is not None:
+        metrics["model_selection"] = selection
+    metrics["answer_ms_p50"] = _answer_ms(pipeline, v_texts or fit_texts)
     return TrainedStudent(
         pipeline=pipeline, classes=sorted(counts), templates=templates, include_system=include_system, metrics=metrics
     )
@@ -348,6 +491,7 @@ def save_student(store, name: str, student: TrainedStudent, *, job_id: str | Non
         "classes": student.classes,
         "templates": student.templates,
         "include_system": student.include_system,
+        "classifier": student.metrics.get("model"),
         "metrics": student.metrics,
         "job_id": job_id,
         **(extra or {}),
@@ -474,16 +618,19 @@ class LocalStudentBackend:
             if run.cancel.is_set():
                 return
             run.status = "running"
-            run.event("Training the local student (TF-IDF word+char n-grams, linear SGD classifier)")
+            run.event("Training the local student (TF-IDF word+char n-grams; linear classifier chosen on the validation split)")
             student = train(train_pairs, val_pairs, include_system=self.include_system, random_state=seed)
             if run.cancel.is_set():
                 run.event("Training finished after cancellation; result discarded")
                 return
             m = student.metrics
+            chosen = ", ".join(f"{k}={v}" for k, v in m["model"].items() if k != "model")
             run.event(
-                f"Validation accuracy {m['validation_accuracy']} on {m['validation_examples']} examples ({m['classes']} classes)",
+                f"Validation accuracy {m['validation_accuracy']} on {m['validation_examples']} examples ({m['classes']} classes) "
+                f"with {m['model']['model']}{f' ({chosen})' if chosen else ''}"
+                + (f", chosen from {len(m['model_selection']['candidates'])} configurations" if "model_selection" in m else ""),
                 type_="metrics",
-                data={k: m[k] for k in ("validation_accuracy", "validation_examples", "majority_baseline_accuracy", "fit_seconds")},
+                data={k: m.get(k) for k in ("validation_accuracy", "validation_examples", "majority_baseline_accuracy", "fit_seconds", "model", "answer_ms_p50")},
             )
             row = save_student(self.store, name, student, job_id=spec.job_id, extra={"training_file": spec.training_file, "validation_file": spec.validation_file})
             run.fine_tuned_model = f"protege/{name}@v{row['version']}"
@@ -568,6 +715,8 @@ __all__ = [
     "load_student",
     "local_backend",
     "make_pipeline",
+    "model_grid",
+    "select_classifier",
     "normalise_label",
     "save_student",
     "train",

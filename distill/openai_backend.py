@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -152,6 +154,98 @@ def make_azure_client(
     return openai.AzureOpenAI(azure_endpoint=azure_endpoint, api_key=api_key, api_version=api_version, timeout=timeout)
 
 
+# --- what each provider fine-tunes ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AzureModel:
+    """One row of Azure's fine-tuning table: the methods Azure trains it with, and how."""
+
+    name: str
+    version: str | None
+    methods: tuple[str, ...]  # Azure's own: "supervised", "dpo", "reinforcement"
+    global_only: bool = False  # trained only with global training (Foundry resources)
+
+
+# Azure OpenAI / Microsoft Foundry fine-tuning, from MicrosoftDocs/azure-ai-docs
+# articles/foundry/includes/fine-tune-supported-models.md (2026-03-05). The ONE place Protege keeps
+# it: the backend's check, the error message and the README are all read from here.
+AZURE_FINE_TUNING: tuple[AzureModel, ...] = (
+    AzureModel("gpt-4o-mini", "2024-07-18", ("supervised",)),
+    AzureModel("gpt-4o", "2024-08-06", ("supervised", "dpo")),
+    AzureModel("gpt-4.1", "2025-04-14", ("supervised", "dpo")),
+    AzureModel("gpt-4.1-mini", "2025-04-14", ("supervised", "dpo")),
+    AzureModel("gpt-4.1-nano", "2025-04-14", ("supervised", "dpo")),
+    AzureModel("o4-mini", "2025-04-16", ("reinforcement",)),
+    AzureModel("gpt-5", "2025-08-07", ("reinforcement",)),  # by invitation
+    AzureModel("Ministral-3B", "2411", ("supervised",), global_only=True),
+    AzureModel("Qwen-32B", None, ("supervised",), global_only=True),
+    AzureModel("Llama-3.3-70B-Instruct", None, ("supervised",), global_only=True),
+    AzureModel("gpt-oss-20b", None, ("supervised",), global_only=True),
+)
+AZURE_GLOBAL_TRAINING = "GlobalStandard"  # Azure's ``trainingType`` for global training
+_METHOD_NAMES = {"supervised": "SFT", "dpo": "DPO", "reinforcement": "RFT"}
+# A dated version (gpt-4o-mini-2024-07-18, Ministral-3B-2411) and Azure's name for a fine-tune of
+# it (base-model.ft-{jobid}), which Azure trains further with the base model's methods.
+_AZURE_SUFFIX = r"(?:-(?:\d{4}-\d{2}-\d{2}|\d{4}))?(?:\.ft-[A-Za-z0-9]+)?"
+
+
+def azure_model(model: str) -> AzureModel | None:
+    """The Azure table row for a model id as Azure spells it (undated, dated or ``.ft-`` names; an
+    OpenAI-style ``ft:<base>:...`` name resolves to its base too)."""
+    if (model or "").startswith("ft:") and model.count(":") >= 2:
+        model = model.split(":")[1]
+    for row in sorted(AZURE_FINE_TUNING, key=lambda r: -len(r.name)):  # gpt-4o-mini before gpt-4o
+        if re.fullmatch(re.escape(row.name) + _AZURE_SUFFIX, model or "", flags=re.IGNORECASE):
+            return row
+    return None
+
+
+def azure_table_text() -> str:
+    """``model (version): SFT, DPO`` lines, for errors and docs."""
+    lines = []
+    for row in AZURE_FINE_TUNING:
+        how = ", ".join(_METHOD_NAMES[m] for m in row.methods)
+        lines.append(f"{row.name}{f' ({row.version})' if row.version else ''}: {how}{', global training' if row.global_only else ''}")
+    return "; ".join(lines)
+
+
+def check_azure_model(model: str, method: str) -> AzureModel:
+    """Refuse, before anything is uploaded, a (model, method) pair Azure does not fine-tune."""
+    row = azure_model(model)
+    if row is None:
+        raise FineTuneError(
+            f"Azure OpenAI does not fine-tune {model!r}; it fine-tunes {azure_table_text()}",
+            param="model", code="unsupported_model",
+        )
+    if method not in row.methods:
+        how = " and ".join(_METHOD_NAMES[m] for m in row.methods)
+        extra = " (reinforcement fine-tuning, which Protege does not launch)" if row.methods == ("reinforcement",) else ""
+        raise FineTuneError(
+            f"Azure OpenAI fine-tunes {row.name} with {how} only{extra}, not {_METHOD_NAMES.get(method, method)}",
+            param="method", code="unsupported_method",
+        )
+    return row
+
+
+# OpenAI's self-serve fine-tuning: new organisations cut off 2026-05-07, no new jobs for anyone
+# from 2027-01-06 (OpenAI deprecations page, notice of 2026-05-07).
+OPENAI_NO_NEW_JOBS = "2027-01-06"
+OPENAI_CLOSED_HINT = (
+    f"OpenAI accepts no new fine-tuning jobs from {OPENAI_NO_NEW_JOBS} (self-serve fine-tuning is closing): "
+    "train a student here with `--backend lora` (local), or on Azure OpenAI with `--backend azure`."
+)
+_CLOSED_WORDS = re.compile(r"fine[- ]?tun", re.IGNORECASE)
+_CLOSED_WHY = re.compile(r"no longer|not (?:currently )?available|unavailable|deprecat|wound|winding|shut|closed|not allowed|access", re.IGNORECASE)
+
+
+def _openai_closed(exc: openai.APIStatusError, message: str) -> bool:
+    """A refusal of the job itself (not of its input): a 403, or a 4xx saying fine-tuning is gone."""
+    if exc.status_code == 403:
+        return True
+    return exc.status_code in (400, 404, 410) and bool(_CLOSED_WORDS.search(message)) and bool(_CLOSED_WHY.search(message))
+
+
 # --- backend ---------------------------------------------------------------------------------
 
 _TERMINAL_FILE = {"processed", "error", "deleted"}
@@ -174,12 +268,16 @@ class OpenAIBackend:
         poll_interval: float = 1.0,
         file_timeout: float = 600.0,
         prevalidate: bool = True,
+        training_type: str | None = None,
     ) -> None:
+        """``training_type``: Azure's ``trainingType`` (``Standard``, ``GlobalStandard``, ``Developer``);
+        by default Azure's own default, and global training for the models that have nothing else."""
         self.client = client
         self.name = name
         self.poll_interval = poll_interval
         self.file_timeout = file_timeout
         self.prevalidate = prevalidate
+        self.training_type = training_type
 
     # files
     def upload(self, path: str | Path) -> str:
@@ -205,6 +303,7 @@ class OpenAIBackend:
         return f.id
 
     def start(self, spec: JobSpec) -> StartResult:
+        azure = check_azure_model(spec.model, spec.method) if self.name == "azure" else None
         if self.prevalidate:
             for label, path in (("training_file", spec.training_file), ("validation_file", spec.validation_file)):
                 if path is None:
@@ -226,9 +325,19 @@ class OpenAIBackend:
             kwargs["seed"] = spec.seed
         if spec.metadata:
             kwargs["metadata"] = spec.metadata
+        training_type = self.training_type or (AZURE_GLOBAL_TRAINING if azure is not None and azure.global_only else None)
+        if azure is not None and training_type:
+            kwargs["extra_body"] = {"trainingType": training_type}
         try:
             job = self.client.fine_tuning.jobs.create(**kwargs)
         except openai.APIStatusError as exc:
+            if self.name == "openai":
+                body = exc.body if isinstance(exc.body, dict) else {}
+                message = body.get("message") or str(exc)
+                if _openai_closed(exc, message):
+                    # OpenAI's words unchanged, then where to go instead
+                    raise FineTuneError(f"{message}\n{OPENAI_CLOSED_HINT}", param=body.get("param"),
+                                        code=body.get("code") or "fine_tuning_unavailable", status=exc.status_code) from None
             raise _api_error(exc, "the provider refused the fine-tuning job") from None
         return StartResult(provider_job_id=job.id, status=job.status, files=files)
 
@@ -349,7 +458,14 @@ def azure_backend_from_settings(*, settings: Any = None, store: Any = None, **op
 
 
 __all__ = [
+    "AZURE_FINE_TUNING",
     "AZURE_SCOPE",
+    "AzureModel",
+    "OPENAI_CLOSED_HINT",
+    "OPENAI_NO_NEW_JOBS",
+    "azure_model",
+    "azure_table_text",
+    "check_azure_model",
     "OpenAIBackend",
     "azure_backend_from_settings",
     "make_azure_client",

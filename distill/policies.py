@@ -83,29 +83,97 @@ class Trigger(_Strict):
         return self
 
 
+CANDIDATE_BACKENDS = ("classifier", "local", "lora", "openai", "azure")
+
+
+class CandidateSpec(_Strict):
+    """One student that ``backend = "best"`` trains and compares (``classifier`` is the local one)."""
+
+    backend: Literal["classifier", "local", "lora", "openai", "azure"]
+    base_model: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None  # served name for local/LoRA students (default: <student>-<backend>)
+
+    @property
+    def label(self) -> str:
+        return "classifier" if self.backend in ("classifier", "local") else self.backend
+
+    @property
+    def job_backend(self) -> str:
+        return "local" if self.backend in ("classifier", "local") else self.backend
+
+
 class StudentSpec(_Strict):
-    backend: Literal["local", "openai", "azure"] = "local"
+    """What to train. ``backend = "best"`` trains every one of ``candidates`` on the same data and
+    keeps the one that scores best on a selection split while answering within
+    ``latency_budget_ms`` (median per answer), recording why in a ``select`` decision."""
+
+    backend: Literal["local", "openai", "azure", "lora", "best"] = "local"
     name: str | None = None  # local students: protege/<name>; defaults to the policy name
     base_model: str | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     suffix: str | None = None
+    candidates: list[Literal["classifier", "local", "lora", "openai", "azure"] | CandidateSpec] = Field(
+        default_factory=lambda: ["classifier", "lora"])
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+    selection_metric: str | dict[str, Any] | None = None  # default: the gate's first metric
+    selection_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)  # of the train split, held out to choose
 
     @model_validator(mode="after")
     def _base(self) -> StudentSpec:
         if self.backend in ("openai", "azure") and not self.base_model:
             raise ValueError(f"backend {self.backend!r} needs base_model (e.g. \"gpt-4.1-mini-2025-04-14\")")
+        if self.backend == "lora" and not self.base_model:
+            raise ValueError("backend 'lora' needs base_model (a Hugging Face model id, a local model directory or a .gguf file)")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ValueError("name may contain letters, digits, '_', '.', '-' (max 64)")
+        defaults = {"candidates": ["classifier", "lora"], "latency_budget_ms": None, "selection_metric": None, "selection_fraction": 0.15}
+        best_only = {k for k in set(defaults) & self.model_fields_set if getattr(self, k) != defaults[k]}
+        if self.backend != "best" and best_only:
+            raise ValueError(f"{min(best_only)} applies to backend = \"best\" only")
+        if self.backend == "best":
+            labels = [c.label for c in self.candidate_specs()]
+            if len(labels) < 2 or len(set(labels)) != len(labels):
+                raise ValueError("backend \"best\" needs at least two different candidates (e.g. [\"classifier\", \"lora\"])")
+            for c in self.candidate_specs():
+                if c.job_backend in ("openai", "azure", "lora") and not c.base_model:
+                    raise ValueError(f"candidate {c.label!r} needs base_model")
+                if c.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", c.name):
+                    raise ValueError("candidate name may contain letters, digits, '_', '.', '-' (max 64)")
+            if self.selection_metric is not None:
+                from .gate import build_metric
+
+                try:
+                    build_metric(self.selection_metric, resolve_secrets=False)
+                except ImportError:
+                    pass
         return self
+
+    def candidate_specs(self) -> list[CandidateSpec]:
+        """Candidates as specs; a bare name takes this student's base_model/hyperparameters
+        (for the classifier, which has neither, they are ignored)."""
+        out = []
+        for c in self.candidates:
+            if isinstance(c, CandidateSpec):
+                out.append(c)
+            elif c in ("classifier", "local"):
+                out.append(CandidateSpec(backend=c))
+            else:
+                out.append(CandidateSpec(backend=c, base_model=self.base_model, hyperparameters=dict(self.hyperparameters)))
+        return out
 
 
 GATE_METRICS = ("exact_match", "label_accuracy", "accuracy", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 class GateSpec(_Strict):
-    """Promote only if, per metric, the 95% CI lower bound of (student - teacher) > -tolerance."""
+    """Promote only if, per metric, the 95% CI lower bound of (student - teacher) > -tolerance.
 
-    metrics: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
+    ``metrics``: any metric of ``protege.evals`` by name (``"rougeL"``, ``"json_valid"``,
+    ``"bleu:tokenize=char"``) or as a table with options (``{name = "json_schema", schema = {...}}``,
+    ``{name = "judge", model = "gpt-4.1", api_key_env = "OPENAI_API_KEY"}``); see distill/gate.py."""
+
+    metrics: list[str | dict[str, Any]] = Field(default_factory=lambda: ["exact_match"], min_length=1)
     tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
     min_items: int = Field(default=30, ge=1)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
@@ -113,10 +181,21 @@ class GateSpec(_Strict):
 
     @field_validator("metrics")
     @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
-                raise ValueError(f"bad metric name {name!r}")
+    def _known(cls, value: list[Any]) -> list[Any]:
+        from .gate import build_metric
+
+        labels = []
+        for spec in value:
+            try:
+                label, _metric = build_metric(spec, resolve_secrets=False)
+            except ImportError:  # evals not installed: the gate knows exact_match and labels only
+                label = spec if isinstance(spec, str) else str(spec.get("name"))
+                if label not in GATE_METRICS[:3]:
+                    raise ValueError(f"gate metric {label!r} needs protege.evals") from None
+            labels.append(label)
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise ValueError(f"gate metric {min(dup)!r} is listed twice (give one a 'label')")
         return value
 
 

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
 
     # Fine-tune jobs: how often cloud jobs are polled.
     finetune_poll_interval: float = 1.0
+    # LoRA jobs train in their own process with this many torch/OpenMP threads (default: all cores
+    # but one, so a co-located proxy keeps serving).
+    finetune_threads: int | None = None
 
     # Students answered by the proxy (protege/<name>): seconds before a request gets a timeout error.
     student_timeout: float = 60.0

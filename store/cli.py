@@ -271,18 +271,34 @@ def export_cmd(
 
 @app.command("import")
 def import_cmd(
-    file: Path = typer.Argument(..., metavar="FILE.jsonl", help="JSONL of chat completions."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name for lines that do not say (fine-tuning lines)."),
+    file: Optional[Path] = typer.Argument(None, metavar="FILE.jsonl", help="JSONL of chat completions (not with --from-openai)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name for lines that do not say (fine-tuning lines); "
+                                        "with --from-openai: only completions of this model."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary (with per-line errors)."),
+    from_openai: bool = typer.Option(False, "--from-openai", help="Pull your Stored Completions from OpenAI's API "
+                                     "(OPENAI_API_KEY, OPENAI_BASE_URL); running it again stores nothing twice."),
+    metadata: Optional[List[str]] = typer.Option(None, "--metadata", help="With --from-openai: KEY=VALUE filter (repeatable, all must match)."),
+    order: str = typer.Option("asc", "--order", help="With --from-openai: asc (oldest first) or desc."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="With --from-openai: at most this many completions."),
 ) -> None:
     """Import JSONL logs: chat.completion objects with messages/request, {request, response}, or {messages}.
 
     Bad lines are reported with their line numbers and skipped; the exit status is 1 if any failed.
     Importing is idempotent: completions already stored are skipped; a line whose id is taken by a
     different completion is stored under a new id (its own kept as upstream_id) and reported.
+    With --from-openai, the Stored Completions kept at OpenAI are imported instead of a file.
     """
+    if from_openai:
+        if file is not None:
+            clikit.fail("give a FILE or --from-openai, not both")
+        _import_from_openai(model, parse_metadata(metadata), _order(order), limit, as_json)
+        return
+    if metadata or limit is not None:
+        clikit.fail("--metadata and --limit filter --from-openai imports only")
     from protege.store.io import import_jsonl
 
+    if file is None:
+        clikit.fail("give a FILE.jsonl to import (or --from-openai)")
     if not file.is_file():
         clikit.fail(f"no such file: {file}")
     import duckdb
@@ -308,6 +324,40 @@ def import_cmd(
                    (f", {result.reided_count} with a new id (their id was taken)" if result.reided_count else "") +
                    (f", {result.error_count} failed" if result.error_count else ""))
     if result.error_count:
+        raise typer.Exit(1)
+
+
+def _import_from_openai(model: str | None, metadata: dict[str, str], order: str, limit: int | None, as_json: bool) -> None:
+    """`completions import --from-openai`: one line on stderr for OpenAI's refusals, counts at the end."""
+    import duckdb
+    import openai
+
+    from protege.store.openai_import import openai_client, pull_stored_completions
+
+    try:
+        client = openai_client()
+    except openai.OpenAIError:
+        clikit.fail("no OpenAI API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)")
+    with _store() as store, _progress(limit, "importing from OpenAI") as advance:
+        try:
+            result = pull_stored_completions(store, client, model=model, metadata=metadata or None, order=order, limit=limit,
+                                             progress=advance)
+        except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            clikit.fail(f"OpenAI refused to list stored completions ({exc.status_code}): {body.get('message') or exc}")
+        except openai.APIConnectionError as exc:
+            clikit.fail(f"OpenAI could not be reached at {client.base_url}: {exc}")
+        except duckdb.Error as exc:
+            clikit.fail(f"import stopped, the database could not be written: {str(exc).splitlines()[0]}")
+    if as_json:
+        clikit.print_json(result.as_dict())
+    else:
+        for err in result.errors:
+            typer.echo(f"error: {err.get('id') or 'line ' + str(err.get('line'))}: {err['error']}", err=True)
+        typer.echo(f"imported {result.imported} of {result.listed} stored completions from OpenAI"
+                   + (f", {result.skipped} already here" if result.skipped else "")
+                   + (f", {result.failed} failed" if result.failed else ""))
+    if result.failed:
         raise typer.Exit(1)
 
 

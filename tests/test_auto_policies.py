@@ -61,7 +61,7 @@ def test_good_file_parses_with_defaults() -> None:
         (("tolerance = 0.05", "tolerance = 1.5"), "policy[0] (intent): gate.tolerance: Input should be less than or equal to 1"),
         (("tolerance = 0.05", "tolerence = 0.05"), "gate.tolerence: unknown field"),
         (('min_interval = "1h"', 'min_interval = "soon"'), "trigger.min_interval: not a duration: 'soon'"),
-        (('backend = "local"', 'backend = "vertex"'), "student.backend: Input should be 'local', 'openai' or 'azure'"),
+        (('backend = "local"', 'backend = "vertex"'), "student.backend: Input should be 'local', 'openai', 'azure', 'lora' or 'best'"),
         (('student = { backend = "openai", base_model = "gpt-4.1-mini-2025-04-14",', 'student = { backend = "openai",'), "needs base_model"),
         (('stages = ["shadow", "canary", "full"]', 'stages = ["full", "shadow"]'), "stages must be distinct and in the order"),
         (('canary_percent = 20', 'canary_percent = 0'), "rollout.canary_percent: Input should be greater than 0"),

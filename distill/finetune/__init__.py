@@ -1,6 +1,14 @@
-"""Fine-tune backends for open-weight students (LoRA on TRL + PEFT) and the students they produce:
-training jobs, their artifacts, and serving those students in-process or from another endpoint.
+"""Fine-tune backends that train here, and the students they produce.
 
-torch and transformers are imported lazily inside the modules that need them, so the proxy, store
-and evals run without the ``lora`` extra installed.
+Training: ``lora`` trains LoRA adapters on open-weight chat models with TRL (SFT, DPO) and PEFT in a
+job process of its own (``worker``), writing a versioned student directory with a manifest of hashes
+(``students/<name>/v<N>/``); ``export`` turns a student into files vLLM, Ollama or transformers run.
+
+Serving: ``generation`` loads a student once and batches concurrent requests into one ``generate``;
+``chat`` checks OpenAI's request fields and builds its completion and chunk shapes; ``served`` is
+the student the proxy calls; ``endpoints`` are students served elsewhere (vLLM, Ollama, llama.cpp,
+an Azure deployment) behind an OpenAI-compatible URL.
+
+torch and transformers are imported inside the modules that need them, never here, so the proxy,
+store and evals run without the ``lora`` extra.
 """

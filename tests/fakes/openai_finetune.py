@@ -158,6 +158,19 @@ _HP_RANGES = {
 }
 _HP_DONE = {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.8, "beta": 0.1}
 
+# OpenAI's answer to a new job once self-serve fine-tuning has closed (2027-01-06). OpenAI has not
+# published the exact text; this stands in for it with the documented facts and a 403, the status
+# OpenAI already answers organisations cut off since 2026-05-07 with ("permission denied").
+OPENAI_CLOSED_MESSAGE = (
+    "Fine-tuning is no longer available: OpenAI stopped accepting new fine-tuning jobs on January 6, 2027. "
+    "Existing fine-tuned models remain available for inference until their base models are retired."
+)
+OPENAI_CLOSED_CODE = "fine_tuning_unavailable"
+# Azure's answer for a base model it does not fine-tune (seen from Azure OpenAI, Microsoft Q&A 2277206).
+AZURE_UNSUPPORTED_MESSAGE = "The specified base model does not support fine-tuning."
+AZURE_FINE_TUNABLE = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-5",
+                      "Ministral-3B", "Qwen-32B", "Llama-3.3-70B-Instruct", "gpt-oss-20b")
+
 
 class FakeFineTuneServer:
     """Files + fine-tuning jobs, OpenAI paths under /v1 and Azure classic paths under /openai."""
@@ -169,7 +182,10 @@ class FakeFineTuneServer:
         api_keys: set[str] | None = None,
         org: str = "protege-test",
         running_steps: int = 3,
+        new_jobs_closed: bool = False,
     ) -> None:
+        """``new_jobs_closed``: answer every new OpenAI job as OpenAI does once fine-tuning has closed."""
+        self.new_jobs_closed = new_jobs_closed
         self.step = step_seconds
         self.api_keys = api_keys  # None: any non-empty key is accepted
         self.org = org
@@ -469,10 +485,16 @@ class FakeFineTuneServer:
         entry["json"] = body
         if not isinstance(body, dict):
             return _error(400, "Request body must be a JSON object.")
+        azure = request.path.startswith("/openai/")
+        if self.new_jobs_closed and not azure:
+            return _error(403, OPENAI_CLOSED_MESSAGE, code=OPENAI_CLOSED_CODE)
         for req in ("model", "training_file"):
             if not body.get(req):
                 return _error(400, f"Missing required parameter: '{req}'.", param=req)
         model = body["model"]
+        if azure and not model.startswith("ft:") and not any(model.lower() == m.lower() or model.lower().startswith(m.lower() + "-") or model.lower().startswith(m.lower() + ".ft-")
+                             for m in AZURE_FINE_TUNABLE):
+            return web.json_response({"error": {"code": "invalidPayload", "message": AZURE_UNSUPPORTED_MESSAGE}}, status=400)
         if model.startswith("ft:") and not any(j.fine_tuned_model == model for j in self.jobs.values()):
             return _error(404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found", param="model")
         method = body.get("method") or {"type": "supervised", "supervised": {"hyperparameters": body.get("hyperparameters") or {}}}

@@ -55,6 +55,18 @@ class FakeOpenAI:
     base_url: str
     requests: list[dict] = field(default_factory=list)
     _stop: Callable[[], None] | None = None
+    # Stored Completions (``store: true`` requests, or seeded with ``add_stored``): id -> (object, input messages)
+    stored: dict[str, tuple[dict, list[dict]]] = field(default_factory=dict)
+
+    def add_stored(self, messages: list[dict], answer: str, *, model: str = "gpt-4o-mini-2024-07-18",
+                   metadata: dict[str, str] | None = None, created: int | None = None, completion_id: str | None = None,
+                   **request: Any) -> str:
+        """Seed a stored completion as OpenAI keeps it (what ``chat.completions.list`` returns)."""
+        cid = completion_id or f"chatcmpl-{secrets.token_hex(12)}"
+        obj = _stored_object(cid, model, created or int(time.time()), {"role": "assistant", "content": answer},
+                             metadata or {}, request, messages)
+        self.stored[cid] = (obj, messages)
+        return cid
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -82,6 +94,63 @@ def _default_reply(body: dict) -> str:
                 content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
             return str(content or "")
     return ""
+
+
+def _stored_object(cid: str, model: str, created: int, message: dict, metadata: dict, request: dict, messages: list) -> dict:
+    """A Stored Completions list item: the completion plus the request parameters OpenAI keeps beside it."""
+    prompt = sum(_tokens(m.get("content")) for m in messages if isinstance(m, dict))
+    done = _tokens(message.get("content") or "")
+    return {
+        "object": "chat.completion", "id": cid, "model": model, "created": created,
+        "request_id": f"req_{secrets.token_hex(12)}", "tool_choice": request.get("tool_choice"),
+        "usage": {"total_tokens": prompt + done, "completion_tokens": done, "prompt_tokens": prompt},
+        "seed": request.get("seed"), "top_p": request.get("top_p", 1.0), "temperature": request.get("temperature", 1.0),
+        "presence_penalty": request.get("presence_penalty", 0.0), "frequency_penalty": request.get("frequency_penalty", 0.0),
+        "system_fingerprint": "fp_fake", "input_user": request.get("user"), "service_tier": "default",
+        "tools": request.get("tools"), "metadata": dict(metadata),
+        "choices": [{"index": 0, "message": {"content": message.get("content"), "role": "assistant",
+                                              "tool_calls": message.get("tool_calls"), "function_call": None},
+                     "finish_reason": "tool_calls" if message.get("tool_calls") else "stop", "logprobs": None}],
+        "response_format": request.get("response_format"),
+    }
+
+
+def _store_message(cid: str, i: int, m: dict) -> dict:
+    """An input message as ``chat.completions.messages.list`` returns it (id ``<completion>-<n>``)."""
+    content = m.get("content")
+    parts = None
+    if isinstance(content, list):
+        parts, content = content, None
+    out = {"id": f"{cid}-{i}", "role": m.get("role"), "content": content, "name": m.get("name"), "content_parts": parts}
+    for key in ("tool_calls", "tool_call_id"):
+        if m.get(key) is not None:
+            out[key] = m[key]
+    return out
+
+
+def _cursor_page(items: list[dict], request: web.Request) -> web.Response:
+    """OpenAI's cursor pagination: ``after`` (an id), ``limit`` (default 20), ``order`` (default asc)."""
+    order = request.query.get("order", "asc")
+    if order not in ("asc", "desc"):
+        return _error(400, f"Invalid value: '{order}'. Supported values are: 'asc' and 'desc'.", param="order", code="invalid_value")
+    try:
+        limit = int(request.query.get("limit", 20))
+    except ValueError:
+        return _error(400, "Invalid 'limit': expected an integer.", param="limit")
+    if not 1 <= limit <= 100:
+        return _error(400, f"Invalid 'limit': integer below minimum value. Expected a value >= 1 and <= 100, but got {limit} instead.",
+                      param="limit", code="integer_out_of_range")
+    if order == "desc":
+        items = list(reversed(items))
+    after = request.query.get("after")
+    if after:
+        idx = next((i for i, it in enumerate(items) if it["id"] == after), None)
+        if idx is None:
+            return _error(404, f"No chat completion found with id '{after}'." if "-" not in after[9:] else f"No message found with id '{after}'.", param="after")
+        items = items[idx + 1:]
+    page = items[:limit]
+    return _json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                  "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
 
 
 def _error(status: int, message: str, type: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> web.Response:
@@ -115,6 +184,7 @@ def start_fake_openai(
     option = orjson.OPT_SORT_KEYS if sort_keys else 0
     reply = reply or _default_reply
     seen: list[dict] = []
+    stored: dict[str, tuple[dict, list[dict]]] = {}
 
     async def record(request: web.Request) -> dict | None:
         raw = await request.read()
@@ -190,6 +260,9 @@ def start_fake_openai(
                 {"id": tc.get("id") or f"call_{secrets.token_hex(8)}", "type": "function", "function": tc["function"]}
                 for tc in tool_calls
             ]
+        if body.get("store") is True:
+            stored[cid] = (_stored_object(cid, model, created, {"content": content, "tool_calls": tool_calls},
+                                          body.get("metadata") or {}, body, body["messages"]), body["messages"])
         if not body.get("stream"):
             message = {
                 "role": "assistant", "content": content, "refusal": None, "annotations": [],
@@ -263,6 +336,35 @@ def start_fake_openai(
         n = sum(_tokens(str(x)) for x in inputs)
         return _json({"object": "list", "data": data, "model": body.get("model"), "usage": {"prompt_tokens": n, "total_tokens": n}})
 
+    async def list_stored(request: web.Request) -> web.Response:
+        await record(request)
+        if not authorized(request):
+            return _error(401, _KEY_MISSING)
+        filters = {k[9:-1]: v for k, v in request.query.items() if k.startswith("metadata[") and k.endswith("]")}
+        model = request.query.get("model")
+        items = [obj for obj, _ in sorted(stored.values(), key=lambda x: x[0]["created"])  # stable: insertion order within a second
+                 if (not model or obj["model"] == model) and all(obj["metadata"].get(k) == v for k, v in filters.items())]
+        return _cursor_page(items, request)
+
+    async def get_stored(request: web.Request) -> web.Response:
+        await record(request)
+        if not authorized(request):
+            return _error(401, _KEY_MISSING)
+        hit = stored.get(request.match_info["cid"])
+        if hit is None:
+            return _error(404, f"No chat completion found with id '{request.match_info['cid']}'.", param="completion_id")
+        return _json(hit[0])
+
+    async def list_stored_messages(request: web.Request) -> web.Response:
+        await record(request)
+        if not authorized(request):
+            return _error(401, _KEY_MISSING)
+        cid = request.match_info["cid"]
+        hit = stored.get(cid)
+        if hit is None:
+            return _error(404, f"No chat completion found with id '{cid}'.", param="completion_id")
+        return _cursor_page([_store_message(cid, i, m) for i, m in enumerate(hit[1])], request)
+
     async def not_found(request: web.Request) -> web.Response:
         await record(request)
         return _error(404, f"Invalid URL ({request.method} {request.path})")
@@ -275,6 +377,10 @@ def start_fake_openai(
     app.router.add_get("/openai/v1/models", models)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/openai/deployments/{deployment}/embeddings", embeddings)
+    for prefix in ("/v1", "/openai/v1"):
+        app.router.add_get(prefix + "/chat/completions", list_stored)
+        app.router.add_get(prefix + "/chat/completions/{cid}", get_stored)
+        app.router.add_get(prefix + "/chat/completions/{cid}/messages", list_stored_messages)
     app.router.add_route("*", "/{tail:.*}", not_found)
 
     loop = asyncio.new_event_loop()
@@ -306,4 +412,4 @@ def start_fake_openai(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
 
-    return FakeOpenAI(root_url=root, base_url=root + "/v1", requests=seen, _stop=_stop)
+    return FakeOpenAI(root_url=root, base_url=root + "/v1", requests=seen, _stop=_stop, stored=stored)

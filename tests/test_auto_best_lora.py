@@ -1,0 +1,54 @@
+"""``backend = "best"`` with the real LoRA backend (a tiny random chat model, a few steps in its own
+job process) beside the classifier: both train on the same rows, the worker waits for both, and the
+choice names both. The tiny random model cannot learn the task in two steps, so the classifier wins
+on score; where LoRA students are served in-process (protege/<name>) the LoRA arm is scored and
+timed like any other, else it is reported as not evaluable."""
+
+from __future__ import annotations
+
+import pytest
+
+from protege.distill import auto
+from protege.distill.policies import parse_policy, save_policy
+from protege.store import Store
+from protege.store import auto as store_auto
+from protege.store import jobs as store_jobs
+from tests.test_auto_worker import TEACHER, fill, run_until
+
+pytest.importorskip("trl")
+
+
+def test_classifier_and_lora_compete_on_the_same_rows(tmp_path, tiny_chat_model) -> None:
+    lora = {"backend": "lora", "base_model": str(tiny_chat_model),
+            "hyperparameters": {"max_steps": 2, "batch_size": 8, "max_length": 64, "eval_generations": 0}}
+    spec = {
+        "name": "topic",
+        "match": {"model": TEACHER, "metadata": {"task": "topic"}},
+        "trigger": {"min_new_completions": 100},
+        "student": {"backend": "best", "candidates": ["classifier", lora], "latency_budget_ms": 5000},
+        "gate": {"metrics": ["label_accuracy"], "tolerance": 0.15, "min_items": 30},
+        "rollout": {"stages": ["shadow"]},
+    }
+    store = Store(str(tmp_path / "l.duckdb"))
+    try:
+        pid = save_policy(store, parse_policy(spec)).id
+        fill(store)
+        worker = auto.Worker(store, None, interval=0.2)
+        actions = run_until(worker, lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"), 600)
+        cycle = store_auto.last_cycle(store, pid)
+        jobs = {j["metadata"]["protege_candidate"]: j for j in store_jobs.list_jobs(store, limit=10)[0]}
+        assert set(jobs) == {"classifier", "lora"}, actions
+        assert jobs["lora"]["backend"] == "lora" and jobs["lora"]["status"] == "succeeded", jobs["lora"].get("error")
+        assert jobs["lora"]["training_file"] == jobs["classifier"]["training_file"]
+        assert jobs["lora"]["fine_tuned_model"] == "protege/topic-lora@v1"
+        rows, _ = store_auto.list_decisions(store, pid)
+        (sel,) = [store_auto.as_dict(r) for r in rows if r.kind == "select"]
+        by = {c["label"]: c for c in sel["details"]["candidates"]}
+        assert sel["details"]["winner"] == "classifier" and "lora:" in sel["reason"]
+        if by["lora"]["score"] is not None:  # served in-process: scored and timed
+            assert by["lora"]["score"] < by["classifier"]["score"] and by["lora"]["latency_ms_p50"] > 0
+        else:
+            assert by["lora"]["status"] == "failed" and "could not be evaluated" in by["lora"]["error"]
+        assert cycle.state == "promoted" and cycle.student_model == "protege/topic-classifier@v1"
+    finally:
+        store.close()
