@@ -45,10 +45,9 @@ def test_classifier_and_lora_compete_on_the_same_rows(tmp_path, tiny_chat_model)
         (sel,) = [store_auto.as_dict(r) for r in rows if r.kind == "select"]
         by = {c["label"]: c for c in sel["details"]["candidates"]}
         assert sel["details"]["winner"] == "classifier" and "lora:" in sel["reason"]
-        if by["lora"]["score"] is not None:  # served in-process: scored and timed
-            assert by["lora"]["score"] < by["classifier"]["score"] and by["lora"]["latency_ms_p50"] > 0
-        else:
-            assert by["lora"]["status"] == "failed" and "could not be evaluated" in by["lora"]["error"]
+        # The LoRA student is served in-process (distill/finetune/served.py): scored and timed.
+        assert by["lora"]["score"] is not None, by["lora"]
+        assert by["lora"]["score"] < by["classifier"]["score"] and by["lora"]["latency_ms_p50"] > 0
         assert cycle.state == "promoted" and cycle.student_model == "protege/topic-classifier@v1"
     finally:
         store.close()
