@@ -21,6 +21,7 @@ _ROUTERS = (
     "protege.distill.api:router",
     "protege.distill.finetune_api:router",
     "protege.distill.auto_api:router",
+    "protege.console:router",  # the web console at /ui
 )
 
 
