@@ -39,9 +39,10 @@ OUTCOMES = ("ok", "upstream_error", "unreachable", "timeout", "client_disconnect
 
 
 def _ts(value: Any) -> str:
-    if value is None or value == "":
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(value))) + " UTC"
+    except (TypeError, ValueError):
         return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(value))) + " UTC"
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -53,7 +54,10 @@ def _num(value: Any, digits: int = 1) -> str:
 
 
 def _usd(value: Any) -> str:
-    return "—" if value is None else f"${value:,.4f}"
+    if value is None:
+        return "—"
+    sign, v = ("-" if value < 0 else ""), abs(value)
+    return f"{sign}${v:,.2f}" if v >= 1 else f"{sign}${v:.6f}"
 
 
 templates.env.filters.update(ts=_ts, num=_num, usd=_usd, json=lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode())
