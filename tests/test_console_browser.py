@@ -355,6 +355,8 @@ def test_promote_and_roll_back_change_who_answers(tab: Page, stack: Stack) -> No
     tab.page.get_by_role("button", name="Yes, roll back").click()
     tab.page.get_by_text("Rolled back.").wait_for()
     assert "No live route" in tab.page.locator("#route-stage").inner_text()
+    # the agreement history outlives the route
+    assert tab.page.locator("figure svg[aria-label='Online agreement over time'] circle").count() >= 1
     assert stack.ask("route question after rollback", {"task": "route"}, model=BIG_TEACHER)[0] == "teacher"
     decisions = tab.page.locator("table.decisions tbody").inner_text()
     assert "manual_rollback" in decisions and "manual promote shadow -> full" in decisions

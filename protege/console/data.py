@@ -28,10 +28,15 @@ def overview(store: Store, window: str = "1h", now: float | None = None) -> dict
     now = time.time() if now is None else now
     ov = store_traffic.overview(store, now - span, bucket)
     per_min = bucket / 60
-    rpm = [(b["t"], b["requests"] / per_min) for b in ov["buckets"]]
-    err = [(b["t"], b["errors"] / b["requests"] * 100 if b["requests"] else 0.0) for b in ov["buckets"]]
-    lat = [("p50", [(b["t"], b["p50_ms"]) for b in ov["buckets"]]), ("p95", [(b["t"], b["p95_ms"]) for b in ov["buckets"]])]
-    tok = [(b["t"], float(b["tokens"])) for b in ov["buckets"]]
+    # Every bucket of the window, quiet ones as zero, so the x axis is the whole window.
+    seen = {b["t"]: b for b in ov["buckets"]}
+    first = int((now - span) // bucket) * bucket
+    full = [seen.get(t) or {"t": t, "requests": 0, "errors": 0, "tokens": 0, "p50_ms": None, "p95_ms": None}
+            for t in range(first, int(now) + 1, bucket)]
+    rpm = [(b["t"], b["requests"] / per_min) for b in full]
+    err = [(b["t"], b["errors"] / b["requests"] * 100 if b["requests"] else 0.0) for b in full]
+    lat = [("p50", [(b["t"], b["p50_ms"]) for b in full]), ("p95", [(b["t"], b["p95_ms"]) for b in full])]
+    tok = [(b["t"], float(b["tokens"])) for b in full]
     ov["rpm"] = ov["requests"] / (span / 60)
     ov["charts"] = {
         "requests": charts.line_chart([("requests/min", rpm)], "Requests per minute", x_label=charts.clock),
@@ -226,12 +231,10 @@ def policy_detail(store: Store, ref: str) -> dict[str, Any] | None:
     threshold = None
     if policy is not None:
         threshold = policy.rollout.agreement_threshold
-        live = store_auto.active_routes(store, row.id)
-        since = live[0].created_at if live else None
-        start = min((r.stage_started_seq for r in store_auto.list_routes(store, row.id, include_ended=True, limit=50)), default=0)
-        pairs = store_traffic.paired_answers_timed(store, policy.match.model, policy.match.metadata, start)
+        # Every answer pair of the policy's traffic (the latest 100k), across its routes and stages.
+        pairs = store_traffic.paired_answers_timed(store, policy.match.model, policy.match.metadata, 0)
         compare = get_comparator(policy.rollout.comparison, policy.rollout.similarity_threshold)
-        chart = charts.line_chart([("agreement", agreement_series(pairs, compare, since))], "Online agreement over time",
+        chart = charts.line_chart([("agreement", agreement_series(pairs, compare))], "Online agreement over time",
                                   x_label=charts.clock, y_max=1.0, threshold=threshold)
     return {
         "status": status, "decisions": [decision_object(d) for d in decisions], "routes": routes,
@@ -239,7 +242,7 @@ def policy_detail(store: Store, ref: str) -> dict[str, Any] | None:
     }
 
 
-def agreement_series(pairs: list[tuple[int, str, str]], compare: Any, since: float | None = None, buckets: int = 30) -> list[tuple[float, float | None]]:
+def agreement_series(pairs: list[tuple[int, str, str]], compare: Any, buckets: int = 30) -> list[tuple[float, float | None]]:
     """Agreement rate per time bucket over the paired answers (oldest first)."""
     from protege.distill.agreement import response_text
 
