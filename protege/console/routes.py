@@ -484,6 +484,10 @@ async def do_action(request: Request, policy_id: str, action: str) -> Response:
     if stage and stage not in ("shadow", "canary", "full"):
         return _page(request, "message.html", 400, title="Not promoted", message=f"Unknown stage {stage!r}.", nav="students")
     store = _store(request)
+    from protege.store import auto as store_auto
+
+    if await run_in_threadpool(store_auto.get_policy, store, policy_id) is None:
+        return _not_found(request, f"Policy {policy_id}")
     try:
         if action == "promote":
             route = await run_in_threadpool(data.promote, store, policy_id, stage or None)
