@@ -198,6 +198,19 @@ def _traffic_query(request: Request) -> tuple[store_traffic.TrafficFilter, dict[
     return flt, form, problem
 
 
+_models_cache: dict[int, tuple[float, list[str]]] = {}
+
+
+def _models(store: Store, ttl: float = 60.0) -> list[str]:
+    """The model filter's suggestions: a GROUP BY over every capture, so kept for a minute."""
+    hit = _models_cache.get(id(store))
+    if hit is not None and time.monotonic() - hit[0] < ttl:
+        return hit[1]
+    models = store_traffic.traffic_models(store)
+    _models_cache[id(store)] = (time.monotonic(), models)
+    return models
+
+
 @router.get("/traffic")
 def traffic(request: Request, before: int | None = None) -> Response:
     if not session.signed_in(request):
@@ -214,7 +227,7 @@ def traffic(request: Request, before: int | None = None) -> Response:
     if request.headers.get("hx-request") and target in ("traffic-results", "more-row"):
         name = "traffic_rows.html" if target == "more-row" else "traffic_results.html"
         return templates.TemplateResponse(request, name, ctx)
-    return _page(request, "traffic.html", models=store_traffic.traffic_models(store), **ctx)
+    return _page(request, "traffic.html", models=_models(store), **ctx)
 
 
 @router.get("/traffic/{completion_id}")
