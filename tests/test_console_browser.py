@@ -338,7 +338,7 @@ def test_promote_and_roll_back_change_who_answers(tab: Page, stack: Stack) -> No
     tab.page.get_by_role("link", name="routing").click()
     assert tab.page.locator("#route-stage").inner_text() == "shadow"
     assert "over 8 pairs" in tab.page.inner_text("main")  # the student's shadow answers agree with the teacher's
-    assert tab.page.locator("figure svg[aria-label='Online agreement over time'] circle").count() >= 1
+    assert tab.page.locator(".chart-wide svg[aria-label='Online agreement over time'] circle").count() >= 1
     tab.shot("student")
 
     tab.page.get_by_role("link", name="Promote…").click()
@@ -356,7 +356,7 @@ def test_promote_and_roll_back_change_who_answers(tab: Page, stack: Stack) -> No
     tab.page.get_by_text("Rolled back.").wait_for()
     assert "No live route" in tab.page.locator("#route-stage").inner_text()
     # the agreement history outlives the route
-    assert tab.page.locator("figure svg[aria-label='Online agreement over time'] circle").count() >= 1
+    assert tab.page.locator(".chart-wide svg[aria-label='Online agreement over time'] circle").count() >= 1
     assert stack.ask("route question after rollback", {"task": "route"}, model=BIG_TEACHER)[0] == "teacher"
     decisions = tab.page.locator("table.decisions tbody").inner_text()
     assert "manual_rollback" in decisions and "manual promote shadow -> full" in decisions
@@ -368,7 +368,7 @@ def test_promote_and_roll_back_change_who_answers(tab: Page, stack: Stack) -> No
     saved = tab.page.locator("#stat-saved").inner_text()
     assert saved.startswith("$") and float(saved[1:]) > 0
     assert int(tab.page.locator("#stat-requests").inner_text().replace(",", "")) >= 9
-    assert tab.page.locator("svg[aria-label='Requests per minute']").count() == 1
+    assert tab.page.locator(".chart-wide svg[aria-label='Requests per minute']").count() == 1
     tab.shot("overview")
 
 
@@ -385,7 +385,7 @@ def test_finetune_job_loss_curve_and_cancel(tab: Page, stack: Stack) -> None:
     tab.page.get_by_role("link", name="support-ft").click()
     assert tab.page.locator("#job-status").inner_text() == "running"
     assert tab.page.get_by_label("Progress (50%)").get_attribute("value") == "0.5"
-    assert tab.page.locator("svg[aria-label='Training loss by step'] circle").count() == 10
+    assert tab.page.locator(".chart-wide svg[aria-label='Training loss by step'] circle").count() == 10
     tab.shot("finetune")
     tab.page.get_by_role("button", name="Cancel job").click()
     tab.page.get_by_text("Job cancelled.").wait_for()

@@ -30,8 +30,10 @@ def clock(t: float) -> str:
 def line_chart(
     series: Sequence[Series], title: str, *, x_label: Callable[[float], str] = _fmt, y_min: float | None = 0.0,
     y_max: float | None = None, threshold: float | None = None, width: int = 640, height: int = 220, y_unit: str = "",
+    x_range: tuple[float, float] | None = None,
 ) -> str:
-    """One or more lines over a shared x axis; an optional dashed horizontal ``threshold`` line."""
+    """One or more lines over a shared x axis (``x_range``, else the data's); an optional dashed
+    horizontal ``threshold`` line."""
     left, right, top, bottom = 52, 14, 26, 30
     pw, ph = width - left - right, height - top - bottom
     pts = [(x, y) for _, s in series for x, y in s if y is not None]
@@ -41,7 +43,7 @@ def line_chart(
         return _svg(width, height, "".join(parts), title)
     xs = [x for x, _ in pts]
     ys = [y for _, y in pts] + ([threshold] if threshold is not None else [])
-    x0, x1 = min(xs), max(xs)
+    x0, x1 = x_range if x_range is not None else (min(xs), max(xs))
     lo = min(ys) if y_min is None else min(y_min, min(ys))
     hi = max(ys) if y_max is None else max(y_max, max(ys))
     if hi == lo:
@@ -79,6 +81,14 @@ def line_chart(
     return _svg(width, height, "".join(parts), title)
 
 
+def responsive(series: Sequence[Series], title: str, **kw: object) -> str:
+    """The chart twice: drawn for a wide column and for a phone (360 units wide, so its text stays
+    at its own size); the stylesheet shows the one that fits (``.chart-wide`` / ``.chart-narrow``)."""
+    wide = line_chart(series, title, **kw)  # type: ignore[arg-type]
+    narrow = line_chart(series, title, **{**kw, "width": 360})  # type: ignore[arg-type]
+    return f'<div class="chart-wide">{wide}</div><div class="chart-narrow" aria-hidden="true">{narrow}</div>'
+
+
 def _svg(width: int, height: int, body: str, title: str) -> str:
     return (
         f'<svg class="chart" width="100%" viewBox="0 0 {width} {height}" preserveAspectRatio="xMidYMid meet" role="img" '
@@ -86,4 +96,4 @@ def _svg(width: int, height: int, body: str, title: str) -> str:
     )
 
 
-__all__ = ["clock", "line_chart"]
+__all__ = ["clock", "line_chart", "responsive"]

@@ -38,11 +38,12 @@ def overview(store: Store, window: str = "1h", now: float | None = None) -> dict
     lat = [("p50", [(b["t"], b["p50_ms"]) for b in full]), ("p95", [(b["t"], b["p95_ms"]) for b in full])]
     tok = [(b["t"], float(b["tokens"])) for b in full]
     ov["rpm"] = ov["requests"] / (span / 60)
+    xr = (float(first), float(now))
     ov["charts"] = {
-        "requests": charts.line_chart([("requests/min", rpm)], "Requests per minute", x_label=charts.clock),
-        "errors": charts.line_chart([("error %", err)], "Error rate (%)", x_label=charts.clock, y_max=1.0, y_unit="%"),
-        "latency": charts.line_chart(lat, "Latency percentiles (ms)", x_label=charts.clock),
-        "tokens": charts.line_chart([("tokens", tok)], "Tokens per bucket", x_label=charts.clock),
+        "requests": charts.responsive([("requests/min", rpm)], "Requests per minute", x_label=charts.clock, x_range=xr),
+        "errors": charts.responsive([("error %", err)], "Error rate (%)", x_label=charts.clock, y_max=1.0, y_unit="%", x_range=xr),
+        "latency": charts.responsive(lat, "Latency percentiles (ms)", x_label=charts.clock, x_range=xr),
+        "tokens": charts.responsive([("tokens", tok)], "Tokens per bucket", x_label=charts.clock, x_range=xr),
     }
     ov["savings"] = savings(store, now - span)
     ov["window"] = window
@@ -161,7 +162,7 @@ def job_detail(store: Store, job_id: str) -> dict[str, Any] | None:
     valid = [(s, float(v)) for s, _l, _t, v in steps if isinstance(v, (int, float))]
     if valid:
         series.append(("valid loss", valid))
-    chart = charts.line_chart(series, "Training loss by step", y_min=None)
+    chart = charts.responsive(series, "Training loss by step", y_min=None)
     history = store_jobs.status_history(store, job_id)
     return {"job": job, "events": events, "progress": progress, "loss_chart": chart, "steps": len(steps), "history": history}
 
@@ -234,7 +235,7 @@ def policy_detail(store: Store, ref: str) -> dict[str, Any] | None:
         # Every answer pair of the policy's traffic (the latest 100k), across its routes and stages.
         pairs = store_traffic.paired_answers_timed(store, policy.match.model, policy.match.metadata, 0)
         compare = get_comparator(policy.rollout.comparison, policy.rollout.similarity_threshold)
-        chart = charts.line_chart([("agreement", agreement_series(pairs, compare))], "Online agreement over time",
+        chart = charts.responsive([("agreement", agreement_series(pairs, compare))], "Online agreement over time",
                                   x_label=charts.clock, y_max=1.0, threshold=threshold)
     return {
         "status": status, "decisions": [decision_object(d) for d in decisions], "routes": routes,
