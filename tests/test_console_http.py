@@ -124,3 +124,20 @@ def test_keyset_pages_cover_every_row_once_with_filters(app: TestClient) -> None
     teachers = traffic_page(store, TrafficFilter(served_by="teacher"), limit=100).rows
     assert len(students) == 25 and len(teachers) == 30
     assert students[0]["preview"] == "question 24"
+
+
+def test_time_range_and_outcome_filters(app: TestClient) -> None:
+    from protege.store import insert_records
+
+    err = _records(1)[0]
+    err.update(id="chatcmpl-err", outcome="upstream_error", status_code=500, response=None, created=1_700_000_100)
+    insert_records(app.store, [err])
+    _login(app)
+    # created 1_700_000_000 + i: 2023-11-14 22:13:20 UTC + i seconds; `until` is exclusive
+    r = app.get("/ui/traffic", params={"since": "2023-11-14T22:13:30", "until": "2023-11-14T22:13:35"})
+    assert r.status_code == 200
+    assert [f"question {i}" in r.text for i in range(8, 17)] == [False, False, True, True, True, True, True, False, False]
+    r = app.get("/ui/traffic", params={"outcome": "upstream_error"})
+    assert r.text.count('class="capture-link"') == 1 and "chatcmpl-err" in r.text
+    r = app.get("/ui/traffic", params={"outcome": "upstream_error", "served_by": "student"})
+    assert r.text.count('class="capture-link"') == 0 and "No captures match these filters." in r.text
