@@ -7,6 +7,7 @@ and an ``aria-label`` for screen readers, and every point has a ``<title>`` with
 
 from __future__ import annotations
 
+import math
 import time
 from html import escape
 from typing import Callable, Sequence
@@ -20,6 +21,14 @@ def _fmt(v: float) -> str:
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.3f}".rstrip("0").rstrip(".") if v != int(v) else str(int(v))
+
+
+def _nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 (times a power of ten) at least ``raw``: round axis labels."""
+    if raw <= 0:
+        return 1.0
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw - 1e-12)
 
 
 def clock(t: float) -> str:
@@ -48,12 +57,15 @@ def line_chart(
     hi = max(ys) if y_max is None else max(y_max, max(ys))
     if hi == lo:
         hi = lo + 1
+    step = _nice_step((hi - lo) / 4)
+    lo, hi = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    n_ticks = max(1, round((hi - lo) / step))
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
     sx = lambda x: left + pw * (x - x0) / (x1 - x0)  # noqa: E731
     sy = lambda y: top + ph * (1 - (y - lo) / (hi - lo))  # noqa: E731
-    for i in range(5):  # y grid
-        v = lo + (hi - lo) * i / 4
+    for i in range(n_ticks + 1):  # y grid on round numbers
+        v = lo + step * i
         y = sy(v)
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e3e3e3"/>')
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#444">{escape(_fmt(v) + y_unit)}</text>')
