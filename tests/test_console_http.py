@@ -141,3 +141,22 @@ def test_time_range_and_outcome_filters(app: TestClient) -> None:
     assert r.text.count('class="capture-link"') == 1 and "chatcmpl-err" in r.text
     r = app.get("/ui/traffic", params={"outcome": "upstream_error", "served_by": "student"})
     assert r.text.count('class="capture-link"') == 0 and "No captures match these filters." in r.text
+
+
+def test_dataset_page_shows_steps_labels_and_serves_only_recorded_files(app: TestClient) -> None:
+    from protege.distill.builder import DatasetOptions, build_dataset
+
+    dv = build_dataset(app.store, DatasetOptions(name="labelled", stratify=True, label_source="metadata", label_key="env",
+                                                 validation_fraction=0.2))
+    _login(app)
+    r = app.get(f"/ui/datasets/{dv.id}")
+    assert r.status_code == 200
+    assert "Counts after each step" in r.text and "Label distribution" in r.text
+    assert 'aria-label="Label share"' in r.text  # the inline SVG chart
+    train, val = dv.stats["labels"]["dev"]
+    assert f"<td>dev</td><td class=\"n\">{train}</td><td class=\"n\">{val}</td>" in r.text
+    r = app.get(f"/ui/datasets/{dv.id}/files/train")
+    assert r.status_code == 200 and len(r.text.splitlines()) == dv.counts["train"]
+    assert 'filename="labelled-v1-train.jsonl"' in r.headers["content-disposition"]
+    assert app.get(f"/ui/datasets/{dv.id}/files/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert app.get("/ui/datasets/ds_nope").status_code == 404
