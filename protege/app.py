@@ -23,6 +23,7 @@ _ROUTERS = (
     "protege.distill.finetune_api:router",
     "protege.distill.auto_api:router",
     "protege.distill.students_api:router",
+    "protege.console:router",  # the web console at /ui
 )
 
 
