@@ -12,7 +12,7 @@ import time
 from html import escape
 from typing import Callable, Sequence
 
-from protege.evals.svg import PALETTE
+from protege.evals.report.svg import PALETTE
 
 Series = tuple[str, Sequence[tuple[float, float | None]]]  # (name, [(x, y), ...])
 

@@ -89,7 +89,7 @@ def capture(store: Store, completion_id: str) -> dict[str, Any] | None:
 def dataset_detail(store: Store, dataset_id: str) -> dict[str, Any] | None:
     from protege.distill.builder import get_dataset
     from protege.distill.card import STEP_TITLES
-    from protege.evals.svg import bar_chart
+    from protege.evals.report.svg import bar_chart
 
     dv = get_dataset(store, dataset_id)
     if dv is None:
