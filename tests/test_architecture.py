@@ -25,6 +25,8 @@ def installed_layout(into: Path) -> Path:
     top.mkdir()
     for source in (ROOT / package_dir["protege"]).glob("*.py"):
         (top / source.name).symlink_to(source)
+    for sub in (ROOT / package_dir["protege"]).glob("*/__init__.py"):  # protege.console, ...
+        (top / sub.parent.name).symlink_to(sub.parent, target_is_directory=True)
     for name, folder in package_dir.items():
         if name != "protege":
             (top / name.split(".", 1)[1]).symlink_to(ROOT / folder, target_is_directory=True)
