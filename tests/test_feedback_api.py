@@ -11,6 +11,7 @@ import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from protege import apikit
 from protege.distill.api import router
 from protege.store import Store, insert_records
 
@@ -49,6 +50,7 @@ def api(tmp_path):
     store = Store(str(tmp_path / "api.duckdb"))
     insert_records(store, [make_record(i, answer=["billing", "technical"][i % 2]) for i in range(15)])
     app = FastAPI()
+    apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)
     app.state.protege_store = store
     app.state.protege_settings = Settings(db=str(tmp_path / "api.duckdb"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from protege import apikit
 from typer.testing import CliRunner
 
 from protege.distill import jobs
@@ -250,6 +251,7 @@ class _Server:
 
 def test_http_api(store, settings, tmp_path):
     app = FastAPI()
+    apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)
     app.state.protege_store = store
     app.state.protege_settings = settings
@@ -327,6 +329,7 @@ def test_continue_from_an_earlier_job_and_azure_from_settings(fake, store, tmp_p
 def test_http_api_needs_an_admin_key_when_configured(store, fake, tmp_path):
     settings = load_settings(db=store.path, upstream=fake.base_url, upstream_api_key="sk-test", admin_keys=["adm-1"])
     app = FastAPI()
+    apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)
     app.state.protege_store = store
     app.state.protege_settings = settings

@@ -284,6 +284,8 @@ def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
 
 def test_cli_and_http_start_local_jobs(data, tmp_path):
     from fastapi import FastAPI
+
+    from protege import apikit
     from typer.testing import CliRunner
 
     from protege.cli import app as cli_app
@@ -302,6 +304,7 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
     store = Store(str(tmp_path / "http.duckdb"))
     try:
         api = FastAPI()
+        apikit.install(api)  # the app's error handler, as protege.app's app has it
         api.include_router(router)
         api.state.protege_store = store
         # Over HTTP a job trains on a dataset id, never on a path the request names (issue 8).
