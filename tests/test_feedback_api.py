@@ -7,7 +7,6 @@ import time
 import urllib.error
 import urllib.request
 
-import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -16,7 +15,8 @@ from protege.distill.api import router
 from protege.store import Store, insert_records
 
 from protege.settings import Settings
-from tests.test_dataset_build import make_record
+from tests.fixtures.http import call
+from tests.fixtures.records import make_record
 
 
 class Server:
@@ -33,16 +33,6 @@ class Server:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
-
-
-def call(method: str, url: str, body=None, headers=None, raw: bytes | None = None):
-    data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
 
 
 @pytest.fixture
