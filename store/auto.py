@@ -8,8 +8,10 @@ proxy's in-memory route table reloads only when it changes, never per request.
 from __future__ import annotations
 
 import secrets
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +21,8 @@ from sqlalchemy import Double
 from sqlmodel import Field, SQLModel, select
 
 from .db import Store
+
+log = logging.getLogger("protege.store.auto")
 
 
 def new_id(prefix: str) -> str:
@@ -265,10 +269,32 @@ _local_versions: dict[int, int] = {}
 _local_lock = threading.Lock()
 
 
+_listeners: dict[int, list[weakref.WeakMethod]] = {}
+
+
 def _bump(store: Store) -> None:
     store.cursor().execute("UPDATE auto_meta SET value = value + 1 WHERE key = 'routes_version'")
     with _local_lock:
         _local_versions[id(store)] = _local_versions.get(id(store), 0) + 1
+        listeners = [m() for m in _listeners.get(id(store), ())]
+    for listener in listeners:
+        if listener is None:
+            continue
+        try:
+            listener()
+        except Exception:  # a listener's failure must not undo a committed change
+            log.warning("a route-change listener failed", exc_info=True)
+
+
+def on_routes_change(store: Store, method: Any) -> None:
+    """Call the bound ``method()`` after each route change made through this Store object, in the
+    thread that made it, once its commit is done. The proxy's route table reloads this way, so a
+    change is served at once and the request path never queries (held weakly: a dropped table
+    stops listening)."""
+    with _local_lock:
+        found = [m for m in _listeners.get(id(store), []) if m() is not None]
+        found.append(weakref.WeakMethod(method))
+        _listeners[id(store)] = found
 
 
 def local_routes_version(store: Store) -> int:
@@ -468,6 +494,7 @@ __all__: Sequence[str] = [
     "list_policies",
     "list_routes",
     "local_routes_version",
+    "on_routes_change",
     "max_seq",
     "migrate",
     "new_id",
