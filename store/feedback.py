@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 import orjson
 from sqlmodel import Field, SQLModel
 
+from .completions import completion_filter
 from .db import Store
 
 
@@ -34,29 +34,6 @@ class Feedback(SQLModel, table=True):
     accepted: bool | None = None
     source: str = "api"
     metadata_: str = Field(default="{}", sa_column_kwargs={"name": "metadata"})
-
-
-def migrate(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create this area's tables (called by the numbered migration in migrations.py)."""
-    # Explicit DDL matching the model.
-    conn.execute(
-        """
-        CREATE TABLE feedback (
-            id VARCHAR PRIMARY KEY,
-            completion_id VARCHAR NOT NULL,
-            completion_seq BIGINT,
-            created_at BIGINT NOT NULL,
-            score DOUBLE,
-            label VARCHAR,
-            correction VARCHAR,
-            comment VARCHAR,
-            accepted BOOLEAN,
-            source VARCHAR NOT NULL DEFAULT 'api',
-            metadata VARCHAR NOT NULL DEFAULT '{}'
-        )
-        """
-    )
-    conn.execute("CREATE INDEX feedback_completion_id ON feedback(completion_id)")
 
 
 def new_feedback_id() -> str:
@@ -196,14 +173,9 @@ def list_feedback(
 
 def preference_rows(store: Store, model: list[str] | None = None, metadata: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Completions with a correction or an accept/reject verdict: the raw material of DPO pairs."""
-    where = ["c.outcome = 'ok'", "c.response IS NOT NULL"]
-    params: list[Any] = []
-    if model:
-        where.append("(c.model IN (SELECT unnest(?)) OR c.model_requested IN (SELECT unnest(?)))")
-        params += [list(model), list(model)]
-    for key, value in (metadata or {}).items():
-        where.append("c.seq IN (SELECT seq FROM completion_metadata WHERE key = ? AND value = ?)")
-        params += [key, value]
+    # Any capture with a verdict (a rejected student answer is a fair "rejected" side), so no
+    # teacher-only flag here.
+    where, params = completion_filter(models=model, metadata=metadata, stored_only=True)
     sql = f"""
         WITH fb AS (
             SELECT completion_id,
@@ -214,7 +186,7 @@ def preference_rows(store: Store, model: list[str] | None = None, metadata: dict
         )
         SELECT c.id, c.seq, c.request, c.response, c.metadata, fb.correction, fb.accepted, fb.score
         FROM completions c JOIN fb ON fb.completion_id = c.id
-        WHERE {' AND '.join(where)}
+        WHERE {where}
           AND (fb.correction IS NOT NULL OR fb.accepted IS NOT NULL)
           AND c.seq = (SELECT max(seq) FROM completions c2 WHERE c2.id = c.id)
         ORDER BY c.seq
@@ -229,6 +201,5 @@ __all__ = [
     "add_feedback",
     "get_feedback",
     "list_feedback",
-    "migrate",
     "preference_rows",
 ]
