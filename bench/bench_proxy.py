@@ -158,8 +158,7 @@ def main() -> None:
         upstream.wait()
 
     sys.path.insert(0, str(ROOT))
-    from protege.store import Store
-    from protege.store.completions import count
+    from protege.store import Store, count
 
     store = Store(str(db), read_only=True)
     captured = count(store)

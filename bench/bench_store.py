@@ -26,8 +26,7 @@ from typing import Any, Callable
 
 import orjson
 
-from protege.store import Store, list_stored
-from protege.store.io import import_jsonl
+from protege.store import Store, import_jsonl, list_stored
 
 T0 = 1_735_689_600  # 2025-01-01
 

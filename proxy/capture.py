@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from protege.store.ids import new_completion_id
+from protege.store import new_completion_id
 
 from .auth import key_hash
 from .streaming import reassemble
