@@ -22,6 +22,7 @@ from sqlmodel import Field, SQLModel
 
 from .completions import completion_filter
 from .db import Store
+from .feedback import LATEST_FEEDBACK
 
 
 class DatasetVersionRow(SQLModel, table=True):
@@ -147,14 +148,7 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
         flag, flag_params = "false", []
     sql = f"""
         CREATE OR REPLACE TEMP TABLE _ds_cand AS
-        WITH fb AS (
-            SELECT completion_id,
-                   arg_max(score, created_at) FILTER (WHERE score IS NOT NULL) AS score,
-                   arg_max(label, created_at) FILTER (WHERE label IS NOT NULL) AS label,
-                   arg_max(correction, created_at) FILTER (WHERE correction IS NOT NULL) AS correction,
-                   arg_max(accepted, created_at) FILTER (WHERE accepted IS NOT NULL) AS accepted
-            FROM feedback GROUP BY completion_id
-        ), scoped AS (
+        WITH fb AS ({LATEST_FEEDBACK}), scoped AS (
             SELECT c.*, json_extract_string(c.response, ['$.choices[0].message.content',
                        '$.choices[0].message.refusal', '$.choices[0].message.tool_calls']) AS x,
                    json_extract(c.request, ['$.messages', '$.tools']) AS y

@@ -171,19 +171,26 @@ def list_feedback(
     return FeedbackPage(data, len(rows) > limit)
 
 
+# Feedback applied: each capture's latest verdict per field (a later score does not erase an earlier
+# correction), one row per completion id. The dataset builder and DPO pairs join this; evals take
+# the same latest correction per item.
+LATEST_FEEDBACK = """
+    SELECT completion_id,
+           arg_max(score, created_at) FILTER (WHERE score IS NOT NULL) AS score,
+           arg_max(label, created_at) FILTER (WHERE label IS NOT NULL) AS label,
+           arg_max(correction, created_at) FILTER (WHERE correction IS NOT NULL) AS correction,
+           arg_max(accepted, created_at) FILTER (WHERE accepted IS NOT NULL) AS accepted
+    FROM feedback GROUP BY completion_id
+"""
+
+
 def preference_rows(store: Store, model: list[str] | None = None, metadata: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Completions with a correction or an accept/reject verdict: the raw material of DPO pairs."""
     # Any capture with a verdict (a rejected student answer is a fair "rejected" side), so no
     # teacher-only flag here.
     where, params = completion_filter(models=model, metadata=metadata, stored_only=True)
     sql = f"""
-        WITH fb AS (
-            SELECT completion_id,
-                   arg_max(correction, created_at) FILTER (WHERE correction IS NOT NULL) AS correction,
-                   arg_max(accepted, created_at) FILTER (WHERE accepted IS NOT NULL) AS accepted,
-                   arg_max(score, created_at) FILTER (WHERE score IS NOT NULL) AS score
-            FROM feedback GROUP BY completion_id
-        )
+        WITH fb AS ({LATEST_FEEDBACK})
         SELECT c.id, c.seq, c.request, c.response, c.metadata, fb.correction, fb.accepted, fb.score
         FROM completions c JOIN fb ON fb.completion_id = c.id
         WHERE {where}
@@ -196,6 +203,7 @@ def preference_rows(store: Store, model: list[str] | None = None, metadata: dict
 
 
 __all__ = [
+    "LATEST_FEEDBACK",
     "Feedback",
     "FeedbackPage",
     "add_feedback",
