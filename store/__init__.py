@@ -23,6 +23,7 @@ Which completions
     named flags (``stored_only``, ``teacher_only``, ``live_only``, ``first_answers_only``, model(s),
     metadata pairs, time window, ``after_seq``). :data:`TEACHER_TRAFFIC` is the one definition of
     the captures a student may learn from or be judged against (no shadow, not served by a student).
+    Feedback applied: ``feedback.LATEST_FEEDBACK``, each capture's latest verdict per field.
 
 Capture, import, export, statistics
     :class:`CaptureWriter`, :class:`Capture`, :class:`Spool` (the proxy's off-loop writer);
