@@ -7,10 +7,13 @@ runs them in its thread pool: starting or polling a cloud job is a blocking SDK 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from typing import Any
 
 import openai
+import orjson
 from fastapi import APIRouter, Depends, Request
 
 from protege import apikit
@@ -64,12 +67,37 @@ def _is_dataset_id(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("ds_") and "/" not in value and "\\" not in value
 
 
+MAX_UPLOADED_EXAMPLES = 100_000
+
+
+def _save_upload(store: Any, rows: list[dict[str, Any]]) -> str:
+    """Uploaded examples as a JSONL artifact in the data directory, named by its sha256 (the same
+    upload twice is one file), so a job reads a file the server wrote, never one a request named."""
+    data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+    path = store.artifact_dir("uploads") / f"{hashlib.sha256(data).hexdigest()}.jsonl"
+    if not path.exists():
+        tmp = path.with_suffix(".partial")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _start(store: Any, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """Write any uploaded examples, then start the job (blocking: called in a worker thread)."""
+    uploads = args.pop("uploads")
+    if "training_examples" in uploads:
+        args["training_file"] = _save_upload(store, uploads["training_examples"])
+    if "validation_examples" in uploads:
+        args["validation_file"] = _save_upload(store, uploads["validation_examples"])
+    return jobs.job_view(store, jobs.start_job(store, settings=settings, **args))
+
+
 def _parse_create(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise FineTuneError("request body must be a JSON object")
     known = {
         "backend", "model", "dataset_id", "dataset", "training_file", "validation_file", "method",
-        "hyperparameters", "suffix", "seed", "metadata", "name",
+        "hyperparameters", "suffix", "seed", "metadata", "name", "training_examples", "validation_examples",
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -99,10 +127,26 @@ def _parse_create(body: Any) -> dict[str, Any]:
             raise FineTuneError(
                 f"{key} is not accepted over HTTP: the server does not open files named in a request. Give "
                 "dataset_id (a dataset built with POST /protege/v1/datasets or `protege dataset build`; its "
-                "validation split is used too); the CLI (`protege finetune start --training-file`) takes local files.",
+                "validation split is used too), or upload the examples inline as training_examples (and "
+                "validation_examples); the CLI (`protege finetune start --training-file`) takes local files.",
                 param=key, code="file_path_not_allowed",
             )
+    uploads: dict[str, list[dict[str, Any]]] = {}
+    for key in ("training_examples", "validation_examples"):
+        rows = body.get(key)
+        if rows is None:
+            continue
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            raise FineTuneError(f"'{key}' must be a non-empty array of example objects (one JSONL line each)", param=key)
+        if len(rows) > MAX_UPLOADED_EXAMPLES:
+            raise FineTuneError(f"'{key}' has {len(rows)} examples; at most {MAX_UPLOADED_EXAMPLES} may be uploaded inline", param=key)
+        uploads[key] = rows
+    if "training_examples" in uploads and dataset:
+        raise FineTuneError("give a dataset id or training_examples, not both", param="training_examples")
+    if "validation_examples" in uploads and "training_examples" not in uploads:
+        raise FineTuneError("validation_examples go with training_examples", param="validation_examples")
     return {
+        "uploads": uploads,
         "backend": body.get("backend") or "openai",
         "model": body.get("model"),
         "dataset": dataset,
@@ -129,7 +173,7 @@ async def create_job(request: Request, store: Any = Depends(apikit.store)) -> An
         from starlette.concurrency import run_in_threadpool
 
         # Starting a cloud job is a blocking SDK call, and the view reads the store: both in a thread.
-        return await run_in_threadpool(lambda: jobs.job_view(store, jobs.start_job(store, settings=settings, **args)))
+        return await run_in_threadpool(_start, store, settings, args)
     except Exception as exc:  # noqa: BLE001
         raise _api_error(exc) from None
 

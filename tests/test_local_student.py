@@ -3,6 +3,7 @@ saved as a versioned artifact, reloaded, answering in the teacher's format, serv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import socket
@@ -333,5 +334,44 @@ def test_local_job_of_an_exited_process_reads_as_interrupted(tmp_path):
         job = jobs.get_job(store, job["id"])
         assert job["status"] == "failed" and job["error"]["code"] == "interrupted"
         assert [h["status"] for h in store_jobs.status_history(store, job["id"])] == ["running", "failed"]
+    finally:
+        store.close()
+
+
+def test_http_jobs_train_on_examples_uploaded_inline(data, tmp_path):
+    """Over HTTP a job may also train on examples sent in the request (the server writes them to a
+    content-addressed file in its data directory); a bad upload is an OpenAI-style 400."""
+    from fastapi import FastAPI
+
+    from protege import apikit
+    from protege.distill.finetune_api import router
+    from tests.fixtures.http import RouterServer
+
+    lines = lambda path: [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]  # noqa: E731
+    store = Store(str(tmp_path / "up.duckdb"), data_dir=tmp_path / "up-data")
+    try:
+        api = FastAPI()
+        apikit.install(api)
+        api.include_router(router)
+        api.state.protege_store = store
+        body = {"backend": "local", "name": "uploaded", "training_examples": lines(data["train"]),
+                "validation_examples": lines(data["validation"])}
+        with RouterServer(api) as srv:
+            status, created = srv.call("POST", "/protege/v1/fine_tuning/jobs", body)
+            assert status == 200, created
+            deadline = time.monotonic() + 60
+            job = created
+            while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+                time.sleep(0.05)
+                status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{created['id']}")
+            assert job["status"] == "succeeded" and job["fine_tuned_model"] == "protege/uploaded@v1"
+            assert job["result"]["metrics"]["validation_accuracy"] >= 0.8
+            uploads = sorted((store.data_dir / "uploads").glob("*.jsonl"))
+            assert len(uploads) == 2 and all(p.stem == hashlib.sha256(p.read_bytes()).hexdigest() for p in uploads)
+            for bad, param in (({"training_examples": []}, "training_examples"), ({"training_examples": ["x"]}, "training_examples"),
+                               ({"validation_examples": [{"messages": []}]}, "validation_examples"),
+                               ({"dataset_id": "ds_x", "training_examples": [{"messages": []}]}, "training_examples")):
+                status, err = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", **bad})
+                assert status == 400 and err["error"]["param"] == param, err
     finally:
         store.close()
