@@ -133,6 +133,9 @@ async def resume_eval_run(run_id: str, store: Any = Depends(apikit.store)) -> Re
         raise _not_found(run_id)
     if run_id in _tasks:
         raise _error(409, f"Eval run '{run_id}' is already running.", code="run_in_progress")
+    # Written before the task starts: a read that comes before the task's own first write must not
+    # see the "canceled (interrupted)" status this run had until now.
+    await asyncio.to_thread(db.update_run, store, run_id, status="in_progress", error=None)
     _start(store, run_id)
     return JSONResponse(await asyncio.to_thread(run_object, store, {**run, "status": "in_progress", "error": None}))
 
