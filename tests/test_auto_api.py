@@ -9,7 +9,7 @@ import httpx2 as httpx  # the HTTP client the openai SDK uses
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from protege.distill.auto_api import router
+from protege.distill.auto.api import router
 from protege.store import Store
 from protege.store import auto as store_auto
 

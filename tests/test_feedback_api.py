@@ -11,7 +11,7 @@ import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from protege.distill.api import router
+from protege.distill.datasets.api import router
 from protege.store import Store, insert_records
 
 from protege.settings import Settings

@@ -70,7 +70,7 @@ async def list_policies(request: Request) -> JSONResponse:
     def run(store: Any) -> dict[str, Any]:
         from protege.store import auto as store_auto
 
-        from .policies import policy_object
+        from protege.distill.auto.policies import policy_object
 
         return _envelope([policy_object(r) for r in store_auto.list_policies(store)])
 
@@ -86,7 +86,7 @@ async def create_policy(request: Request) -> JSONResponse:
         return ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json").response()
 
     def run(store: Any, body: Any) -> dict[str, Any]:
-        from .policies import PolicyError, parse_policy, policy_object, save_policy
+        from protege.distill.auto.policies import PolicyError, parse_policy, policy_object, save_policy
 
         try:
             policy = parse_policy(body, where="policy")
@@ -100,7 +100,7 @@ async def create_policy(request: Request) -> JSONResponse:
 @router.get("/protege/v1/policies/{policy_id}")
 async def get_policy(request: Request, policy_id: str) -> JSONResponse:
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from .policies import policy_object
+        from protege.distill.auto.policies import policy_object
 
         return policy_object(_policy(store, ref))
 
@@ -122,7 +122,7 @@ async def delete_policy(request: Request, policy_id: str) -> JSONResponse:
 @router.get("/protege/v1/policies/{policy_id}/status")
 async def policy_status(request: Request, policy_id: str) -> JSONResponse:
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from .auto import policy_status as status
+        from protege.distill.auto.status import policy_status as status
 
         return status(store, _policy(store, ref))
 
@@ -142,7 +142,7 @@ async def policy_decisions(request: Request, policy_id: str) -> JSONResponse:
     def run(store: Any, ref: str) -> dict[str, Any]:
         from protege.store import auto as store_auto
 
-        from .auto import decision_object
+        from protege.distill.auto.status import decision_object
 
         row = _policy(store, ref)
         rows, has_more = store_auto.list_decisions(store, row.id, limit=limit, after=after)
@@ -169,12 +169,13 @@ async def promote(request: Request, policy_id: str) -> JSONResponse:
             return ApiError(400, f"stage must be shadow, canary or full, not {stage!r}", param="stage").response()
 
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from . import auto
+        from protege.distill.auto.rollout import AutoError, promote, rollback
+        from protege.distill.auto.status import route_object
 
         row = _policy(store, ref)
         try:
-            return auto.route_object(auto.promote(store, row.id, stage))
-        except auto.AutoError as exc:
+            return route_object(promote(store, row.id, stage))
+        except AutoError as exc:
             raise ApiError(409, str(exc), code="cannot_promote") from None
 
     return await _handle(request, run, policy_id)
@@ -183,12 +184,13 @@ async def promote(request: Request, policy_id: str) -> JSONResponse:
 @router.post("/protege/v1/policies/{policy_id}/rollback")
 async def rollback(request: Request, policy_id: str) -> JSONResponse:
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from . import auto
+        from protege.distill.auto.rollout import AutoError, promote, rollback
+        from protege.distill.auto.status import route_object
 
         row = _policy(store, ref)
         try:
-            return auto.route_object(auto.rollback(store, row.id))
-        except auto.AutoError as exc:
+            return route_object(rollback(store, row.id))
+        except AutoError as exc:
             raise ApiError(409, str(exc), code="no_live_route") from None
 
     return await _handle(request, run, policy_id)
@@ -204,7 +206,7 @@ async def list_routes(request: Request) -> JSONResponse:
     def run(store: Any) -> dict[str, Any]:
         from protege.store import auto as store_auto
 
-        from .auto import route_object
+        from protege.distill.auto.status import route_object
 
         return _envelope([route_object(r) for r in store_auto.list_routes(store, include_ended=include_ended)])
 
@@ -216,7 +218,7 @@ async def get_route(request: Request, route_id: str) -> JSONResponse:
     def run(store: Any, rid: str) -> dict[str, Any]:
         from protege.store import auto as store_auto
 
-        from .auto import route_object
+        from protege.distill.auto.status import route_object
 
         row = store_auto.get_route(store, rid)
         if row is None:

@@ -36,7 +36,7 @@ def _ts(t: float | None) -> str:
 @app.command("validate")
 def validate(file: str = typer.Argument(..., help="Policies TOML file ([[policy]] tables).")) -> None:
     """Check a policies file without touching the store."""
-    from .policies import PolicyError, load_policies_file
+    from protege.distill.auto.policies import PolicyError, load_policies_file
 
     try:
         policies = load_policies_file(file)
@@ -51,7 +51,7 @@ def apply(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Create or update the policies of a TOML file (matched by name)."""
-    from .policies import PolicyError, load_policies_file, policy_object, save_policy
+    from protege.distill.auto.policies import PolicyError, load_policies_file, policy_object, save_policy
 
     try:
         policies = load_policies_file(file)
@@ -74,7 +74,7 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Machine-readable 
     """The stored policies."""
     from protege.store import auto as store_auto
 
-    from .policies import policy_object
+    from protege.distill.auto.policies import policy_object
 
     store = _store()
     try:
@@ -93,7 +93,7 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Machine-readable 
 @app.command("show")
 def show(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
     """One policy, as JSON."""
-    from .policies import policy_object
+    from protege.distill.auto.policies import policy_object
 
     store = _store()
     try:
@@ -149,7 +149,7 @@ def status(
     """Per policy: new eligible traffic, the current job, the last evaluation, the live route and its agreement."""
     from protege.store import auto as store_auto
 
-    from .auto import policy_status
+    from protege.distill.auto.status import policy_status
 
     store = _store()
     try:
@@ -191,7 +191,7 @@ def decisions(
     """Every decision (gate, select, candidate, advance, rollback) with the numbers behind it."""
     from protege.store import auto as store_auto
 
-    from .auto import decision_object
+    from protege.distill.auto.status import decision_object
 
     store = _store()
     try:
@@ -216,12 +216,12 @@ def promote(
     stage: str | None = typer.Option(None, "--stage", help="shadow, canary or full (default: the next stage)."),
 ) -> None:
     """Move the policy's student to the next (or given) stage now."""
-    from . import auto
+    from protege.distill.auto.rollout import AutoError, promote, rollback
 
     store = _store()
     try:
-        route = auto.promote(store, policy, stage)
-    except auto.AutoError as exc:
+        route = promote(store, policy, stage)
+    except AutoError as exc:
         clikit.fail(str(exc))
     finally:
         store.close()
@@ -231,12 +231,12 @@ def promote(
 @app.command("rollback")
 def rollback(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
     """Take the policy's student out of the traffic now (the teacher answers everything)."""
-    from . import auto
+    from protege.distill.auto.rollout import AutoError, promote, rollback
 
     store = _store()
     try:
-        route = auto.rollback(store, policy)
-    except auto.AutoError as exc:
+        route = rollback(store, policy)
+    except AutoError as exc:
         clikit.fail(str(exc))
     finally:
         store.close()
@@ -251,7 +251,7 @@ def routes(
     """Live routes (and, with --all, the ended ones)."""
     from protege.store import auto as store_auto
 
-    from .auto import route_object
+    from protege.distill.auto.status import route_object
 
     store = _store()
     try:
@@ -271,8 +271,8 @@ def worker(
     once: bool = typer.Option(False, "--once", help="Do one pass and exit."),
 ) -> None:
     """Run the automatic distillation loop (without the proxy)."""
-    from .auto import Worker
-    from .policies import PolicyError, load_policies_file
+    from protege.distill.auto.worker import Worker
+    from protege.distill.auto.policies import PolicyError, load_policies_file
 
     settings = clikit.settings()
     policies = policies or settings.policies_file

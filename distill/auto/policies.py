@@ -141,7 +141,7 @@ class StudentSpec(_Strict):
                 if c.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", c.name):
                     raise ValueError("candidate name may contain letters, digits, '_', '.', '-' (max 64)")
             if self.selection_metric is not None:
-                from .gate import build_metric
+                from protege.distill.auto.gate import build_metric
 
                 try:
                     build_metric(self.selection_metric, resolve_secrets=False)
@@ -182,7 +182,7 @@ class GateSpec(_Strict):
     @field_validator("metrics")
     @classmethod
     def _known(cls, value: list[Any]) -> list[Any]:
-        from .gate import build_metric
+        from protege.distill.auto.gate import build_metric
 
         labels = []
         for spec in value:
@@ -280,7 +280,7 @@ def _check_dataset_options(policy: Policy, label: str) -> None:
     try:
         from dataclasses import fields
 
-        from protege.distill.builder import DatasetOptions  # type: ignore[attr-defined]
+        from protege.distill.datasets.builder import DatasetOptions  # type: ignore[attr-defined]
     except ImportError:
         return
     known = {f.name for f in fields(DatasetOptions)}

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import orjson
 
-log = logging.getLogger("protege.distill.routing")
+from protege.store import auto as store_auto
+
+log = logging.getLogger("protege.distill.auto.routing")
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,8 @@ class StoreRouter:
     """``protege.proxy.hooks.Router`` over the routes in the store."""
 
     def __init__(self, store: Any, ttl: float = 2.0) -> None:
-        from protege.store import auto as store_auto
-
         self._store = store
         self._auto = store_auto
-        self._versions = store_auto._local_versions  # in-process change counters (a dict, never a query)
-        self._key = id(store)
         self.ttl = ttl
         # (model or None, key, value) -> entries whose first metadata pair is (key, value)
         self._by_pair: dict[tuple[str | None, str, str], list[_Entry]] = {}
@@ -65,7 +63,8 @@ class StoreRouter:
     # -- hot path -----------------------------------------------------------------------------
 
     def route(self, model: str | None, metadata: dict[str, str] | None) -> Route | None:
-        if self._versions.get(self._key, 0) != self._local_version:
+        # in-process change counter: a dict lookup, never a query (hot path)
+        if self._auto.local_routes_version(self._store) != self._local_version:
             self.refresh()
         elif time.monotonic() >= self._next_check:
             self._check_in_background()

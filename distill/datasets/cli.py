@@ -54,8 +54,8 @@ def build(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Build the next version of a dataset from the store."""
-    from .builder import DatasetError, DatasetOptions, build_dataset
-    from .select import DEFAULT_REFUSAL_PHRASES
+    from protege.distill.datasets.builder import DatasetError, DatasetOptions, build_dataset
+    from protege.distill.datasets.select import DEFAULT_REFUSAL_PHRASES
 
     opts = DatasetOptions(
         name=name, kind=kind, models=list(model or []), metadata=_parse_kv(metadata, "--metadata"),
@@ -95,7 +95,7 @@ def list_cmd(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Dataset versions, newest first."""
-    from .builder import list_datasets
+    from protege.distill.datasets.builder import list_datasets
 
     store = clikit.open_cli_store()
     try:
@@ -117,7 +117,7 @@ def show(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """One dataset version: counts, files and its card."""
-    from .builder import get_dataset
+    from protege.distill.datasets.builder import get_dataset
 
     store = clikit.open_cli_store()
     try:
@@ -143,8 +143,8 @@ def validate(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check a training file; exits non-zero with one line per error."""
-    from .tokens import max_tokens_for
-    from .validate import validate_jsonl
+    from protege.distill.datasets.tokens import max_tokens_for
+    from protege.distill.datasets.validate import validate_jsonl
 
     if not file.is_file():
         clikit.fail(f"no such file: {file}")

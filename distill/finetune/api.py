@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse
 
 from protege import apikit
 
-from . import jobs
-from .backends import FineTuneError
+from protege.distill.finetune import jobs
+from protege.distill.finetune.interface import FineTuneError
 
-log = logging.getLogger("protege.distill.finetune_api")
+log = logging.getLogger("protege.distill.finetune.api")
 
 router = APIRouter(prefix="/protege/v1/fine_tuning/jobs", tags=["fine-tuning"])
 

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from protege.store import jobs as store_jobs
 
-from .backends import FineTuneError, JobSpec, get_backend, validate_hyperparameters
+from protege.distill.finetune.backends import FineTuneError, JobSpec, get_backend, validate_hyperparameters
 
-log = logging.getLogger("protege.distill.jobs")
+log = logging.getLogger("protege.distill.finetune.jobs")
 
 TERMINAL = store_jobs.TERMINAL_STATUSES
 LOCAL_BACKENDS = ("local", "lora")  # students trained here and served as protege/<name>
@@ -117,7 +117,7 @@ def start_job(
     if seed is not None and not (0 <= int(seed) <= 2147483647):
         raise FineTuneError("seed must be between 0 and 2147483647", param="seed")
     if backend in LOCAL_BACKENDS:
-        from .local_student import check_name
+        from protege.distill.finetune.local_student import check_name
 
         check_name(name or suffix or "student")
     impl = _backend(store, backend, _settings(settings), backend_options)  # unknown backend / missing key: before recording

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import jobfiles
-from .jobfiles import EventLog, read_json, write_json
+from protege.distill.finetune import jobfiles
+from protege.distill.finetune.jobfiles import EventLog, read_json, write_json
 
 MAX_VALIDATION_BATCH = 8
 
@@ -88,7 +88,7 @@ def _validation_generations(model, tokenizer, rows: list[dict[str, Any]], refere
 
     import torch
 
-    from ..local_student import normalise_label
+    from protege.distill.finetune.local_student import normalise_label
 
     if not rows:
         return {}
@@ -182,7 +182,7 @@ def _progress_callback(job: Job):
 
 def _prepare_base(job: Job) -> tuple[Path | str, str | None]:
     """(what to load, data-dir-relative base_dir or None)."""
-    from . import base as base_mod
+    from protege.distill.finetune import base as base_mod
 
     given = job.spec["base_model"]
     kind = base_mod.kind(given)
@@ -196,7 +196,7 @@ def _prepare_base(job: Job) -> tuple[Path | str, str | None]:
 
 
 def _datasets(job: Job, tokenizer) -> tuple[Any, Any, Any, Any, bool]:
-    from . import data
+    from protege.distill.finetune import data
 
     tools_ok = data.template_supports_tools(tokenizer)
     read = data.dpo_rows if job.spec["method"] == "dpo" else data.sft_rows
@@ -221,7 +221,7 @@ def _datasets(job: Job, tokenizer) -> tuple[Any, Any, Any, Any, bool]:
             data={"tool_examples_skipped": skipped},
         )
     if not train.rows:
-        from ..backends import FineTuneError
+        from protege.distill.finetune.interface import FineTuneError
 
         raise FineTuneError("no usable training examples" + (" (all were tool-call examples the template cannot render)" if skipped else ""), code="invalid_training_file")
     job.update(counts=counts, tools=tools_ok and counts["tool_examples"] > 0)
@@ -250,7 +250,7 @@ def build(job: Job) -> Built:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import hyperparameters
+    from protege.distill.finetune import hyperparameters
 
     spec = job.spec
     job.update(status="validating_files")
@@ -316,8 +316,8 @@ def build(job: Job) -> Built:
 def train(job: Job) -> None:
     import torch
 
-    from . import base as base_mod
-    from . import data
+    from protege.distill.finetune import base as base_mod
+    from protege.distill.finetune import data
 
     spec = job.spec
     built = build(job)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m protege.distill.finetune.worker JOB_DIR", file=sys.stderr)
         return 2
-    from ..backends import FineTuneError
+    from protege.distill.finetune.interface import FineTuneError
 
     job = Job(Path(argv[0]))
     if job.state.get("status") in ("succeeded", "failed", "cancelled"):
