@@ -11,7 +11,8 @@ import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from protege.distill.datasets.api import router
+from protege.distill.datasets.api import router as datasets_router
+from protege.distill.feedback.api import router as feedback_router
 from protege.store import Store, insert_records
 
 from protege.settings import Settings
@@ -49,7 +50,8 @@ def api(tmp_path):
     store = Store(str(tmp_path / "api.duckdb"))
     insert_records(store, [make_record(i, answer=["billing", "technical"][i % 2]) for i in range(15)])
     app = FastAPI()
-    app.include_router(router)
+    app.include_router(feedback_router)
+    app.include_router(datasets_router)
     app.state.protege_store = store
     app.state.protege_settings = Settings(db=str(tmp_path / "api.duckdb"))
     srv = Server(app)

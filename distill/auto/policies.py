@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from protege.distill.auto.gate import build_metric
+from protege.store import auto as store_auto
 
 
 class PolicyError(ValueError):
@@ -141,8 +143,6 @@ class StudentSpec(_Strict):
                 if c.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", c.name):
                     raise ValueError("candidate name may contain letters, digits, '_', '.', '-' (max 64)")
             if self.selection_metric is not None:
-                from protege.distill.auto.gate import build_metric
-
                 try:
                     build_metric(self.selection_metric, resolve_secrets=False)
                 except ImportError:
@@ -182,8 +182,6 @@ class GateSpec(_Strict):
     @field_validator("metrics")
     @classmethod
     def _known(cls, value: list[Any]) -> list[Any]:
-        from protege.distill.auto.gate import build_metric
-
         labels = []
         for spec in value:
             try:
@@ -332,8 +330,6 @@ def load_policies_file(path: str | Path) -> list[Policy]:
 
 
 def save_policy(store: Any, policy: Policy) -> Any:
-    from protege.store import auto as store_auto
-
     return store_auto.put_policy(store, policy.name, policy.to_dict(), enabled=policy.enabled)
 
 

@@ -34,6 +34,9 @@ from typing import Any, AsyncIterator
 from protege.store import jobs as store_jobs
 
 from protege.distill.finetune.interface import FineTuneError
+from protege.distill.finetune.endpoints import EndpointStudent
+from protege.distill.finetune.generation import ArtifactError, sha256_file
+from protege.distill.finetune.served import LoraStudent
 
 log = logging.getLogger("protege.distill.finetune.students")
 
@@ -243,8 +246,6 @@ class StudentRegistry:
         return self._load(name, version)
 
     def _endpoint(self, name: str) -> Any:
-        from protege.distill.finetune.endpoints import EndpointStudent
-
         row = self._index.endpoints[name]
         cur = self._endpoints.get(name)
         if cur is None or not cur.same(row):
@@ -278,9 +279,6 @@ class StudentRegistry:
         return _Classifier(student, name, version)
 
     def _load_lora(self, row: dict[str, Any]) -> Any:
-        from protege.distill.finetune.generation import ArtifactError, sha256_file
-        from protege.distill.finetune.served import LoraStudent
-
         manifest_path = store_jobs.resolve_artifact(self.store, row["manifest_path"])
         if not manifest_path.is_file():
             raise FineTuneError(f"the manifest of {model_id(row['name'], row['version'])} is missing", code="artifact_missing", status=500)
