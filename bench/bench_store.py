@@ -26,8 +26,7 @@ from typing import Any, Callable
 
 import orjson
 
-from protege.store import Store, list_stored
-from protege.store.io import import_jsonl
+from protege.store import Store, import_jsonl, list_stored
 
 T0 = 1_735_689_600  # 2025-01-01
 
@@ -57,15 +56,19 @@ def generate(store: Store, n: int) -> None:
         """,
         [T0, T0, T0, T0, n],
     )
-    cur.execute(
-        """
-        INSERT INTO completion_metadata
-        SELECT i, 'use_case', 'uc' || (i % 20) FROM range(1, ? + 1) t(i)
-        UNION ALL SELECT i, 'user', 'u' || (i % 10007) FROM range(1, ? + 1) t(i)
-        UNION ALL SELECT i, 'env', 'prod' FROM range(1, ? + 1) t(i)
-        """,
-        [n, n, n],
-    )
+    has_side_table = cur.execute(  # the one-row-per-pair copy, retired by migration 7
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'completion_metadata'"
+    ).fetchone()[0]
+    if has_side_table:
+        cur.execute(
+            """
+            INSERT INTO completion_metadata
+            SELECT i, 'use_case', 'uc' || (i % 20) FROM range(1, ? + 1) t(i)
+            UNION ALL SELECT i, 'user', 'u' || (i % 10007) FROM range(1, ? + 1) t(i)
+            UNION ALL SELECT i, 'env', 'prod' FROM range(1, ? + 1) t(i)
+            """,
+            [n, n, n],
+        )
     cur.execute("CHECKPOINT")
 
 

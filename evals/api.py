@@ -12,18 +12,20 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from protege.store import evals as db
 
 from protege import apikit
+from protege.apikit import ApiError
 
 from .report import FORMATS, render_report
 from .runs import RunSpec, RunSpecError, create_run, execute_run, run_object
 
 log = logging.getLogger("protege.evals.api")
 
-router = APIRouter(prefix="/protege/v1/evals", tags=["evals"])
+# When the server has admin keys, eval runs (they read captured traffic) need one.
+router = APIRouter(prefix="/protege/v1/evals", tags=["evals"], dependencies=[apikit.admin_only("Eval runs")])
 
 # Strong references to background runs (asyncio keeps only weak ones), by run id.
 _tasks: dict[str, asyncio.Task] = {}
@@ -34,20 +36,8 @@ _started: set[str] = set()
 
 
 def _error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> JSONResponse:
-    return apikit.error_response(status, message, type_=type, param=param, code=code)
-
-
-def _denied(request: Request) -> JSONResponse | None:
-    """When the server has admin keys, eval runs (they read captured traffic) need one."""
-    return apikit.admin_denied(request, "Eval runs")
-
-
-def _store(request: Request) -> Any:
-    store = getattr(request.app.state, "protege_store", None)
-    if store is None:  # pragma: no cover - protege.app always sets it
-        raise RuntimeError("the app has no store (app.state.protege_store)")
-    return store
+           code: str | None = None) -> ApiError:
+    return ApiError(status, message, type=type, param=param, code=code)
 
 
 def _start(store: Any, run_id: str) -> None:
@@ -87,91 +77,76 @@ def _run_view(store: Any, run_id: str) -> dict[str, Any] | None:
     return None if run is None else run_object(store, _reconcile(store, run))
 
 
-def _not_found(run_id: str) -> JSONResponse:
+def _not_found(run_id: str) -> ApiError:
     return _error(404, f"No eval run found with id '{run_id}'.", param="run_id", code="not_found")
 
 
 @router.post("")
-async def create_eval_run(request: Request) -> Response:
-    if (denied := _denied(request)) is not None:
-        return denied
+async def create_eval_run(request: Request, store: Any = Depends(apikit.store)) -> Response:
     try:
         body = await request.json()
     except ValueError:
-        return _error(400, "We could not parse the JSON body of your request.")
+        raise _error(400, "We could not parse the JSON body of your request.") from None
     if not isinstance(body, dict):
-        return _error(400, "The request body must be a JSON object.")
+        raise _error(400, "The request body must be a JSON object.")
     if "items_file" in body:
-        return _error(400, "items_file is not accepted over HTTP; send the items inline as 'items'.", param="items_file")
+        raise _error(400, "items_file is not accepted over HTTP; send the items inline as 'items'.", param="items_file")
     try:
         spec = RunSpec.from_dict(body)
     except (RunSpecError, TypeError) as exc:
-        return _error(400, str(exc))
+        raise _error(400, str(exc)) from None
     from .egress import credential_problem
 
     problem = credential_problem(spec.candidates, spec.metrics, getattr(request.app.state, "protege_settings", None))
     if problem is not None:
-        return _error(400, problem[0], param=problem[1], code="credential_host_not_allowed")
-    store = _store(request)
+        raise _error(400, problem[0], param=problem[1], code="credential_host_not_allowed")
     try:
         run = await asyncio.to_thread(create_run, store, spec)
     except RunSpecError as exc:
-        return _error(400, str(exc))
+        raise _error(400, str(exc)) from None
     _start(store, run["id"])
     return JSONResponse(run)
 
 
 @router.get("")
-async def list_eval_runs(request: Request, after: str | None = None, limit: int = 20, order: str = "desc") -> Response:
-    if (denied := _denied(request)) is not None:
-        return denied
-    if not 1 <= limit <= 100:
-        return _error(400, "limit must be between 1 and 100.", param="limit", code="integer_out_of_range")
+async def list_eval_runs(
+    after: str | None = None, order: str = "desc", limit: int = Depends(apikit.limit), store: Any = Depends(apikit.store)
+) -> Response:
     if order not in ("asc", "desc"):
-        return _error(400, "order must be 'asc' or 'desc'.", param="order")
-    store = _store(request)
+        raise _error(400, "order must be 'asc' or 'desc'.", param="order")
     data, has_more = await asyncio.to_thread(_list_page, store, after, limit, order)
-    return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                         "last_id": data[-1]["id"] if data else None, "has_more": has_more})
+    return JSONResponse(apikit.list_envelope(data, has_more))
 
 
 @router.get("/{run_id}")
-async def get_eval_run(request: Request, run_id: str) -> Response:
-    if (denied := _denied(request)) is not None:
-        return denied
-    view = await asyncio.to_thread(_run_view, _store(request), run_id)
+async def get_eval_run(run_id: str, store: Any = Depends(apikit.store)) -> Response:
+    view = await asyncio.to_thread(_run_view, store, run_id)
     if view is None:
-        return _not_found(run_id)
+        raise _not_found(run_id)
     return JSONResponse(view)
 
 
 @router.post("/{run_id}/resume")
-async def resume_eval_run(request: Request, run_id: str) -> Response:
-    if (denied := _denied(request)) is not None:
-        return denied
-    store = _store(request)
+async def resume_eval_run(run_id: str, store: Any = Depends(apikit.store)) -> Response:
     run = await asyncio.to_thread(db.get_run, store, run_id)
     if run is None:
-        return _not_found(run_id)
+        raise _not_found(run_id)
     if run_id in _tasks:
-        return _error(409, f"Eval run '{run_id}' is already running.", code="run_in_progress")
+        raise _error(409, f"Eval run '{run_id}' is already running.", code="run_in_progress")
     _start(store, run_id)
     return JSONResponse(await asyncio.to_thread(run_object, store, {**run, "status": "in_progress", "error": None}))
 
 
 @router.get("/{run_id}/report")
-async def eval_run_report(request: Request, run_id: str, format: str = "html") -> Response:
-    if (denied := _denied(request)) is not None:
-        return denied
+async def eval_run_report(run_id: str, format: str = "html", store: Any = Depends(apikit.store)) -> Response:
     if format not in FORMATS:
-        return _error(400, f"format must be one of {', '.join(FORMATS)}.", param="format")
-    store = _store(request)
+        raise _error(400, f"format must be one of {', '.join(FORMATS)}.", param="format")
     if await asyncio.to_thread(db.get_run, store, run_id) is None:
-        return _not_found(run_id)
+        raise _not_found(run_id)
     try:
         text = await asyncio.to_thread(render_report, store, run_id, format)
     except ValueError as exc:
-        return _error(409, str(exc), code="run_not_completed")
+        raise _error(409, str(exc), code="run_not_completed") from None
     return Response(text, media_type=FORMATS[format])
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
+from protege.store.messages import message_text
 
 # Request parameters copied from the teacher's captured request so the candidate answers the same task.
 PASSTHROUGH_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed",
@@ -137,21 +138,9 @@ def build_request(candidate: Candidate, messages: list[dict[str, Any]], params: 
 
 
 def output_text(message: dict[str, Any] | None) -> str:
-    """The text an answer is scored on: the content, or the tool calls as compact JSON."""
-    if not message:
-        return ""
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    if content:
-        return str(content)
-    calls = message.get("tool_calls") or []
-    if calls:
-        return orjson.dumps([
-            {"name": (c.get("function") or {}).get("name"), "arguments": (c.get("function") or {}).get("arguments")}
-            for c in calls
-        ]).decode()
-    return ""
+    """The text an answer is scored on: the content, or the tool calls as compact JSON
+    (:func:`protege.store.messages.message_text`, the one reading distill compares with too)."""
+    return message_text(message)
 
 
 @dataclass

@@ -30,8 +30,7 @@ def open_cli_store(read_only: bool = False):  # -> protege.store.Store
     process, written by a newer release, not a DuckDB file, ...)."""
     import duckdb
 
-    from protege.store import Store, StoreLockedError
-    from protege.store.migrations import SchemaTooNewError
+    from protege.store import SchemaTooNewError, Store, StoreLockedError
 
     s = settings()
     try:

@@ -63,7 +63,9 @@ def key_in(key: str | None, keys: Iterable[str]) -> bool:
 
 @dataclass(frozen=True)
 class Denial:
-    """Why a request may not use an admin-only endpoint, as OpenAI-style error fields."""
+    """Why a request may not use an admin-only endpoint, as OpenAI-style error fields. The type
+    follows the status as the openai SDK names its errors: 401 ``authentication_error``
+    (``AuthenticationError``), 403 ``permission_error`` (``PermissionDeniedError``)."""
 
     status: int
     type: str
@@ -85,11 +87,11 @@ def admin_denial(key: str | None, proxy_keys: Iterable[str], admin_keys: Iterabl
         if key_in(key, proxy_keys):
             return Denial(403, "permission_error", "admin_api_closed", closed)
         if not key:
-            return Denial(401, "invalid_request_error", "missing_api_key", "You didn't provide an API key. " + closed)
-        return Denial(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided. " + closed)
+            return Denial(401, "authentication_error", "missing_api_key", "You didn't provide an API key. " + closed)
+        return Denial(401, "authentication_error", "invalid_api_key", "Incorrect API key provided. " + closed)
     if not key:
         return Denial(
-            401, "invalid_request_error", "missing_api_key",
+            401, "authentication_error", "missing_api_key",
             f"You didn't provide an API key. {what} needs an admin key (Authorization: Bearer <key> or an api-key header).",
         )
     if key_in(key, proxy_keys):
@@ -97,4 +99,4 @@ def admin_denial(key: str | None, proxy_keys: Iterable[str], admin_keys: Iterabl
             403, "permission_error", "insufficient_permissions",
             f"{what} needs an admin key: a proxy key can only make model calls.",
         )
-    return Denial(401, "invalid_request_error", "invalid_api_key", f"Incorrect API key provided: {what.lower()} needs an admin key.")
+    return Denial(401, "authentication_error", "invalid_api_key", f"Incorrect API key provided: {what.lower()} needs an admin key.")

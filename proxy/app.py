@@ -1,7 +1,7 @@
 """``create_app``: a small raw-ASGI layer for the hot path in front of a FastAPI app for the rest.
 
-FastAPI routing and request objects cost ~25% of throughput on the reference machine
-(shared/reference/proxy-measurements.md), so chat-completion creates and the ``/v1/*`` passthrough
+FastAPI routing and request objects cost ~25% of throughput on the reference machine (measured
+when the proxy was designed; bench/bench_proxy.py measures it as built), so chat-completion creates and the ``/v1/*`` passthrough
 never reach it; the Stored Completions API, ``/healthz``, ``/metrics`` and other areas' routers do.
 """
 
@@ -16,15 +16,14 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Match
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from protege import apikit
 from protege.keys import admin_denial
 from protege.settings import Settings
 from protege.store import CaptureWriter, Store
 
 from . import errors
 from .auth import client_key
-from .errors import error_obj
 from .forward import ChatForwarder
 from .hooks import LocalModels, Router
 from .metrics import Metrics
@@ -161,11 +160,7 @@ def create_app(
     api = FastAPIOffline(title="Protege", lifespan=lifespan, redoc_url=None)
     api.state.protege_settings = settings
 
-    @api.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Any, exc: StarletteHTTPException) -> JSONResponse:
-        # OpenAI-style error JSON for unknown paths and methods too.
-        message = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return JSONResponse(error_obj(message, "invalid_request_error"), status_code=exc.status_code)
+    apikit.install(api)  # OpenAI-style error JSON for every router's ApiError, unknown paths and methods
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

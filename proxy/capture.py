@@ -11,8 +11,7 @@ from typing import Any
 
 import orjson
 
-from protege.store.ids import new_completion_id
-from protege.store.records import record_problems, value_problem
+from protege.store import new_completion_id, record_problems, value_problem
 
 from .auth import key_hash
 from .streaming import reassemble

@@ -12,29 +12,20 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from protege.apikit import list_envelope
+from protege import apikit
+from protege.apikit import ApiError, list_envelope
 from protege.keys import admin_denial
 from protege.store import CaptureWriter, Store, delete_completion, get_stored, input_messages, list_stored, update_metadata
 
-from . import errors
 from .auth import client_key
 from .validation import FilterError, metadata_error, metadata_filter
 
 PREFIXES = ("/v1/chat/completions", "/openai/v1/chat/completions", "/openai/chat/completions")
-MAX_LIMIT = 100
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, type: str = "invalid_request_error") -> None:
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+MAX_LIMIT = apikit.MAX_LIMIT
 
 
 def _json(obj: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
-
-
-def _error(exc: ApiError) -> Response:
-    return _json(errors.error_obj(exc.message, exc.type, exc.param, exc.code), exc.status)
+    return apikit.json_response(obj, status)
 
 
 def _key(request: Request) -> str | None:
@@ -42,25 +33,17 @@ def _key(request: Request) -> str | None:
 
 
 def _limit(value: str | None) -> int:
-    if value is None:
-        return 20
-    try:
-        n = int(value)
-    except ValueError:
-        raise ApiError(400, f"Invalid 'limit': expected an integer, but got {value!r} instead.", "limit", "invalid_type")
-    if n < 1 or n > MAX_LIMIT:
-        raise ApiError(400, f"Invalid 'limit': expected a value between 1 and {MAX_LIMIT}, but got {n} instead.", "limit", "integer_out_of_range")
-    return n
+    return apikit.parse_limit(value)
 
 
 def _order(value: str | None) -> str:
     if value in (None, "asc", "desc"):
         return value or "asc"
-    raise ApiError(400, f"Invalid value for 'order': expected one of asc or desc, but got {value!r} instead.", "order", "invalid_value")
+    raise ApiError(400, f"Invalid value for 'order': expected one of asc or desc, but got {value!r} instead.", param="order", code="invalid_value")
 
 
 def _not_found(completion_id: str) -> ApiError:
-    return ApiError(404, f"Chat completion with id '{completion_id}' not found.", None, "not_found")
+    return ApiError(404, f"Chat completion with id '{completion_id}' not found.", code="not_found")
 
 
 def _envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -81,13 +64,12 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], wr
             raise ApiError(denial.status, denial.message, code=denial.code, type=denial.type)
 
     def endpoint(fn: Callable[..., Any]) -> Callable[..., Response]:
+        """The admin check first (the app's ApiError handler answers what either raises)."""
+
         @functools.wraps(fn)
         def wrapped(request: Request, *args: Any, **kwargs: Any) -> Response:
-            try:
-                check(request)
-                return fn(request, *args, **kwargs)
-            except ApiError as exc:
-                return _error(exc)
+            check(request)
+            return fn(request, *args, **kwargs)
 
         return wrapped
 
@@ -97,7 +79,7 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], wr
         try:
             metadata = metadata_filter(q.multi_items())
         except FilterError as exc:
-            raise ApiError(400, exc.message, exc.param, exc.code)
+            raise ApiError(400, exc.message, param=exc.param, code=exc.code)
         page = list_stored(
             store, model=q.get("model") or None, metadata=metadata or None, after=q.get("after") or None,
             limit=_limit(q.get("limit")), order=_order(q.get("order")),
@@ -118,10 +100,10 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], wr
         except orjson.JSONDecodeError:
             raise ApiError(400, "We could not parse the JSON body of your request.")
         if not isinstance(payload, dict) or "metadata" not in payload:
-            raise ApiError(400, "Missing required parameter: 'metadata'.", "metadata", "missing_required_parameter")
+            raise ApiError(400, "Missing required parameter: 'metadata'.", param="metadata", code="missing_required_parameter")
         problem = metadata_error(payload["metadata"])
         if problem is not None:
-            raise ApiError(400, problem[0], "metadata", problem[1])
+            raise ApiError(400, problem[0], param="metadata", code=problem[1])
         if visible(lambda: get_stored(store, completion_id)) is None:
             raise _not_found(completion_id)
         obj = update_metadata(store, completion_id, payload["metadata"])

@@ -1,7 +1,7 @@
 """The upstream ("teacher"): one shared aiohttp session, URL mapping, and upstream credentials.
 
 aiohttp rather than httpx: on the 2-core reference machine its pool kept ~7x httpx's throughput at 32
-connections (shared/reference/proxy-measurements.md). Azure is addressed by endpoint; with Entra ID
+connections (measured when the proxy was designed; bench/bench_proxy.py measures the proxy as built). Azure is addressed by endpoint; with Entra ID
 the token comes from azure-identity, fetched off the event loop and cached until shortly before expiry.
 """
 

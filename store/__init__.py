@@ -1,7 +1,51 @@
-"""The embedded store: every part of Protege persists through here (DuckDB via SQLModel)."""
+"""The embedded store: every part of Protege persists through here (DuckDB via SQLModel).
 
+This module is the store's whole public surface. Other packages import the names below from
+``protege.store``, or one of the table modules listed after them as a namespace
+(``from protege.store import auto as store_auto``); nothing else (tests/test_store_public.py
+checks it).
+
+Opening and schema
+    :class:`Store` / :func:`open_store` (one writer process per file; :class:`StoreLockedError`
+    when another holds it), :func:`migrate`, :data:`SCHEMA_VERSION`, :class:`SchemaTooNewError`
+    (the file is newer than this release). Migrations are literal SQL (``store/migrations.py``).
+
+Captured completions (``completions``)
+    :data:`COLUMNS` (the record shape), :class:`Completion`, :func:`record_from_completion`,
+    :func:`insert_records`, the Stored Completions API's queries (:func:`list_stored`,
+    :func:`get_stored`, :func:`update_metadata`, :func:`delete_completion`,
+    :func:`input_messages`, :class:`Page`), and records for the CLI and exports
+    (:func:`get_record`, :func:`iter_records`, :func:`select_records`, :func:`count`,
+    :func:`count_records`). :func:`new_completion_id` mints the id a client sees.
+
+Which completions
+    :func:`completion_filter` is the one query layer: a WHERE fragment with bound parameters and
+    named flags (``stored_only``, ``teacher_only``, ``live_only``, ``first_answers_only``, model(s),
+    metadata pairs, time window, ``after_seq``). :data:`TEACHER_TRAFFIC` is the one definition of
+    the captures a student may learn from or be judged against (no shadow, not served by a student).
+    Feedback applied: ``feedback.LATEST_FEEDBACK``, each capture's latest verdict per field.
+
+Capture, import, export, statistics
+    :class:`CaptureWriter`, :class:`Capture`, :class:`Spool` (the proxy's off-loop writer);
+    :func:`import_jsonl` / :class:`ImportResult`, :func:`export_jsonl`, :func:`export_parquet`;
+    :func:`completion_stats`.
+
+Typing a record: :func:`record_problems` / :func:`value_problem` say why a value does not fit its
+    column (the writer stores such an answer alone, as ``invalid_response``).
+
+Modules imported as namespaces
+    Tables: ``auto`` (policies, cycles, decisions, routes, traffic counts), ``datasets`` (dataset
+    versions, :class:`~protege.store.datasets.Selection`), ``evals`` (eval runs, items, outputs,
+    scores), ``feedback`` (feedback on captures), ``jobs`` (fine-tune jobs and students).
+    Shapes and reads: ``messages`` (the one answer-text helper and label rule for captured
+    records), ``traffic`` (the console's read-only traffic queries), ``openai_import`` (pulling
+    Stored Completions from OpenAI into the store).
+"""
+
+from . import auto, datasets, evals, feedback, jobs, messages, openai_import, traffic
 from .completions import (
     COLUMNS,
+    TEACHER_TRAFFIC,
     Completion,
     Page,
     delete_completion,
@@ -16,10 +60,15 @@ from .completions import (
 )
 from .completions import completion_filter, count, count_records, select_records
 from .db import Store, StoreLockedError, open_store
+from .ids import new_completion_id
 from .migrations import SCHEMA_VERSION, SchemaTooNewError, migrate
+from .records import record_problems, value_problem
 from .writer import Capture, CaptureWriter, Spool
 from .io import ImportResult, export_jsonl, export_parquet, import_jsonl
 from .stats import completion_stats
+
+# The modules a caller may import as namespaces (see the docstring).
+TABLE_MODULES = ("auto", "datasets", "evals", "feedback", "jobs", "messages", "openai_import", "traffic")
 
 __all__ = [
     "COLUMNS",
@@ -32,14 +81,22 @@ __all__ = [
     "Spool",
     "Store",
     "StoreLockedError",
+    "TABLE_MODULES",
+    "TEACHER_TRAFFIC",
+    "auto",
+    "datasets",
     "delete_completion",
+    "evals",
+    "feedback",
     "get_record",
     "get_stored",
     "input_messages",
     "insert_records",
     "iter_records",
+    "jobs",
     "list_stored",
     "migrate",
+    "new_completion_id",
     "open_store",
     "record_from_completion",
     "update_metadata",
@@ -52,4 +109,9 @@ __all__ = [
     "export_parquet",
     "import_jsonl",
     "completion_stats",
+    "messages",
+    "openai_import",
+    "record_problems",
+    "traffic",
+    "value_problem",
 ]

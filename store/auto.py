@@ -8,17 +8,21 @@ proxy's in-memory route table reloads only when it changes, never per request.
 from __future__ import annotations
 
 import secrets
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import duckdb
 import orjson
 from sqlalchemy import Double
 from sqlmodel import Field, SQLModel, select
 
+from .completions import completion_filter
 from .db import Store
+
+log = logging.getLogger("protege.store.auto")
 
 
 def new_id(prefix: str) -> str:
@@ -103,15 +107,6 @@ class AutoRoute(SQLModel, table=True):
 
 
 TABLES = (AutoPolicy, AutoCycle, AutoDecision, AutoRoute)
-
-
-def migrate(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create this area's tables (called by the numbered migration in migrations.py)."""
-    from .migrations import create_tables
-
-    create_tables(conn, *TABLES)
-    conn.execute("CREATE TABLE auto_meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)")
-    conn.execute("INSERT INTO auto_meta VALUES ('routes_version', 0)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,10 +260,32 @@ _local_versions: dict[int, int] = {}
 _local_lock = threading.Lock()
 
 
+_listeners: dict[int, list[weakref.WeakMethod]] = {}
+
+
 def _bump(store: Store) -> None:
     store.cursor().execute("UPDATE auto_meta SET value = value + 1 WHERE key = 'routes_version'")
     with _local_lock:
         _local_versions[id(store)] = _local_versions.get(id(store), 0) + 1
+        listeners = [m() for m in _listeners.get(id(store), ())]
+    for listener in listeners:
+        if listener is None:
+            continue
+        try:
+            listener()
+        except Exception:  # a listener's failure must not undo a committed change
+            log.warning("a route-change listener failed", exc_info=True)
+
+
+def on_routes_change(store: Store, method: Any) -> None:
+    """Call the bound ``method()`` after each route change made through this Store object, in the
+    thread that made it, once its commit is done. The proxy's route table reloads this way, so a
+    change is served at once and the request path never queries (held weakly: a dropped table
+    stops listening)."""
+    with _local_lock:
+        found = [m for m in _listeners.get(id(store), []) if m() is not None]
+        found.append(weakref.WeakMethod(method))
+        _listeners[id(store)] = found
 
 
 def local_routes_version(store: Store) -> int:
@@ -379,32 +396,23 @@ def list_routes(store: Store, policy_id: str | None = None, include_ended: bool 
 # Traffic queries (read the completions table with bound parameters)
 
 
-def _traffic_filter(alias: str, model: str | None, metadata: dict[str, str] | None) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    if model:
-        where.append(f"({alias}.model_requested = ? OR {alias}.model = ?)")
-        params += [model, model]
-    for key, value in (metadata or {}).items():
-        where.append(f"{alias}.seq IN (SELECT seq FROM completion_metadata WHERE key = ? AND value = ?)")
-        params += [key, str(value)]
-    return (" AND ".join(where) or "TRUE"), params
-
-
-# Teacher answers only: a student's answers (canary/full, shadow rows) must never train a student.
-_ELIGIBLE = "c.outcome = 'ok' AND c.response IS NOT NULL AND c.source = 'proxy' AND coalesce(c.served_by, 'teacher') = 'teacher'"
+def _traffic_filter(alias: str, model: str | None, metadata: dict[str, str] | None, **flags: Any) -> tuple[str, list[Any]]:
+    """The policy's match (model, metadata pairs) through the store's one completion filter."""
+    return completion_filter(model=model, metadata=metadata, alias=alias, **flags)
 
 
 def eligible_count(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> int:
-    where, params = _traffic_filter("c", model, metadata)
-    sql = f"SELECT count(*) FROM completions c WHERE {_ELIGIBLE} AND c.seq > ? AND {where}"
-    return int(store.cursor().execute(sql, [after_seq] + params).fetchone()[0])
+    """Teacher traffic matching the policy captured after ``after_seq``: what a new cycle's dataset
+    gains (a student's answers, canary/full or shadow, must never train a student)."""
+    where, params = _traffic_filter("c", model, metadata, stored_only=True, teacher_only=True, after_seq=after_seq)
+    sql = f"SELECT count(*) FROM completions c WHERE {where}"
+    return int(store.cursor().execute(sql, params).fetchone()[0])
 
 
 def eligible_ids(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> list[str]:
-    where, params = _traffic_filter("c", model, metadata)
-    sql = f"SELECT c.id FROM completions c WHERE {_ELIGIBLE} AND c.seq > ? AND {where} ORDER BY c.seq"
-    return [r[0] for r in store.cursor().execute(sql, [after_seq] + params).fetchall()]
+    where, params = _traffic_filter("c", model, metadata, stored_only=True, teacher_only=True, after_seq=after_seq)
+    sql = f"SELECT c.id FROM completions c WHERE {where} ORDER BY c.seq"
+    return [r[0] for r in store.cursor().execute(sql, params).fetchall()]
 
 
 def max_seq(store: Store) -> int:
@@ -416,25 +424,21 @@ def paired_answers(
 ) -> list[tuple[str, str, str | None, str | None]]:
     """(primary response JSON, paired response JSON, primary served_by, paired served_by) for each
     second answer (shadow student, or teacher sampled behind a student) to traffic matching the route."""
-    where, params = _traffic_filter("p", model, metadata)
+    where, params = _traffic_filter("p", model, metadata, stored_only=True, first_answers_only=True)
     sql = (
         "SELECT p.response, s.response, p.served_by, s.served_by FROM completions s "
         "JOIN completions p ON p.id = s.paired_with "
-        "WHERE s.paired_with IS NOT NULL AND s.outcome = 'ok' AND p.outcome = 'ok' "
-        "AND s.response IS NOT NULL AND p.response IS NOT NULL AND s.seq > ? AND p.source <> 'shadow' "
-        f"AND {where} ORDER BY s.seq DESC LIMIT ?"
+        "WHERE s.paired_with IS NOT NULL AND s.outcome = 'ok' "
+        f"AND s.response IS NOT NULL AND s.seq > ? AND {where} ORDER BY s.seq DESC LIMIT ?"
     )
     return [tuple(r) for r in store.cursor().execute(sql, [after_seq] + params + [limit]).fetchall()]  # type: ignore[misc]
 
 
 def served_counts(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> dict[str, int]:
     """How many matching requests each side answered since ``after_seq`` (for status)."""
-    where, params = _traffic_filter("c", model, metadata)
-    sql = (
-        "SELECT coalesce(c.served_by, 'teacher'), count(*) FROM completions c "
-        f"WHERE c.source = 'proxy' AND c.seq > ? AND {where} GROUP BY 1"
-    )
-    return {r[0]: int(r[1]) for r in store.cursor().execute(sql, [after_seq] + params).fetchall()}
+    where, params = _traffic_filter("c", model, metadata, live_only=True, after_seq=after_seq)
+    sql = f"SELECT coalesce(c.served_by, 'teacher'), count(*) FROM completions c WHERE {where} GROUP BY 1"
+    return {r[0]: int(r[1]) for r in store.cursor().execute(sql, params).fetchall()}
 
 
 def as_dict(row: SQLModel) -> dict[str, Any]:
@@ -468,8 +472,8 @@ __all__: Sequence[str] = [
     "list_policies",
     "list_routes",
     "local_routes_version",
+    "on_routes_change",
     "max_seq",
-    "migrate",
     "new_id",
     "open_cycle",
     "paired_answers",

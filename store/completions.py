@@ -53,7 +53,6 @@ COLUMNS: dict[str, pa.DataType] = {
     "upstream_id": pa.string(),
 }
 SCHEMA = pa.schema(list(COLUMNS.items()))
-META_SCHEMA = pa.schema([("seq", pa.int64()), ("key", pa.string()), ("value", pa.string())])
 _COLS = ", ".join(COLUMNS)
 _TYPES = list(COLUMNS.items())[1:]  # every column but seq
 
@@ -135,19 +134,19 @@ def record_from_completion(
     return rec
 
 
-# Metadata is kept twice (see migrations._v1_completions): per row as ``meta_pairs``, each pair the
-# JSON text '["key","value"]' (unambiguous whatever the key or value holds), and as rows of
-# ``completion_metadata``. Both are derived from the ``metadata`` JSON by DuckDB itself, in the same
-# statement as the insert: vectorised C++ that runs without the GIL, where building them in
-# Python cost ~5 us a record (a quarter of the import's time). The filter side encodes its
-# pairs with the same SQL function, so the two encodings cannot drift apart.
+# Metadata filters read ``meta_pairs``: per row, each pair the JSON text '["key","value"]'
+# (unambiguous whatever the key or value holds). It is derived from the ``metadata`` JSON by DuckDB
+# itself, in the same statement as the insert: vectorised C++ that runs without the GIL, where
+# building it in Python cost ~5 us a record (a quarter of the import's time). The filter side
+# encodes its pairs with the same SQL function, so the two encodings cannot drift apart. (The
+# one-row-per-pair copy, ``completion_metadata``, was retired by migration 7.)
 _MD_MAP = """json_transform({col}, '"MAP(VARCHAR, VARCHAR)"')"""
 _PAIRS = "list_transform(map_entries(" + _MD_MAP + "), lambda e: json_array(e.key, e.value)::VARCHAR)"
 PAIR_SQL = "json_array(?, ?)::VARCHAR"  # one pair for list_contains(meta_pairs, ...), two bound parameters
 
 
 def insert_records(store: Store, records: Sequence[dict[str, Any]], cursor: Any = None) -> int:
-    """Insert records (and their metadata rows) in one transaction. Returns the number written.
+    """Insert records in one statement (one transaction). Returns the number written.
 
     The Arrow table is built column by column (``pa.array`` per column is ~3x faster than
     ``Table.from_pylist``), which is what lets the capture writer and the import keep up.
@@ -180,11 +179,6 @@ def insert_records(store: Store, records: Sequence[dict[str, Any]], cursor: Any 
             f"SELECT {_COLS}, CASE WHEN metadata = '{{}}' THEN NULL ELSE {_PAIRS.format(col='metadata')} END "
             "FROM _protege_batch"
         )
-        cur.execute(
-            "INSERT INTO completion_metadata SELECT seq, e.key, e.value FROM "
-            f"(SELECT seq, unnest(map_entries({_MD_MAP.format(col='metadata')})) AS e FROM _protege_batch "
-            "WHERE metadata <> '{}')"
-        )
         cur.execute("COMMIT")
     except Exception:
         try:
@@ -207,17 +201,45 @@ class Page:
     has_more: bool
 
 
+# "Teacher traffic": answers the teacher gave to real requests, the only captures a student may
+# learn from or be judged against. A capture is NOT teacher traffic when it is
+# - a second answer (``source = 'shadow'``): a shadow student's, or the teacher's sampled behind a
+#   student, captured after the client already had its answer (``paired_with`` names that one);
+# - served by a student (``served_by = 'student'``): canary/full routes answer through the proxy
+#   with ``source = 'proxy'``, so ``source = 'proxy'`` alone would let a student train on itself.
+# Imported completions (``source = 'import'``) ARE teacher traffic: they are the history a user
+# brings to build a first dataset, and the dataset builder has always used them; counting them
+# for the automatic trigger keeps "new eligible" equal to what the next dataset gains.
+TEACHER_TRAFFIC = "{a}source <> 'shadow' AND coalesce({a}served_by, 'teacher') = 'teacher'"
+
+
 def completion_filter(
     *,
     model: str | None = None,
+    models: Sequence[str] | None = None,
     metadata: dict[str, str] | None = None,
     since: float | None = None,
     until: float | None = None,
     outcome: str | None = None,
     stored_only: bool = False,
+    teacher_only: bool = False,
+    live_only: bool = False,
+    first_answers_only: bool = False,
+    after_seq: int | None = None,
     alias: str = "c",
 ) -> tuple[str, list[Any]]:
-    """A WHERE fragment over ``completions`` (aliased ``alias``) and its bound parameters.
+    """A WHERE fragment over ``completions`` (aliased ``alias``) and its bound parameters: the one
+    definition of "which completions" for the Stored API, exports, evals, datasets and auto.
+
+    Named flags:
+
+    - ``stored_only``: successful chat completions with a response (what the Stored API returns);
+    - ``teacher_only``: teacher traffic, students and shadows excluded (see :data:`TEACHER_TRAFFIC`);
+    - ``live_only``: answers the proxy gave its clients (``source = 'proxy'``: no imports, no
+      shadows), whoever served them;
+    - ``first_answers_only``: no second answers (``source <> 'shadow'``);
+    - ``model`` (response or requested model), ``models`` (any of them; empty means no filter),
+      ``metadata`` (every pair), ``since``/``until``, ``outcome``, ``after_seq`` (captured after).
 
     Metadata filters: each pair is ``list_contains(meta_pairs, '["k","v"]')``, a test on the row
     itself. Measured at 1M rows (bench/bench_store.py): with the pairs in a side table, a semi-join
@@ -235,9 +257,21 @@ def completion_filter(
     if outcome:
         where.append(f"{a}outcome = ?")
         params.append(outcome)
+    if teacher_only:
+        where.append(TEACHER_TRAFFIC.format(a=a))
+    if live_only:
+        where.append(f"{a}source = 'proxy'")
+    if first_answers_only:
+        where.append(f"{a}source <> 'shadow'")
+    if after_seq is not None:
+        where.append(f"{a}seq > ?")
+        params.append(int(after_seq))
     if model:
         where.append(f"({a}model = ? OR {a}model_requested = ?)")
         params += [model, model]
+    if models:
+        where.append(f"({a}model IN (SELECT unnest(?)) OR {a}model_requested IN (SELECT unnest(?)))")
+        params += [list(models), list(models)]
     for key, value in (metadata or {}).items():
         where.append(f"list_contains({a}meta_pairs, {PAIR_SQL})")
         params += [str(key), str(value)]
@@ -348,11 +382,6 @@ def update_metadata(store: Store, completion_id: str, metadata: dict[str, str] |
             "WHERE seq = ?",
             [md, md, md, seq],
         )
-        cur.execute("DELETE FROM completion_metadata WHERE seq = ?", [seq])
-        cur.execute(
-            f"INSERT INTO completion_metadata SELECT ?, e.key, e.value FROM (SELECT unnest(map_entries({_MD_MAP.format(col='?')})) AS e)",
-            [seq, md],
-        )
         cur.execute("COMMIT")
     except Exception:
         cur.execute("ROLLBACK")
@@ -367,14 +396,7 @@ def delete_completion(store: Store, completion_id: str) -> bool:
     if pos is None:
         return False
     seq = pos[1]
-    cur.execute("BEGIN TRANSACTION")
-    try:
-        cur.execute("DELETE FROM completion_metadata WHERE seq = ?", [seq])
-        cur.execute("DELETE FROM completions WHERE seq = ?", [seq])
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
+    cur.execute("DELETE FROM completions WHERE seq = ?", [seq])
     return True
 
 

@@ -20,7 +20,9 @@ import orjson
 import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
+from .completions import completion_filter
 from .db import Store
+from .feedback import LATEST_FEEDBACK
 
 
 class DatasetVersionRow(SQLModel, table=True):
@@ -48,35 +50,6 @@ class DatasetCompletion(SQLModel, table=True):
     seq: int = Field(primary_key=True)
     completion_id: str
     split: str
-
-
-def migrate(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create this area's tables (called by the numbered migration in migrations.py)."""
-    # Explicit DDL (matching the models) so that column types and the deliberately absent
-    # link-table key are visible here.
-    conn.execute(
-        """
-        CREATE TABLE datasets (
-            id VARCHAR PRIMARY KEY,
-            name VARCHAR NOT NULL,
-            version INTEGER NOT NULL,
-            kind VARCHAR NOT NULL DEFAULT 'sft',
-            created_at BIGINT NOT NULL,
-            options VARCHAR NOT NULL DEFAULT '{}',
-            counts VARCHAR NOT NULL DEFAULT '{}',
-            stats VARCHAR NOT NULL DEFAULT '{}',
-            files VARCHAR NOT NULL DEFAULT '{}',
-            system_prompt VARCHAR,
-            system_prompt_sha256 VARCHAR
-        )
-        """
-    )
-    conn.execute("CREATE INDEX datasets_name ON datasets(name)")
-    # No primary key: DuckDB checks ART constraints row by row, which would slow 1M-link inserts.
-    conn.execute(
-        "CREATE TABLE dataset_completions (dataset_id VARCHAR NOT NULL, seq BIGINT NOT NULL, "
-        "completion_id VARCHAR NOT NULL, split VARCHAR NOT NULL)"
-    )
 
 
 def new_dataset_id() -> str:
@@ -118,23 +91,11 @@ _REFUSAL = "json_extract_string(c.response, '$.choices[0].message.refusal')"
 
 
 def _scope(sel: Selection) -> tuple[str, list[Any]]:
-    where = ["TRUE"]
-    params: list[Any] = []
-    if sel.models:
-        where.append("(c.model IN (SELECT unnest(?)) OR c.model_requested IN (SELECT unnest(?)))")
-        params += [list(sel.models), list(sel.models)]
-    if sel.since is not None:
-        where.append("c.created >= ?")
-        params.append(int(sel.since))
-    if sel.until is not None:
-        where.append("c.created < ?")
-        params.append(int(sel.until))
-    for key, value in sel.metadata.items():
-        where.append("c.seq IN (SELECT seq FROM completion_metadata WHERE key = ? AND value = ?)")
-        params += [key, str(value)]
-    if sel.exclude_students:
-        where.append("c.source <> 'shadow' AND coalesce(c.served_by, 'teacher') = 'teacher'")
-    return " AND ".join(where), params
+    """The selection's scope through the store's one completion filter (``exclude_students`` is
+    teacher traffic only: no student's answer, no shadow)."""
+    return completion_filter(
+        models=sel.models, metadata=sel.metadata, since=sel.since, until=sel.until, teacher_only=sel.exclude_students
+    )
 
 
 STEPS = ("selected", "status_ok", "finish_reason", "no_refusal", "min_score", "exact_dedupe")
@@ -187,14 +148,7 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
         flag, flag_params = "false", []
     sql = f"""
         CREATE OR REPLACE TEMP TABLE _ds_cand AS
-        WITH fb AS (
-            SELECT completion_id,
-                   arg_max(score, created_at) FILTER (WHERE score IS NOT NULL) AS score,
-                   arg_max(label, created_at) FILTER (WHERE label IS NOT NULL) AS label,
-                   arg_max(correction, created_at) FILTER (WHERE correction IS NOT NULL) AS correction,
-                   arg_max(accepted, created_at) FILTER (WHERE accepted IS NOT NULL) AS accepted
-            FROM feedback GROUP BY completion_id
-        ), scoped AS (
+        WITH fb AS ({LATEST_FEEDBACK}), scoped AS (
             SELECT c.*, json_extract_string(c.response, ['$.choices[0].message.content',
                        '$.choices[0].message.refusal', '$.choices[0].message.tool_calls']) AS x,
                    json_extract(c.request, ['$.messages', '$.tools']) AS y
@@ -374,7 +328,6 @@ __all__ = [
     "get_dataset_row",
     "iter_kept_batches",
     "list_dataset_rows",
-    "migrate",
     "new_dataset_id",
     "next_version",
     "prepare_selection",

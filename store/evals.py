@@ -13,11 +13,11 @@ import secrets
 import time
 from typing import Any, Iterable, Sequence
 
-import duckdb
 import orjson
 import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
+from .completions import completion_filter
 from .db import Store
 
 RUN_STATUSES = ("queued", "in_progress", "completed", "failed", "canceled")
@@ -87,13 +87,6 @@ class EvalScore(SQLModel, table=True):
     score: float | None = None
 
 
-def migrate(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create this area's tables (called by the numbered migration in migrations.py)."""
-    from .migrations import create_tables
-
-    create_tables(conn, EvalRun, EvalItem, EvalOutput, EvalScore)
-
-
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
 
@@ -115,23 +108,14 @@ def select_completions(
     until: int | None = None,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Successful captured completions by model, metadata pairs and creation time (Unix seconds,
-    ``since`` inclusive, ``until`` exclusive), oldest first; each with request, response, usage and
-    the latest feedback ``correction`` (a gold answer) if any."""
-    where = ["outcome = 'ok'", "response IS NOT NULL"]
-    params: list[Any] = []
-    if model:
-        where.append("(model = ? OR model_requested = ?)")
-        params += [model, model]
-    for key, value in (metadata or {}).items():
-        where.append("seq IN (SELECT seq FROM completion_metadata WHERE key = ? AND value = ?)")
-        params += [key, str(value)]
-    if since is not None:
-        where.append("created >= ?")
-        params.append(int(since))
-    if until is not None:
-        where.append("created < ?")
-        params.append(int(until))
+    """Successful teacher answers (the store's one definition: no student's, no shadow's) by model,
+    metadata pairs and creation time (Unix seconds, ``since`` inclusive, ``until`` exclusive), oldest
+    first; each with request, response, usage and the latest feedback ``correction`` (a gold answer)
+    if any. Only the teacher's answers: an item's ``teacher_output`` is the reference candidates are
+    scored against, and a student's (or shadow's) answer there would score a student against itself."""
+    where, params = completion_filter(
+        model=model, metadata=metadata, since=since, until=until, stored_only=True, teacher_only=True, alias=""
+    )
     # The latest feedback correction is the item's gold answer (feedback is table v3; a store
     # migrated only to v2 has none).
     has_feedback = store.cursor().execute(
@@ -143,7 +127,7 @@ def select_completions(
     )
     sql = (
         "SELECT id, created, model, model_requested, request, response, metadata, latency_ms, prompt_tokens, "
-        f"completion_tokens, {gold} AS correction FROM completions WHERE {' AND '.join(where)} ORDER BY created, seq"
+        f"completion_tokens, {gold} AS correction FROM completions WHERE {where} ORDER BY created, seq"
     )
     if limit is not None:
         sql += " LIMIT ?"
@@ -380,6 +364,6 @@ def list_scores(store: Store, run_id: str) -> list[dict[str, Any]]:
 
 __all__ = [
     "EvalItem", "EvalOutput", "EvalRun", "EvalScore", "RUN_STATUSES", "create_run", "done_pairs", "get_run",
-    "list_items", "list_outputs", "list_runs", "list_scores", "migrate", "new_run_id", "progress", "save_output",
+    "list_items", "list_outputs", "list_runs", "list_scores", "new_run_id", "progress", "save_output",
     "save_outputs", "save_scores", "select_completions", "update_run",
 ]

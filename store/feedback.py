@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 import orjson
 from sqlmodel import Field, SQLModel
 
+from .completions import completion_filter
 from .db import Store
 
 
@@ -34,29 +34,6 @@ class Feedback(SQLModel, table=True):
     accepted: bool | None = None
     source: str = "api"
     metadata_: str = Field(default="{}", sa_column_kwargs={"name": "metadata"})
-
-
-def migrate(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create this area's tables (called by the numbered migration in migrations.py)."""
-    # Explicit DDL matching the model.
-    conn.execute(
-        """
-        CREATE TABLE feedback (
-            id VARCHAR PRIMARY KEY,
-            completion_id VARCHAR NOT NULL,
-            completion_seq BIGINT,
-            created_at BIGINT NOT NULL,
-            score DOUBLE,
-            label VARCHAR,
-            correction VARCHAR,
-            comment VARCHAR,
-            accepted BOOLEAN,
-            source VARCHAR NOT NULL DEFAULT 'api',
-            metadata VARCHAR NOT NULL DEFAULT '{}'
-        )
-        """
-    )
-    conn.execute("CREATE INDEX feedback_completion_id ON feedback(completion_id)")
 
 
 def new_feedback_id() -> str:
@@ -194,27 +171,29 @@ def list_feedback(
     return FeedbackPage(data, len(rows) > limit)
 
 
+# Feedback applied: each capture's latest verdict per field (a later score does not erase an earlier
+# correction), one row per completion id. The dataset builder and DPO pairs join this; evals take
+# the same latest correction per item.
+LATEST_FEEDBACK = """
+    SELECT completion_id,
+           arg_max(score, created_at) FILTER (WHERE score IS NOT NULL) AS score,
+           arg_max(label, created_at) FILTER (WHERE label IS NOT NULL) AS label,
+           arg_max(correction, created_at) FILTER (WHERE correction IS NOT NULL) AS correction,
+           arg_max(accepted, created_at) FILTER (WHERE accepted IS NOT NULL) AS accepted
+    FROM feedback GROUP BY completion_id
+"""
+
+
 def preference_rows(store: Store, model: list[str] | None = None, metadata: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Completions with a correction or an accept/reject verdict: the raw material of DPO pairs."""
-    where = ["c.outcome = 'ok'", "c.response IS NOT NULL"]
-    params: list[Any] = []
-    if model:
-        where.append("(c.model IN (SELECT unnest(?)) OR c.model_requested IN (SELECT unnest(?)))")
-        params += [list(model), list(model)]
-    for key, value in (metadata or {}).items():
-        where.append("c.seq IN (SELECT seq FROM completion_metadata WHERE key = ? AND value = ?)")
-        params += [key, value]
+    # Any capture with a verdict (a rejected student answer is a fair "rejected" side), so no
+    # teacher-only flag here.
+    where, params = completion_filter(models=model, metadata=metadata, stored_only=True)
     sql = f"""
-        WITH fb AS (
-            SELECT completion_id,
-                   arg_max(correction, created_at) FILTER (WHERE correction IS NOT NULL) AS correction,
-                   arg_max(accepted, created_at) FILTER (WHERE accepted IS NOT NULL) AS accepted,
-                   arg_max(score, created_at) FILTER (WHERE score IS NOT NULL) AS score
-            FROM feedback GROUP BY completion_id
-        )
+        WITH fb AS ({LATEST_FEEDBACK})
         SELECT c.id, c.seq, c.request, c.response, c.metadata, fb.correction, fb.accepted, fb.score
         FROM completions c JOIN fb ON fb.completion_id = c.id
-        WHERE {' AND '.join(where)}
+        WHERE {where}
           AND (fb.correction IS NOT NULL OR fb.accepted IS NOT NULL)
           AND c.seq = (SELECT max(seq) FROM completions c2 WHERE c2.id = c.id)
         ORDER BY c.seq
@@ -224,11 +203,11 @@ def preference_rows(store: Store, model: list[str] | None = None, metadata: dict
 
 
 __all__ = [
+    "LATEST_FEEDBACK",
     "Feedback",
     "FeedbackPage",
     "add_feedback",
     "get_feedback",
     "list_feedback",
-    "migrate",
     "preference_rows",
 ]

@@ -101,13 +101,6 @@ class StudentModel(SQLModel, table=True):
     job_id: str | None = None
 
 
-def migrate(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create this area's tables (called by the numbered migration in migrations.py)."""
-    from .migrations import create_tables
-
-    create_tables(conn, FineTuneJob, FineTuneStatus, FineTuneEvent, StudentModel)
-
-
 # --- jobs -------------------------------------------------------------------------------------
 
 
@@ -553,7 +546,6 @@ __all__ = [
     "list_events",
     "list_jobs",
     "list_students",
-    "migrate",
     "new_id",
     "next_student_version",
     "record_student",

@@ -2,6 +2,14 @@
 
 Each migration runs once, in order, inside a transaction, and records its number in
 ``protege_schema``. Never edit a migration that has been released; add a new one.
+
+Every migration is literal SQL. Versions 2-4 used to compile their DDL from the SQLModel classes of
+the running code, so editing a model silently edited a released migration (and this module imported
+the table modules, which imported it back). They are frozen here as the exact DDL those classes
+produced (duckdb-engine's dialect: ``FLOAT`` is DuckDB's 4-byte REAL, ``PRIMARY KEY (id)`` after
+the columns, ``ix_<table>_<column>`` index names). A model change now needs a new migration;
+tests/test_store_migrate.py compares an upgraded store's schema with a snapshot. This module imports
+nothing from the store.
 """
 
 from __future__ import annotations
@@ -9,22 +17,6 @@ from __future__ import annotations
 from typing import Callable
 
 import duckdb
-from sqlmodel import SQLModel
-
-
-def create_tables(conn: duckdb.DuckDBPyConnection, *models: type[SQLModel]) -> None:
-    """Create SQLModel tables (and their indexes) on this connection, inside the migration's
-    transaction: the DDL is compiled by duckdb-engine's dialect and run here, because SQLAlchemy's
-    ``create_all`` would commit the open transaction."""
-    from duckdb_engine import Dialect
-    from sqlalchemy.schema import CreateIndex, CreateTable
-
-    dialect = Dialect()
-    for model in models:
-        table = model.__table__  # type: ignore[attr-defined]
-        conn.execute(str(CreateTable(table).compile(dialect=dialect)))
-        for index in table.indexes:
-            conn.execute(str(CreateIndex(index).compile(dialect=dialect)))
 
 
 def _v1_completions(conn: duckdb.DuckDBPyConnection) -> None:
@@ -70,28 +62,291 @@ def _v1_completions(conn: duckdb.DuckDBPyConnection) -> None:
     # `meta_pairs` (each pair as a JSON string '["key","value"]') makes a filtered, ordered page a
     # single-table scan that DuckDB's top-N cuts short with zone maps (~10 ms at 1M rows, where a
     # semi-join on the table below took 50-250 ms for common pairs); `completion_metadata` (one row
-    # per pair) is the relational form for joins and analytics.
+    # per pair) is the relational form for joins and analytics (retired by migration 7: nothing read it).
     conn.execute("CREATE TABLE completion_metadata (seq BIGINT NOT NULL, key VARCHAR NOT NULL, value VARCHAR NOT NULL)")
 
 
 def _v2_evals(conn: duckdb.DuckDBPyConnection) -> None:
-    from . import evals
-
-    evals.migrate(conn)
+    # Eval runs: the run, its frozen items, generated outputs and item scores (store/evals.py).
+    conn.execute(
+        """
+        CREATE TABLE eval_runs (
+            id VARCHAR NOT NULL,
+            created_at INTEGER NOT NULL,
+            name VARCHAR,
+            status VARCHAR NOT NULL,
+            spec VARCHAR NOT NULL,
+            n_items INTEGER NOT NULL,
+            n_candidates INTEGER NOT NULL,
+            started_at INTEGER,
+            completed_at INTEGER,
+            error VARCHAR,
+            results VARCHAR,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE eval_items (
+            id VARCHAR NOT NULL,
+            run_id VARCHAR NOT NULL,
+            idx INTEGER NOT NULL,
+            source_id VARCHAR,
+            messages VARCHAR NOT NULL,
+            params VARCHAR NOT NULL,
+            reference VARCHAR,
+            reference_kind VARCHAR NOT NULL,
+            teacher_output VARCHAR,
+            teacher_model VARCHAR,
+            teacher_prompt_tokens INTEGER,
+            teacher_completion_tokens INTEGER,
+            teacher_latency_ms FLOAT,
+            metadata VARCHAR NOT NULL,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_eval_items_run_id ON eval_items (run_id)")
+    conn.execute(
+        """
+        CREATE TABLE eval_outputs (
+            id VARCHAR NOT NULL,
+            run_id VARCHAR NOT NULL,
+            item_id VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            output VARCHAR,
+            model VARCHAR,
+            latency_ms FLOAT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            attempts INTEGER NOT NULL,
+            error VARCHAR,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_eval_outputs_run_id ON eval_outputs (run_id)")
+    conn.execute(
+        """
+        CREATE TABLE eval_scores (
+            id VARCHAR NOT NULL,
+            run_id VARCHAR NOT NULL,
+            item_id VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            metric VARCHAR NOT NULL,
+            score FLOAT,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_eval_scores_run_id ON eval_scores (run_id)")
 
 
 def _v3_distill(conn: duckdb.DuckDBPyConnection) -> None:
-    from . import datasets, feedback, jobs
-
-    feedback.migrate(conn)
-    datasets.migrate(conn)
-    jobs.migrate(conn)
+    # Feedback on captures (store/feedback.py).
+    conn.execute(
+        """
+        CREATE TABLE feedback (
+            id VARCHAR PRIMARY KEY,
+            completion_id VARCHAR NOT NULL,
+            completion_seq BIGINT,
+            created_at BIGINT NOT NULL,
+            score DOUBLE,
+            label VARCHAR,
+            correction VARCHAR,
+            comment VARCHAR,
+            accepted BOOLEAN,
+            source VARCHAR NOT NULL DEFAULT 'api',
+            metadata VARCHAR NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    conn.execute("CREATE INDEX feedback_completion_id ON feedback(completion_id)")
+    # Dataset versions and the captures each used (store/datasets.py).
+    conn.execute(
+        """
+        CREATE TABLE datasets (
+            id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            kind VARCHAR NOT NULL DEFAULT 'sft',
+            created_at BIGINT NOT NULL,
+            options VARCHAR NOT NULL DEFAULT '{}',
+            counts VARCHAR NOT NULL DEFAULT '{}',
+            stats VARCHAR NOT NULL DEFAULT '{}',
+            files VARCHAR NOT NULL DEFAULT '{}',
+            system_prompt VARCHAR,
+            system_prompt_sha256 VARCHAR
+        )
+        """
+    )
+    conn.execute("CREATE INDEX datasets_name ON datasets(name)")
+    # No primary key: DuckDB checks ART constraints row by row, which would slow 1M-link inserts.
+    conn.execute(
+        "CREATE TABLE dataset_completions (dataset_id VARCHAR NOT NULL, seq BIGINT NOT NULL, "
+        "completion_id VARCHAR NOT NULL, split VARCHAR NOT NULL)"
+    )
+    # Fine-tune jobs, their status history and events, and local student models (store/jobs.py).
+    conn.execute(
+        """
+        CREATE TABLE finetune_jobs (
+            id VARCHAR NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            finished_at INTEGER,
+            backend VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            method VARCHAR NOT NULL,
+            dataset_id VARCHAR,
+            training_file VARCHAR,
+            validation_file VARCHAR,
+            hyperparameters VARCHAR NOT NULL,
+            suffix VARCHAR,
+            seed INTEGER,
+            job_metadata VARCHAR NOT NULL,
+            name VARCHAR,
+            provider_job_id VARCHAR,
+            provider_files VARCHAR NOT NULL,
+            fine_tuned_model VARCHAR,
+            result VARCHAR NOT NULL,
+            error VARCHAR,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE finetune_job_status (
+            id VARCHAR NOT NULL,
+            job_id VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            changed_at DOUBLE PRECISION NOT NULL,
+            message VARCHAR,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_finetune_job_status_job_id ON finetune_job_status (job_id)")
+    conn.execute(
+        """
+        CREATE TABLE finetune_job_events (
+            id VARCHAR NOT NULL,
+            job_id VARCHAR NOT NULL,
+            seq INTEGER NOT NULL,
+            created_at BIGINT NOT NULL,
+            level VARCHAR NOT NULL,
+            type VARCHAR NOT NULL,
+            message VARCHAR NOT NULL,
+            data VARCHAR,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_finetune_job_events_job_id ON finetune_job_events (job_id)")
+    conn.execute(
+        """
+        CREATE TABLE local_students (
+            id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            created_at BIGINT NOT NULL,
+            path VARCHAR NOT NULL,
+            sha256 VARCHAR NOT NULL,
+            manifest_path VARCHAR NOT NULL,
+            manifest VARCHAR NOT NULL,
+            job_id VARCHAR,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_local_students_name ON local_students (name)")
 
 
 def _v4_auto(conn: duckdb.DuckDBPyConnection) -> None:
-    from . import auto
-
-    auto.migrate(conn)
+    # Automatic distillation: policies, cycles, decisions, routes (store/auto.py).
+    conn.execute(
+        """
+        CREATE TABLE auto_policies (
+            id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            spec VARCHAR NOT NULL,
+            enabled BOOLEAN NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_auto_policies_name ON auto_policies (name)")
+    conn.execute(
+        """
+        CREATE TABLE auto_cycles (
+            id VARCHAR NOT NULL,
+            policy_id VARCHAR NOT NULL,
+            state VARCHAR NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            until_seq INTEGER NOT NULL,
+            dataset_id VARCHAR,
+            job_id VARCHAR,
+            student_model VARCHAR,
+            evaluation VARCHAR,
+            decision_id VARCHAR,
+            error VARCHAR,
+            attempts INTEGER NOT NULL,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_auto_cycles_policy_id ON auto_cycles (policy_id)")
+    conn.execute(
+        """
+        CREATE TABLE auto_decisions (
+            id VARCHAR NOT NULL,
+            policy_id VARCHAR NOT NULL,
+            cycle_id VARCHAR,
+            route_id VARCHAR,
+            kind VARCHAR NOT NULL,
+            outcome VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            details VARCHAR NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_auto_decisions_policy_id ON auto_decisions (policy_id)")
+    conn.execute(
+        """
+        CREATE TABLE auto_routes (
+            id VARCHAR NOT NULL,
+            policy_id VARCHAR NOT NULL,
+            cycle_id VARCHAR,
+            student_model VARCHAR NOT NULL,
+            match_model VARCHAR,
+            match_metadata VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL,
+            percent DOUBLE PRECISION NOT NULL,
+            compare_percent DOUBLE PRECISION NOT NULL,
+            timeout DOUBLE PRECISION NOT NULL,
+            active BOOLEAN NOT NULL,
+            stage_started_at DOUBLE PRECISION NOT NULL,
+            stage_started_seq INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            ended_at DOUBLE PRECISION,
+            PRIMARY KEY (id)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ix_auto_routes_policy_id ON auto_routes (policy_id)")
+    # A change counter: the proxy's route table reloads only when it moves.
+    conn.execute("CREATE TABLE auto_meta (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)")
+    conn.execute("INSERT INTO auto_meta VALUES ('routes_version', 0)")
 
 
 def _v5_unique_ids(conn: duckdb.DuckDBPyConnection) -> None:
@@ -171,6 +426,14 @@ def _v6_students(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("CREATE INDEX student_promotions_name ON student_promotions(name)")
 
 
+def _v7_drop_completion_metadata(conn: duckdb.DuckDBPyConnection) -> None:
+    # The second copy of each capture's metadata (one row per pair) retires: every filter tests
+    # `completions.meta_pairs` on the row itself (store/completions.completion_filter), which the
+    # semi-join on this table was 5-25x slower than (bench/bench_store.py), and nothing else read
+    # it. The pairs stay in `metadata` (JSON) and `meta_pairs`, so nothing is lost.
+    conn.execute("DROP TABLE completion_metadata")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, "completions", _v1_completions),
     (2, "evals", _v2_evals),
@@ -178,6 +441,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] =
     (4, "auto", _v4_auto),
     (5, "unique_ids", _v5_unique_ids),
     (6, "students", _v6_students),
+    (7, "drop_completion_metadata", _v7_drop_completion_metadata),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -9,6 +9,7 @@ import httpx2 as httpx  # the HTTP client the openai SDK uses
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from protege import apikit
 from protege.distill.auto.api import router
 from protege.store import Store
 from protege.store import auto as store_auto
@@ -29,6 +30,7 @@ def api(tmp_path):
     def start(**settings):
         store = Store(str(tmp_path / "api.duckdb"))
         app = FastAPI()
+        apikit.install(app)  # the app's error handler, as protege.app's app has it
         app.include_router(router)
         app.state.protege_store = store
         app.state.protege_settings = Settings(db=str(tmp_path / "api.duckdb"), **settings)

@@ -16,7 +16,7 @@ from protege.store import auto as store_auto
 from protege.store import iter_records
 
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_auto_worker import TEACHER, corpus, run_until, teacher_answer
+from tests.fixtures.auto import TEACHER, corpus, run_until, teacher_answer
 
 FLIP = {"tech": "trivia", "trivia": "coding", "coding": "ai", "ai": "tech"}
 
@@ -149,8 +149,8 @@ def test_automatic_advance_and_rollback_on_online_agreement(stack: Stack) -> Non
     for q in qs[:40]:
         stack.ask(q)
     recs = stack.records()
-    if not any(r["source"] == "shadow" and r["paired_with"] for r in recs):
-        pytest.skip("the proxy does not set paired_with on shadow captures yet (lead wiring): online agreement cannot be measured")
+    # the proxy pairs each shadow capture with the capture the client got: online agreement needs it
+    assert any(r["source"] == "shadow" and r["paired_with"] for r in recs), "no shadow capture is paired with its teacher answer"
     # shadow -> canary on agreement
     actions = stack.worker.run_once()
     assert _stage(stack, pid) == "canary", actions
@@ -158,8 +158,7 @@ def test_automatic_advance_and_rollback_on_online_agreement(stack: Stack) -> Non
         stack.ask(q)
     stack.settle()
     actions = stack.worker.run_once()
-    if _stage(stack, pid) == "canary":
-        pytest.skip("the proxy does not send compare_percent of student answers to the teacher yet (lead wiring)")
+    # canary -> full needs compared answers: the proxy sends compare_percent of student answers to the teacher
     assert _stage(stack, pid) == "full", actions
     assert all(stack.ask(q)[0] == "student" for q in qs[:10])
     # the teacher changes its answers: the student now disagrees, and is rolled back on its own

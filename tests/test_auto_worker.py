@@ -4,7 +4,6 @@ SIGKILL without a second job."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -22,30 +21,7 @@ from protege.distill.auto.policies import parse_policy, save_policy
 from protege.store import Store, insert_records, record_from_completion
 from protege.store import auto as store_auto
 
-CATEGORIES = {"tech_support": "tech", "trivia": "trivia", "coding": "coding", "ai": "ai"}
-TEACHER = "gpt-4o-mini"
-
-
-@functools.lru_cache(maxsize=1)
-def corpus() -> list[tuple[str, str]]:
-    """(question, topic) from the chatterbot-corpus wheel (offline, labelled by file)."""
-    import chatterbot_corpus
-    import yaml
-
-    root = Path(chatterbot_corpus.__file__).parent / "data" / "english"
-    items: dict[str, str] = {}
-    for name, label in CATEGORIES.items():
-        for conv in yaml.safe_load((root / f"{name}.yml").read_text())["conversations"]:
-            if conv and isinstance(conv[0], str) and conv[0].strip():
-                items.setdefault(conv[0].strip(), label)
-    out = sorted(items.items())
-    random.Random(0).shuffle(out)
-    return out
-
-
-def teacher_answer(label: str) -> str:
-    return orjson.dumps({"label": label}).decode()
-
+from tests.fixtures.auto import CATEGORIES, TEACHER, corpus, run_until, teacher_answer  # noqa: F401
 
 def captured(question: str, label: str, i: int, metadata: dict | None = None) -> dict:
     req = {"model": TEACHER, "messages": [{"role": "system", "content": "Classify the topic. Answer JSON."},
@@ -70,17 +46,6 @@ def fill(store: Store, n: int | None = None, start: int = 0) -> int:
     items = corpus()[:n] if n else corpus()
     insert_records(store, [captured(q, lab, start + i) for i, (q, lab) in enumerate(items)])
     return len(items)
-
-
-def run_until(worker: Worker, done, timeout: float = 30.0) -> list[str]:
-    actions: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        actions += worker.run_once()
-        if done():
-            return actions
-        time.sleep(0.05)
-    raise AssertionError(f"not done after {timeout}s; actions: {actions}")
 
 
 def job_rows(store: Store) -> list[dict]:

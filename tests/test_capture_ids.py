@@ -200,7 +200,7 @@ def test_feedback_api_on_a_repeating_upstream_corrects_one_example(tmp_path, rep
 
     from protege.app import build_app
     from protege.settings import load_settings
-    from tests.test_feedback_api import call
+    from tests.fixtures.http import call
 
     app, _store, writer = build_app(load_settings(db=str(tmp_path / "app.duckdb"), upstream=repeating.base_url))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))

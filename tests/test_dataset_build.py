@@ -16,52 +16,10 @@ from protege.distill import (
     validate_jsonl,
 )
 from protege.distill.datasets.builder import dataset_completion_ids
-from protege.store import Store, insert_records, record_from_completion
+from protege.store import Store, insert_records
 from protege.store.feedback import add_feedback
 
-SYSTEM = "You are the support assistant of ACME. Classify each ticket as billing or technical. Be brief."
-
-
-def make_record(
-    i: int,
-    *,
-    user: str | None = None,
-    answer: str | None = "billing",
-    model: str = "gpt-4o",
-    system: str | None = SYSTEM,
-    finish_reason: str = "stop",
-    refusal: str | None = None,
-    metadata: dict | None = None,
-    tool_calls: list | None = None,
-    tools: list | None = None,
-    created: int | None = None,
-    usage: bool = True,
-    outcome: str = "ok",
-) -> dict:
-    """A record shaped like the proxy's captures (request + chat.completion response)."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user if user is not None else f"Ticket {i}: my invoice number {i} looks wrong"}
-    ]
-    req = {"model": model, "messages": messages, "temperature": 0}
-    if tools:
-        req["tools"] = tools
-    msg = {"role": "assistant", "content": answer, "refusal": refusal, "annotations": []}
-    if tool_calls:
-        msg["tool_calls"] = tool_calls
-    resp = {
-        "id": f"chatcmpl-{i}",
-        "object": "chat.completion",
-        "created": created or 1_700_000_000 + i,
-        "model": model + "-2024-08-06",
-        "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason, "logprobs": None}],
-    }
-    if usage:
-        resp["usage"] = {"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32}
-    rec = record_from_completion(resp, req, metadata=metadata or {}, source="proxy")
-    if outcome != "ok":
-        rec.update(outcome=outcome, response=None, status_code=500, finish_reason=None)
-    return rec
-
+from tests.fixtures.records import SYSTEM, make_record
 
 def make_store(tmp_path: Path, records: list[dict]) -> Store:
     store = Store(str(tmp_path / "p.duckdb"))

@@ -7,7 +7,7 @@ from protege.store import Store, insert_records
 from typer.testing import CliRunner
 
 from protege.cli import app
-from tests.test_dataset_build import make_record
+from tests.fixtures.records import make_record
 
 
 def run(db, *args):

@@ -6,13 +6,10 @@ import threading
 import time
 
 import orjson
-import pytest
 import uvicorn
 
 from protege.settings import load_settings
-from tests.test_feedback_api import call
-
-pytest.importorskip("protege.app")
+from tests.fixtures.http import call
 
 
 def test_traffic_through_the_proxy_becomes_a_dataset(tmp_path, fake_openai):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from protege import apikit
 from fastapi.testclient import TestClient
 
 from protege.evals.api import router
@@ -35,6 +36,7 @@ def fake():
 def client(tmp_path: Path):
     store = Store(str(tmp_path / "a.duckdb"))
     app = FastAPI()
+    apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)
     app.state.protege_store = store
     # The fake candidates run on 127.0.0.1: a server credential (api_key_env) may go there.
@@ -183,6 +185,7 @@ def test_handlers_call_the_store_off_the_event_loop(tmp_path: Path, fake) -> Non
     from worker threads only: a slow disk must not stall the loop that serves every other request."""
     store = WatchedStore(str(tmp_path / "w.duckdb"))
     app = FastAPI()
+    apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)
     app.state.protege_store = store
     try:

@@ -7,16 +7,17 @@ import time
 import urllib.error
 import urllib.request
 
-import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from protege import apikit
 from protege.distill.datasets.api import router as datasets_router
 from protege.distill.feedback.api import router as feedback_router
 from protege.store import Store, insert_records
 
 from protege.settings import Settings
-from tests.test_dataset_build import make_record
+from tests.fixtures.http import call
+from tests.fixtures.records import make_record
 
 
 class Server:
@@ -35,21 +36,12 @@ class Server:
         self.thread.join(10)
 
 
-def call(method: str, url: str, body=None, headers=None, raw: bytes | None = None):
-    data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
-
-
 @pytest.fixture
 def api(tmp_path):
     store = Store(str(tmp_path / "api.duckdb"))
     insert_records(store, [make_record(i, answer=["billing", "technical"][i % 2]) for i in range(15)])
     app = FastAPI()
+    apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(feedback_router)
     app.include_router(datasets_router)
     app.state.protege_store = store

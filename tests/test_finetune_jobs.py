@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from protege import apikit
 from typer.testing import CliRunner
 
 from protege.distill.finetune import jobs
@@ -22,6 +20,7 @@ from protege.settings import load_settings
 from protege.store import Store
 from protege.store import jobs as store_jobs
 from tests.fakes.openai_finetune import FakeFineTuneServer
+from tests.fixtures.http import RouterServer as _Server
 
 
 def chat_rows(n: int = 12) -> list[dict]:
@@ -216,40 +215,9 @@ def test_cli_start_status_list_events_cancel(fake, tmp_path):
 # --- HTTP API ---------------------------------------------------------------------------------
 
 
-class _Server:
-    def __init__(self, app) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "_Server":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-
-    def call(self, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=20) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-
 def test_http_api(store, settings, tmp_path):
     app = FastAPI()
+    apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)
     app.state.protege_store = store
     app.state.protege_settings = settings
@@ -327,6 +295,7 @@ def test_continue_from_an_earlier_job_and_azure_from_settings(fake, store, tmp_p
 def test_http_api_needs_an_admin_key_when_configured(store, fake, tmp_path):
     settings = load_settings(db=store.path, upstream=fake.base_url, upstream_api_key="sk-test", admin_keys=["adm-1"])
     app = FastAPI()
+    apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)
     app.state.protege_store = store
     app.state.protege_settings = settings

@@ -242,14 +242,10 @@ def test_registry_has_and_complete(trained, data):
 
 def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
     """End to end: protege.app.build_app under uvicorn on 127.0.0.1, the OpenAI SDK as client."""
-    app_mod = pytest.importorskip("protege.app")
-    try:
-        import protege.proxy  # noqa: F401
-    except ImportError:
-        pytest.skip("the proxy is not there yet")
     import openai
     import uvicorn
 
+    from protege import app as app_mod
     from protege.settings import load_settings
 
     # Its own store: the proxy's lifespan closes the store it was given on shutdown.
@@ -284,11 +280,13 @@ def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
 
 def test_cli_and_http_start_local_jobs(data, tmp_path):
     from fastapi import FastAPI
+
+    from protege import apikit
     from typer.testing import CliRunner
 
     from protege.cli import app as cli_app
     from protege.distill.finetune.api import router
-    from tests.test_finetune_jobs import _Server
+    from tests.fixtures.http import RouterServer as _Server
 
     db = str(tmp_path / "cli.duckdb")
     r = CliRunner().invoke(cli_app, ["--db", db, "finetune", "start", "--backend", "local", "-t", data["train"], "-v", data["validation"], "--name", "topics", "--json"])
@@ -302,6 +300,7 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
     store = Store(str(tmp_path / "http.duckdb"))
     try:
         api = FastAPI()
+        apikit.install(api)  # the app's error handler, as protege.app's app has it
         api.include_router(router)
         api.state.protege_store = store
         # Over HTTP a job trains on a dataset id, never on a path the request names (issue 8).

@@ -51,6 +51,13 @@ def test_cancel_stops_the_job_process(tmp_path, tiny_chat_model):
     wait_until(lambda: _step(job_dir) >= 2, timeout=180)
     pid = jobfiles.read_json(job_dir / jobfiles.PROCESS)["pid"]
     assert jobfiles.process_alive(job_dir)
+    # `finetune status` shows the running job's progress (step, loss, ETA) from its files.
+    from typer.testing import CliRunner
+
+    from protege.cli import app
+
+    r = CliRunner().invoke(app, ["--db", str(tmp_path / "db.duckdb"), "finetune", "status", job["id"]])
+    assert r.exit_code == 0 and "running" in r.output and "/5000  loss=" in r.output and "ETA" in r.output, r.output
     job = jobs.cancel_job(store, job["id"])
     assert job["status"] == "cancelled"
     assert not jobfiles.process_alive(job_dir)

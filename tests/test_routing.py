@@ -90,3 +90,27 @@ def test_new_route_replaces_the_policy_s_old_one(tmp_path) -> None:
     assert not store_auto.get_route(store, old.id).active
     assert [r.id for r in store_auto.active_routes(store)] == [new.id]
     store.close()
+
+
+def test_a_local_change_is_served_at_once_without_a_query_on_the_event_loop(tmp_path) -> None:
+    """The proxy calls route() on its event loop: after a change made through this process's Store
+    (in a worker thread, as the API and the worker make them), the next route() already answers
+    with it, and no store call ran on the loop (the changing thread reloaded the table)."""
+    import asyncio
+
+    from tests.fixtures.evals import WatchedStore
+
+    store = WatchedStore(str(tmp_path / "r.duckdb"))
+    router = StoreRouter(store, ttl=3600)
+    a = _route(store, "policy_a", "m", {"k": "v"}, student="protege/a")
+    c = _route(store, "policy_c", "m", {}, student="protege/c", stage="shadow", percent=0)
+
+    async def serve() -> tuple[str, str]:
+        before = router.route("m", {"k": "v"}).route_id
+        await asyncio.to_thread(store_auto.end_route, store, a.id)
+        return before, router.route("m", {"k": "v"}).route_id
+
+    before, after = asyncio.run(serve())
+    assert (before, after) == (a.id, c.id)
+    assert store.on_loop == []
+    store.close()

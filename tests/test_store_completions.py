@@ -145,8 +145,9 @@ def test_update_metadata_replaces_filters(store):
     assert ids(list_stored(store, metadata={"x' OR 1=1 --": "y"})) == ["chatcmpl-1"]
     assert update_metadata(store, "chatcmpl-1", None)["metadata"] == {}
     assert ids(list_stored(store, metadata={"env": "staging"})) == []
-    rows = store.cursor().execute("SELECT key FROM completion_metadata ORDER BY seq").fetchall()
-    assert rows == [("env",)]  # the relational copy follows too
+    # the filter column follows too (its one-row-per-pair copy, completion_metadata, retired in v7)
+    rows = store.cursor().execute("SELECT id, meta_pairs FROM completions ORDER BY seq").fetchall()
+    assert rows == [("chatcmpl-1", None), ("chatcmpl-2", ['["env","prod"]'])]
     assert update_metadata(store, "missing", {"a": "b"}) is None
 
 
@@ -155,7 +156,8 @@ def test_delete(store):
     assert delete_completion(store, "chatcmpl-1") is True
     assert delete_completion(store, "chatcmpl-1") is False
     assert ids(list_stored(store)) == ["chatcmpl-2"]
-    assert store.cursor().execute("SELECT count(*) FROM completion_metadata").fetchone()[0] == 0
+    # nothing of the deleted capture is left (its metadata lived on its row; completion_metadata retired in v7)
+    assert store.cursor().execute("SELECT id FROM completions").fetchall() == [("chatcmpl-2",)]
 
 
 def test_select_records_time_window(store):

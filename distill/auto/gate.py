@@ -29,7 +29,7 @@ from protege.evals.metrics import available_metrics, get_metric
 from protege.evals.stats import paired_difference, paired_difference_data
 from protege.evals.summary import parse_metric
 
-from protege.distill.auto.agreement import normalise_label, normalise_text
+from protege.distill.auto.agreement import normalise_label
 
 
 @dataclass

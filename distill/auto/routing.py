@@ -1,10 +1,10 @@
 """The proxy's route table: which student takes part in answering a request, looked up in memory.
 
-``route()`` runs on every proxied request, so it must never touch the database: active routes are
-loaded into dicts keyed by (model, metadata pair), and reloaded only when the stored route version
-changes. Changes made through this process's Store are seen at once (an in-process counter, a dict
-lookup); changes made by another process are noticed within ``ttl`` seconds by a background
-re-check, never on the request path.
+``route()`` runs on every proxied request (on the event loop), so it only reads memory: active
+routes are loaded into dicts keyed by (model, metadata pair). Changes made through this process's
+Store are seen at once: the store calls :meth:`StoreRouter.refresh` in the thread that made the
+change, after its commit (``store.auto.on_routes_change``); changes made by another process are
+noticed within ``ttl`` seconds by a re-check in a background thread. Neither runs on the loop.
 """
 
 from __future__ import annotations
@@ -53,20 +53,18 @@ class StoreRouter:
         # model or None -> entries without metadata conditions
         self._by_model: dict[str | None, list[_Entry]] = {}
         self._any = False
-        self._local_version = -1
         self._stored_version = -1
         self._next_check = 0.0
         self._lock = threading.Lock()
         self._checking = False
         self.refresh()
+        store_auto.on_routes_change(store, self.refresh)
 
     # -- hot path -----------------------------------------------------------------------------
 
     def route(self, model: str | None, metadata: dict[str, str] | None) -> Route | None:
-        # in-process change counter: a dict lookup, never a query (hot path)
-        if self._auto.local_routes_version(self._store) != self._local_version:
-            self.refresh()
-        elif time.monotonic() >= self._next_check:
+        """The route for a request, from memory (never a query: this runs on the event loop)."""
+        if time.monotonic() >= self._next_check:
             self._check_in_background()
         if not self._any:
             return None
@@ -87,9 +85,9 @@ class StoreRouter:
     # -- loading ------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Reload the active routes from the store (off the request path except after a local change)."""
+        """Reload the active routes from the store (blocking: called at start, by the thread that
+        changed a route, and by the background re-check; never by ``route()``)."""
         with self._lock:
-            local = self._auto.local_routes_version(self._store)
             stored = self._auto.routes_version(self._store)
             rows = self._auto.active_routes(self._store)
             by_pair: dict[tuple[str | None, str, str], list[_Entry]] = {}
@@ -108,7 +106,6 @@ class StoreRouter:
                     by_model.setdefault(row.match_model, []).append(entry)
             self._by_pair, self._by_model = by_pair, by_model
             self._any = bool(rows)
-            self._local_version = local
             self._stored_version = stored
             self._next_check = time.monotonic() + self.ttl
 

@@ -15,15 +15,16 @@ from typing import Any
 
 import orjson
 
+from protege.store.messages import content_text, first_message
+
 from protege.distill.datasets.examples import clean_input_messages
 from protege.distill.datasets.prune import strip_prompt
 from protege.distill.datasets.scrub import scrub_messages, scrub_text
 
 
 def _answer_text(response: dict[str, Any]) -> str | None:
-    choices = response.get("choices") or [{}]
-    content = (choices[0].get("message") or {}).get("content")
-    return content if isinstance(content, str) and content else None
+    """The teacher's text (tool-call answers have none: a preference pair needs text on both sides)."""
+    return content_text((first_message(response) or {}).get("content")) or None
 
 
 def _input_key(messages: list[dict[str, Any]]) -> str:

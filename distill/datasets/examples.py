@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from protege.store.messages import content_text, first_message
+
 _KEEP = ("role", "content", "name", "tool_calls", "tool_call_id", "weight", "function_call")
 
 
@@ -56,11 +58,10 @@ def assistant_message(response: dict[str, Any], correction: str | None = None) -
 
 
 def answer_text(response: dict[str, Any], correction: str | None = None) -> str:
+    """The correction, or the teacher's text (store.messages reads it)."""
     if correction is not None:
         return correction
-    choices = response.get("choices") or ()
-    content = (choices[0].get("message") or {}).get("content") if choices else None
-    return content if isinstance(content, str) else ""
+    return content_text((first_message(response) or {}).get("content"))
 
 
 __all__ = ["answer_text", "assistant_message", "clean_input_messages", "clean_message"]

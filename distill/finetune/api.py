@@ -11,73 +11,53 @@ import logging
 from typing import Any
 
 import openai
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
 
 from protege import apikit
+from protege.apikit import ApiError
 
 from protege.distill.finetune import jobs
 from protege.distill.finetune.interface import FineTuneError
 
 log = logging.getLogger("protege.distill.finetune.api")
 
-router = APIRouter(prefix="/protege/v1/fine_tuning/jobs", tags=["fine-tuning"])
+# Jobs can spend money on a cloud account: when admin keys are configured only their holders may
+# list, start or cancel them.
+router = APIRouter(
+    prefix="/protege/v1/fine_tuning/jobs", tags=["fine-tuning"], dependencies=[apikit.admin_only("Fine-tuning jobs")]
+)
 
 
-error_response = apikit.error_response
-
-
-def _from_exc(exc: Exception) -> JSONResponse:
+def _api_error(exc: Exception) -> ApiError:
+    """Any failure as the kit's error: a FineTuneError keeps its status (the type follows it), an
+    unreachable provider is a 502, anything else a logged 500."""
+    if isinstance(exc, ApiError):
+        return exc
     if isinstance(exc, FineTuneError):
         kind = "invalid_request_error" if exc.status < 500 else "api_error"
         if exc.status == 401:
             kind = "authentication_error"
         elif exc.status == 403:
             kind = "permission_error"
-        return error_response(exc.status, exc.message, type_=kind, param=exc.param, code=exc.code)
+        return ApiError(exc.status, exc.message, type=kind, param=exc.param, code=exc.code)
     if isinstance(exc, openai.APIConnectionError):
-        return error_response(502, f"the fine-tuning provider could not be reached: {exc}", type_="api_error", code="upstream_unreachable")
+        return ApiError(502, f"the fine-tuning provider could not be reached: {exc}", type="api_error", code="upstream_unreachable")
     log.exception("fine-tuning API error")
-    return error_response(500, f"internal error: {exc.__class__.__name__}", type_="api_error")
+    return ApiError(500, f"internal error: {exc.__class__.__name__}", type="api_error")
 
 
-def _ctx(request: Request) -> tuple[Any, Any]:
-    """The store and settings, after the admin-key check: jobs can spend money on a cloud account,
-    so when admin keys are configured only their holders may list, start or cancel them."""
-    state = request.app.state
-    store = getattr(state, "protege_store", None)
-    settings = getattr(state, "protege_settings", None)
-    denial = apikit.admin_denial(request, "Fine-tuning jobs")
-    if denial is not None:
-        raise FineTuneError(denial.message, status=denial.status, code=denial.code)
-    if store is None:
-        raise FineTuneError("the fine-tuning API has no store configured", status=500, code="no_store")
-    return store, settings
-
-
-def _envelope(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return apikit.list_envelope(items, has_more)
-
-
-def _limit(request: Request, default: int = 20) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise FineTuneError(f"Invalid 'limit': expected an integer, got {raw!r}", param="limit") from None
+def _settings(request: Request) -> Any:
+    return getattr(request.app.state, "protege_settings", None)
 
 
 @router.get("")
-def list_jobs(request: Request) -> Any:
+def list_jobs(request: Request, store: Any = Depends(apikit.store), limit: int = Depends(apikit.limit)) -> Any:
     try:
-        store, _ = _ctx(request)
         meta = {k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
-        items, more = jobs.list_jobs(store, after=request.query_params.get("after"), limit=_limit(request), metadata=meta or None)
-        return _envelope([jobs.job_view(store, j, history=False) for j in items], more)
+        items, more = jobs.list_jobs(store, after=request.query_params.get("after"), limit=limit, metadata=meta or None)
+        return apikit.list_envelope([jobs.job_view(store, j, history=False) for j in items], more)
     except Exception as exc:  # noqa: BLE001 - every failure becomes OpenAI-style error JSON
-        return _from_exc(exc)
+        raise _api_error(exc) from None
 
 
 def _is_dataset_id(value: Any) -> bool:
@@ -138,52 +118,46 @@ def _parse_create(body: Any) -> dict[str, Any]:
 
 
 @router.post("")
-async def create_job(request: Request) -> Any:
-    try:
-        store, settings = _ctx(request)
-    except FineTuneError as exc:
-        return _from_exc(exc)
+async def create_job(request: Request, store: Any = Depends(apikit.store)) -> Any:
     try:
         body = await request.json()
     except ValueError:
-        return error_response(400, "We could not parse the JSON body of your request.")
+        raise ApiError(400, "We could not parse the JSON body of your request.") from None
+    settings = _settings(request)
     try:
         args = _parse_create(body)
         from starlette.concurrency import run_in_threadpool
 
-        job = await run_in_threadpool(lambda: jobs.start_job(store, settings=settings, **args))
-        return jobs.job_view(store, job)
+        # Starting a cloud job is a blocking SDK call, and the view reads the store: both in a thread.
+        return await run_in_threadpool(lambda: jobs.job_view(store, jobs.start_job(store, settings=settings, **args)))
     except Exception as exc:  # noqa: BLE001
-        return _from_exc(exc)
+        raise _api_error(exc) from None
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, request: Request) -> Any:
+def get_job(job_id: str, request: Request, store: Any = Depends(apikit.store)) -> Any:
     try:
-        store, settings = _ctx(request)
-        return jobs.job_view(store, jobs.get_job(store, job_id, settings=settings))
+        return jobs.job_view(store, jobs.get_job(store, job_id, settings=_settings(request)))
     except Exception as exc:  # noqa: BLE001
-        return _from_exc(exc)
+        raise _api_error(exc) from None
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, request: Request) -> Any:
+def cancel_job(job_id: str, request: Request, store: Any = Depends(apikit.store)) -> Any:
     try:
-        store, settings = _ctx(request)
-        return jobs.job_view(store, jobs.cancel_job(store, job_id, settings=settings))
+        return jobs.job_view(store, jobs.cancel_job(store, job_id, settings=_settings(request)))
     except Exception as exc:  # noqa: BLE001
-        return _from_exc(exc)
+        raise _api_error(exc) from None
 
 
 @router.get("/{job_id}/events")
-def list_events(job_id: str, request: Request) -> Any:
+def list_events(job_id: str, request: Request, store: Any = Depends(apikit.store), limit: int = Depends(apikit.limit)) -> Any:
     try:
-        store, settings = _ctx(request)
-        jobs.get_job(store, job_id, settings=settings)
-        items, more = jobs.list_events(store, job_id, after=request.query_params.get("after"), limit=_limit(request))
-        return _envelope(items, more)
+        jobs.get_job(store, job_id, settings=_settings(request))
+        items, more = jobs.list_events(store, job_id, after=request.query_params.get("after"), limit=limit)
+        return apikit.list_envelope(items, more)
     except Exception as exc:  # noqa: BLE001
-        return _from_exc(exc)
+        raise _api_error(exc) from None
 
 
 __all__ = ["router"]

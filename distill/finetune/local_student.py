@@ -38,26 +38,20 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from protege.store import jobs as store_jobs
+from protege.store.messages import content_text, normalise_label
 
 from protege.distill.finetune.interface import BackendStatus, FineTuneError, JobSpec, StartResult
 
 log = logging.getLogger("protege.distill.student")
 
 FORMAT_VERSION = 1
-_LABEL_KEYS = ("label", "category", "class", "intent", "route", "answer", "sentiment", "topic", "result")
-_KEY_VALUE = re.compile(r"^\s*([A-Za-z][\w \-]{0,40}?)\s*[:=]\s*(.+?)\s*$", re.S)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 # --- data ------------------------------------------------------------------------------------
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
-    return ""
+_text = content_text  # the one reading of message content (store.messages)
 
 
 def input_text(messages: list[dict[str, Any]], include_system: bool = False) -> str:
@@ -68,28 +62,6 @@ def input_text(messages: list[dict[str, Any]], include_system: bool = False) -> 
         if role == "user" or (include_system and role in ("system", "developer")):
             parts.append(_text(m.get("content")))
     return "\n".join(parts)
-
-
-def normalise_label(answer: str) -> str:
-    """One class per meaning: JSON ``{"label": x}``, ``Key: x`` and bare ``x`` all become ``x``."""
-    text = answer.strip()
-    if text.startswith("{") and text.endswith("}"):
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict) and obj:
-            value = next((obj[k] for k in _LABEL_KEYS if k in obj), None)
-            if value is None and len(obj) == 1:
-                value = next(iter(obj.values()))
-            if isinstance(value, (str, int, float, bool)):
-                text = str(value)
-    else:
-        m = _KEY_VALUE.match(text)
-        if m and "\n" not in text:
-            text = m.group(2)
-    text = text.strip().strip("\"'`").rstrip(".!").strip()
-    return " ".join(text.lower().split())
 
 
 def examples_from_jsonl(path: str | Path, include_system: bool = False) -> list[tuple[str, str]]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from protege.store import jobs as store_jobs
+from protege.store.messages import content_text
 
 from protege.distill.finetune.interface import FineTuneError
 from protege.distill.finetune.endpoints import EndpointStudent
@@ -56,14 +57,6 @@ def parse_model(model: str) -> tuple[str, int | None] | None:
 def estimate_tokens(text: str) -> int:
     """~4 characters per token (OpenAI's rule of thumb); the classifier has no tokenizer of its own."""
     return max(1, math.ceil(len(text) / 4)) if text else 0
-
-
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 def model_id(name: str, version: int | None = None) -> str:
@@ -384,7 +377,7 @@ class _Classifier:
             raise FineTuneError("'messages' must be a non-empty array", param="messages", code="invalid_value")
         answer, label, confidence = self.student.answer(messages)
         n = body.get("n") or 1
-        prompt_tokens = sum(estimate_tokens(_message_text(m.get("content"))) + 3 for m in messages if isinstance(m, dict)) + 3
+        prompt_tokens = sum(estimate_tokens(content_text(m.get("content"))) + 3 for m in messages if isinstance(m, dict)) + 3
         completion_tokens = estimate_tokens(answer)
         return {
             "id": f"chatcmpl-{secrets.token_hex(12)}",

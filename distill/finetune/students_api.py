@@ -5,40 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
 
 from protege import apikit
+from protege.apikit import ApiError
 
 from protege.distill.finetune import students_admin
 from protege.distill.finetune.interface import FineTuneError
 
-router = APIRouter(prefix="/protege/v1/students", tags=["students"])
+router = APIRouter(prefix="/protege/v1/students", tags=["students"], dependencies=[apikit.admin_only("Students")])
 
 
-def _store(request: Request) -> Any:
-    problem = apikit.admin_key_problem(request, "Students")
-    if problem is not None:
-        raise FineTuneError(problem[1], status=401, code=problem[0])
-    store = getattr(request.app.state, "protege_store", None)
-    if store is None:
-        raise FineTuneError("the students API has no store configured", status=500, code="no_store")
-    return store
-
-
-def _error(exc: FineTuneError) -> JSONResponse:
+def _api_error(exc: FineTuneError) -> ApiError:
     kind = "authentication_error" if exc.status == 401 else ("invalid_request_error" if exc.status < 500 else "api_error")
-    return apikit.error_response(exc.status, exc.message, type_=kind, param=exc.param, code=exc.code)
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise FineTuneError("We could not parse the JSON body of your request.") from None
-    if not isinstance(body, dict):
-        raise FineTuneError("the body must be a JSON object")
-    return body
+    return ApiError(exc.status, exc.message, type=kind, param=exc.param, code=exc.code)
 
 
 def _refresh(request: Request) -> None:
@@ -48,20 +28,18 @@ def _refresh(request: Request) -> None:
 
 
 @router.get("")
-async def list_students(request: Request) -> Any:
+async def list_students(store: Any = Depends(apikit.store)) -> Any:
     try:
-        store = _store(request)
         return apikit.list_envelope(await asyncio.to_thread(students_admin.list_all, store))
     except FineTuneError as exc:
-        return _error(exc)
+        raise _api_error(exc) from None
 
 
 @router.post("")
-async def add_endpoint(request: Request) -> Any:
+async def add_endpoint(request: Request, store: Any = Depends(apikit.store)) -> Any:
     """Register an endpoint student: {"name", "base_url", "model", "api_key_env"?, "timeout"?}."""
     try:
-        store = _store(request)
-        body = await _body(request)
+        body = await apikit.json_object(request)
         timeout = body.get("timeout", 60.0)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise FineTuneError("Invalid 'timeout': expected a positive number of seconds", param="timeout")
@@ -77,30 +55,28 @@ async def add_endpoint(request: Request) -> Any:
         await asyncio.to_thread(_refresh, request)
         return out
     except FineTuneError as exc:
-        return _error(exc)
+        raise _api_error(exc) from None
 
 
 @router.delete("/{name}")
-async def remove_endpoint(name: str, request: Request) -> Any:
+async def remove_endpoint(name: str, request: Request, store: Any = Depends(apikit.store)) -> Any:
     try:
-        store = _store(request)
         await asyncio.to_thread(students_admin.remove_endpoint, store, name)
         await asyncio.to_thread(_refresh, request)
         return {"object": "protege.student.deleted", "name": name, "deleted": True}
     except FineTuneError as exc:
-        return _error(exc)
+        raise _api_error(exc) from None
 
 
 @router.post("/promote")
-async def promote(request: Request) -> Any:
+async def promote(request: Request, store: Any = Depends(apikit.store)) -> Any:
     """{"model": "protege/<name>@v<N>", "force": false, "reason"?}: the bare name serves that version."""
     try:
-        store = _store(request)
-        body = await _body(request)
+        body = await apikit.json_object(request)
         if not isinstance(body.get("model"), str):
             raise FineTuneError("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
         out = await asyncio.to_thread(students_admin.promote, store, body["model"], force=body.get("force") is True, reason=body.get("reason"))
         await asyncio.to_thread(_refresh, request)
         return out
     except FineTuneError as exc:
-        return _error(exc)
+        raise _api_error(exc) from None
