@@ -1,8 +1,8 @@
 """protege.distill: datasets from captured traffic, fine-tunes (cloud and local), automatic distillation.
 
 Four rooms, each with its own ``cli`` (Typer group) and ``api`` (FastAPI router) where it has one;
-imports go one way, auto -> finetune -> datasets (and feedback on its own), checked by the
-``distill-acyclic`` import contract:
+imports go one way: ``auto`` uses ``finetune`` and ``datasets``, which (like ``feedback``) use no
+other room; the ``distill-acyclic`` import contract checks it:
 
 - ``datasets``: versioned fine-tuning datasets built from captured traffic (``builder`` is the entry).
 - ``feedback``: scores, labels and corrections on captured completions (the CLI and routes).

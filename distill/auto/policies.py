@@ -171,7 +171,7 @@ class GateSpec(_Strict):
 
     ``metrics``: any metric of ``protege.evals`` by name (``"rougeL"``, ``"json_valid"``,
     ``"bleu:tokenize=char"``) or as a table with options (``{name = "json_schema", schema = {...}}``,
-    ``{name = "judge", model = "gpt-4.1", api_key_env = "OPENAI_API_KEY"}``); see distill/gate.py."""
+    ``{name = "judge", model = "gpt-4.1", api_key_env = "OPENAI_API_KEY"}``); see distill/auto/gate.py."""
 
     metrics: list[str | dict[str, Any]] = Field(default_factory=lambda: ["exact_match"], min_length=1)
     tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
@@ -226,7 +226,7 @@ class Policy(_Strict):
     enabled: bool = True
     match: TrafficMatch
     trigger: Trigger
-    dataset: dict[str, Any] = Field(default_factory=dict)  # passed to distill.builder.DatasetOptions
+    dataset: dict[str, Any] = Field(default_factory=dict)  # passed to distill.datasets.builder.DatasetOptions
     student: StudentSpec = Field(default_factory=StudentSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
