@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import orjson
-from protege.distill.builder import DatasetOptions, build_dataset
+from protege.distill.datasets.builder import DatasetOptions, build_dataset
 from protege.store import COLUMNS, Store
 
 SYSTEM_PROMPTS = [

@@ -7,7 +7,7 @@ tokenising, training, saving the adapter), alternated Protege / plain, medians o
 Protege's job also writes progress events, hashes the artifacts and records the student.
 
 ``quality``: (1) topic classification on chatterbot-corpus (ships inside its PyPI wheel), the LoRA
-student vs the classifier student (distill/local_student.py) trained on the same examples, with the
+student vs the classifier student (distill/finetune/local_student.py) trained on the same examples, with the
 base model's zero-shot score, on the same held-out items; (2) extraction to JSON by a deterministic
 stand-in teacher: the student's ``json_valid`` and ``exact_match`` against the teacher on held-out
 items. 95 % CIs from Protege's evals (seeded percentile bootstrap).
@@ -145,7 +145,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 
 def run_protege(base: Path, train: str, steps: int, batch: int, max_length: int, threads: int, work: Path) -> float:
-    from protege.distill import jobs
+    from protege.distill.finetune import jobs
     from protege.store import Store
 
     store = Store(str(work / "db.duckdb"))
@@ -221,7 +221,7 @@ def ci(metric_name: str, hyps: list[str], refs: list[str]) -> dict:
 
 
 def train_lora(store, gguf: Path, train: str, validation: str, name: str, hp: dict, threads: int) -> tuple[dict, float]:
-    from protege.distill import jobs
+    from protege.distill.finetune import jobs
 
     t0 = time.perf_counter()
     job = jobs.start_job(store, backend="lora", model=str(gguf), training_file=train, validation_file=validation, name=name,
@@ -235,7 +235,7 @@ def quality(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from protege.distill import local_student
+    from protege.distill.finetune import local_student
     from protege.distill.finetune import export
     from protege.distill.finetune.lora import default_threads
     from protege.store import Store

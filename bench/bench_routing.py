@@ -35,7 +35,7 @@ def _routes(store, n: int, model: str = "gpt-4o-mini") -> None:
 
 
 def bench_lookup(n_routes: int, calls: int = 200_000) -> dict[str, float]:
-    from protege.distill.routing import StoreRouter
+    from protege.distill.auto.routing import StoreRouter
     from protege.store import Store
 
     store = Store(":memory:")
@@ -68,7 +68,7 @@ def bench_lookup(n_routes: int, calls: int = 200_000) -> dict[str, float]:
 class _Server:
     def __init__(self, db: str, upstream: str, router_kind: str) -> None:
         import uvicorn
-        from protege.distill.routing import StoreRouter
+        from protege.distill.auto.routing import StoreRouter
         from protege.proxy import create_app
         from protege.store import CaptureWriter, Store
         from protege.store import auto as store_auto

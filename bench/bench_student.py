@@ -95,7 +95,7 @@ def machine() -> str:
 
 
 def bench_training(n: int, runs: int) -> dict:
-    from protege.distill.local_student import make_pipeline, normalise_label, train
+    from protege.distill.finetune.local_student import make_pipeline, normalise_label, train
 
     pairs = synthetic(n)
     texts = [t for t, _ in pairs]
@@ -135,8 +135,8 @@ def bench_training(n: int, runs: int) -> dict:
 
 def bench_serving(student, calls: int, runs: int) -> dict:
     """StudentRegistry.complete per call (distinct texts: no cache hits) vs Pipeline.predict on one text."""
-    from protege.distill.local_student import save_student
-    from protege.distill.students import StudentRegistry
+    from protege.distill.finetune.local_student import save_student
+    from protege.distill.finetune.students import StudentRegistry
     from protege.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-student-"))
@@ -177,7 +177,7 @@ def bench_proxy_wrk(student, duration: int = 10, connections: int = 32, threads:
     """Train-free: saves ``student`` into a fresh DuckDB, starts ``protege serve`` on it (a separate
     process: one process owns the file), and drives POST /v1/chat/completions with model
     ``protege/bench`` using wrk. Returns requests/s and wrk's median latency."""
-    from protege.distill.local_student import save_student
+    from protege.distill.finetune.local_student import save_student
     from protege.store import Store
 
     if shutil.which("wrk") is None:

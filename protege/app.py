@@ -19,10 +19,11 @@ log = logging.getLogger("protege.app")
 # Each area's FastAPI router, mounted when the module exists: "module:attribute".
 _ROUTERS = (
     "protege.evals.api:router",
-    "protege.distill.api:router",
-    "protege.distill.finetune_api:router",
-    "protege.distill.auto_api:router",
-    "protege.distill.students_api:router",
+    "protege.distill.datasets.api:router",
+    "protege.distill.feedback.api:router",
+    "protege.distill.finetune.api:router",
+    "protege.distill.auto.api:router",
+    "protege.distill.finetune.students_api:router",
     "protege.console:router",  # the web console at /ui
 )
 
@@ -51,15 +52,15 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
         journal_fsync=settings.journal_fsync, read_timeout=settings.read_your_writes_timeout,
     )
     routers = [r for r in (_optional(p) for p in _ROUTERS) if r is not None]
-    registry_cls = _optional("protege.distill.students:StudentRegistry")
+    registry_cls = _optional("protege.distill.finetune.students:StudentRegistry")
     local_models = registry_cls(store, timeout=settings.student_timeout) if registry_cls is not None else None
-    router_cls = _optional("protege.distill.routing:StoreRouter")
+    router_cls = _optional("protege.distill.auto.routing:StoreRouter")
     router = router_cls(store) if router_cls is not None else None
     on_startup, on_shutdown = [], []
     if local_models is not None and hasattr(local_models, "close"):
         on_shutdown.append(local_models.close)  # generation workers of loaded students
     if settings.run_worker:
-        worker_cls = _optional("protege.distill.auto:Worker")
+        worker_cls = _optional("protege.distill.auto.worker:Worker")
         if worker_cls is None:
             raise RuntimeError("the automatic-distillation worker is not available in this install")
         worker = worker_cls(store, settings)

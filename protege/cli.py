@@ -62,12 +62,12 @@ def _mount_groups() -> None:
 
     for module, name in (
         ("protege.store.cli", "completions"),
-        ("protege.distill.cli", "dataset"),
-        ("protege.distill.cli_finetune", "finetune"),
-        ("protege.distill.cli_feedback", "feedback"),
+        ("protege.distill.datasets.cli", "dataset"),
+        ("protege.distill.finetune.cli", "finetune"),
+        ("protege.distill.feedback.cli", "feedback"),
         ("protege.evals.cli", "eval"),
-        ("protege.distill.cli_auto", "auto"),
-        ("protege.distill.cli_students", "students"),
+        ("protege.distill.auto.cli", "auto"),
+        ("protege.distill.finetune.students_cli", "students"),
     ):
         try:
             mod = importlib.import_module(module)
@@ -77,7 +77,7 @@ def _mount_groups() -> None:
             raise
         app.add_typer(mod.app, name=name)
     try:
-        worker_mod = importlib.import_module("protege.distill.cli_auto")
+        worker_mod = importlib.import_module("protege.distill.auto.cli")
         if hasattr(worker_mod, "worker"):
             app.command(name="worker")(worker_mod.worker)
     except ModuleNotFoundError:

@@ -170,7 +170,7 @@ class ChatForwarder:
             route.stage == "full" or random.random() * 100.0 < route.percent
         ):
             if await self._student(scope, receive, send, req, fwd, route, stream, injected, key, style, use_server, cap, shape, deployment):
-                compare = getattr(route, "compare_percent", 0.0) or 0.0
+                compare = route.compare_percent
                 if cap is not None and compare > 0 and random.random() * 100.0 < compare:
                     # Online agreement: the teacher answers the same request in the background.
                     teacher = model or deployment or ""

@@ -62,6 +62,8 @@ class Route:
     stage: Literal["shadow", "canary", "full"]
     percent: float = 100.0  # canary share, 0-100
     timeout: float = 30.0
+    # share of student-served requests also sent to the teacher in the background (online agreement)
+    compare_percent: float = 0.0
 
 
 @runtime_checkable

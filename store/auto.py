@@ -1,7 +1,7 @@
 """Store tables and queries for automatic distillation: policies, cycles, decisions, routes.
 
 Every step of the loop is a row here *before* its side effect happens, so that a worker that is
-killed resumes from the store alone (see ``distill/auto.py``). Routes carry a version counter: the
+killed resumes from the store alone (see ``distill/auto/worker.py``). Routes carry a version counter: the
 proxy's in-memory route table reloads only when it changes, never per request.
 """
 
@@ -44,7 +44,7 @@ class AutoPolicy(SQLModel, table=True):
 
     id: str = Field(primary_key=True)
     name: str = Field(index=True)
-    spec: str  # JSON of the validated policy (distill.policies.Policy)
+    spec: str  # JSON of the validated policy (distill.auto.policies.Policy)
     enabled: bool = True
     created_at: int
     updated_at: int

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from protege.distill.api import router as feedback_router
-from protege.distill.auto_api import router as auto_router
-from protege.distill.finetune_api import router as finetune_router
-from protege.distill.students_api import router as students_router
+from protege.distill.datasets.api import router as datasets_router
+from protege.distill.feedback.api import router as feedback_router
+from protege.distill.auto.api import router as auto_router
+from protege.distill.finetune.api import router as finetune_router
+from protege.distill.finetune.students_api import router as students_router
 from protege.evals.api import router as evals_router
 from protege.proxy.stored_api import stored_router
 from protege.store import Store
@@ -31,7 +32,7 @@ def _app(tmp_path, **settings) -> tuple[TestClient, Store]:
     store = Store(str(tmp_path / "kit.duckdb"))
     app = FastAPI()
     apikit.install(app)
-    for r in (feedback_router, auto_router, finetune_router, students_router, evals_router):
+    for r in (feedback_router, datasets_router, auto_router, finetune_router, students_router, evals_router):
         app.include_router(r)
     app.state.protege_settings = Settings(db=str(tmp_path / "kit.duckdb"), **settings)
     app.state.protege_store = store

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protege.distill.agreement import (
+from protege.distill.auto.agreement import (
     agreement,
     get_comparator,
     label_equal,
@@ -10,7 +10,7 @@ from protege.distill.agreement import (
     online_agreement,
     response_text,
 )
-from protege.distill.policies import parse_policy
+from protege.distill.auto.policies import parse_policy
 from protege.store import Store, insert_records, record_from_completion
 from protege.store import auto as store_auto
 

@@ -10,7 +10,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from protege import apikit
-from protege.distill.auto_api import router
+from protege.distill.auto.api import router
 from protege.store import Store
 from protege.store import auto as store_auto
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from protege.distill import auto
-from protege.distill.policies import PolicyError, parse_policy, save_policy
+from protege.distill.auto.worker import Worker
+from protege.distill.auto.policies import PolicyError, parse_policy, save_policy
 from protege.store import Store
 from protege.store import auto as store_auto
 from tests.fakes.openai_finetune import FakeFineTuneServer
@@ -57,7 +57,7 @@ def run(tmp_path, spec: dict, cloud: dict | None = None) -> tuple[Store, str, st
     if cloud is not None:
         kw = {"backend_options": {"openai": {"base_url": cloud["ft"].base_url, "api_key": "sk-test", "poll_interval": 0.01}},
               "student_client": openai.OpenAI(base_url=cloud["chat"].base_url, api_key="sk-test")}
-    worker = auto.Worker(store, None, **kw)
+    worker = Worker(store, None, **kw)
     actions = run_until(worker, lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"), 90)
     return store, pid, store_auto.last_cycle(store, pid), actions
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from protege.distill import auto
-from protege.distill.policies import parse_policy, save_policy
+from protege.distill.auto.worker import Worker
+from protege.distill.auto.policies import parse_policy, save_policy
 from protege.store import Store
 from protege.store import auto as store_auto
 from protege.store import jobs as store_jobs
@@ -33,7 +33,7 @@ def test_classifier_and_lora_compete_on_the_same_rows(tmp_path, tiny_chat_model)
     try:
         pid = save_policy(store, parse_policy(spec)).id
         fill(store)
-        worker = auto.Worker(store, None, interval=0.2)
+        worker = Worker(store, None, interval=0.2)
         actions = run_until(worker, lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"), 600)
         cycle = store_auto.last_cycle(store, pid)
         jobs = {j["metadata"]["protege_candidate"]: j for j in store_jobs.list_jobs(store, limit=10)[0]}

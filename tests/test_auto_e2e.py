@@ -9,8 +9,9 @@ import time
 
 import openai
 import pytest
-from protege.distill import auto
-from protege.distill.policies import parse_policy, save_policy
+from protege.distill.auto.worker import Worker
+from protege.distill.auto.rollout import promote, rollback
+from protege.distill.auto.policies import parse_policy, save_policy
 from protege.store import auto as store_auto
 from protege.store import iter_records
 
@@ -60,7 +61,7 @@ class Stack:
             time.sleep(0.01)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-e2e-client", max_retries=0)
-        self.worker = auto.Worker(self.store, self.settings)
+        self.worker = Worker(self.store, self.settings)
 
     def ask(self, question: str) -> tuple[str, str]:
         raw = self.client.chat.completions.with_raw_response.create(
@@ -123,11 +124,11 @@ def test_rollout_through_the_proxy(stack: Stack) -> None:
     shadows = [r for r in new if r["source"] == "shadow"]
     assert len(shadows) == 30 and all(r["served_by"] == "student" for r in shadows)
     # manual promotion, as from `protege auto promote topic --stage canary`
-    auto.promote(stack.store, "topic", "canary")
+    promote(stack.store, "topic", "canary")
     served = [stack.ask(q)[0] for q in qs[:60]]
     assert 5 < served.count("student") < 55 and "teacher" in served  # ~50% canary
     stack.settle()  # the stage boundary is a capture seq: let the canary's captures land first
-    auto.promote(stack.store, "topic")
+    promote(stack.store, "topic")
     assert _stage(stack, pid) == "full"
     results = [(q, *stack.ask(q)) for q in qs[:60]]
     assert all(s == "student" for _q, s, _a in results)
@@ -136,7 +137,7 @@ def test_rollout_through_the_proxy(stack: Stack) -> None:
     # teacher-served captures since the route went full: none; student-served ones are not training data
     assert store_auto.eligible_count(stack.store, TEACHER, {"task": "topic"}, store_auto.get_route(
         stack.store, store_auto.active_routes(stack.store)[0].id).stage_started_seq) == 0
-    auto.rollback(stack.store, "topic")
+    rollback(stack.store, "topic")
     assert stack.ask(qs[0])[0] == "teacher"
     kinds = [d.kind for d in store_auto.list_decisions(stack.store, pid)[0]]
     assert kinds == ["manual_rollback", "promote", "promote", "gate"]

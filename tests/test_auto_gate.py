@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from protege.distill.gate import (
+from protege.distill.auto.gate import (
     MetricComparison,
     compare_metric,
     decide,
     paired_bootstrap,
     run_gate,
 )
-from protege.distill.policies import GateSpec
+from protege.distill.auto.policies import GateSpec
 
 
 def _c(low: float, n: int = 100, metric: str = "exact_match") -> MetricComparison:

@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from protege.distill import auto
-from protege.distill.policies import PolicyError, parse_policy, save_policy
+from protege.distill.auto.worker import Worker
+from protege.distill.auto.policies import PolicyError, parse_policy, save_policy
 from protege.store import Store, insert_records
 from protege.store import auto as store_auto
 from tests.fakes.openai_upstream import start_fake_openai
@@ -40,7 +40,7 @@ def decide_once(tmp_path, spec: dict, noisy: bool = False) -> dict:
             insert_records(store, [captured(q, rng.choice(["a", "b", "c", "d"]), i) for i, (q, _l) in enumerate(corpus())])
         else:
             fill(store)
-        actions = run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"), 60)
+        actions = run_until(Worker(store, None), lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"), 60)
         cycle = store_auto.last_cycle(store, pid)
         assert cycle.state in ("promoted", "rejected"), (cycle.error, actions)
         (decision,), _ = store_auto.list_decisions(store, pid)
@@ -180,7 +180,7 @@ def test_a_judge_without_its_key_fails_the_cycle_with_a_clear_reason(tmp_path, m
         spec = policy([{"name": "judge", "model": "judge-1", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "JUDGE_KEY_MISSING"}])
         pid = save_policy(store, parse_policy(spec)).id
         fill(store)
-        run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"), 60)
+        run_until(Worker(store, None), lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"), 60)
         cycle = store_auto.last_cycle(store, pid)
         assert cycle.state == "failed" and "JUDGE_KEY_MISSING (api_key_env) is not set" in cycle.error
     finally:

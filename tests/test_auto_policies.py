@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from protege.distill.policies import (
+from protege.distill.auto.policies import (
     PolicyError,
     load_policies_file,
     parse_duration,
@@ -109,7 +109,7 @@ def test_durations() -> None:
 
 
 def test_policies_are_stored_by_name_with_stable_ids(tmp_path) -> None:
-    from protege.distill.policies import policy_object, save_policy, stored_policy
+    from protege.distill.auto.policies import policy_object, save_policy, stored_policy
 
     store = Store(str(tmp_path / "p.duckdb"))
     a, _b = parse_policies_toml(GOOD)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 
-from protege.distill import auto
-from protege.distill.policies import parse_policy, save_policy
+from protege.distill.auto.worker import Worker
+from protege.distill.auto.rollout import open_route
+from protege.distill.auto.status import policy_status
+from protege.distill.auto.policies import parse_policy, save_policy
 from protege.store import Store, insert_records, record_from_completion
 from protege.store import auto as store_auto
 
@@ -41,8 +43,8 @@ def setup(tmp_path):
     store = Store(str(tmp_path / "r.duckdb"))
     policy = parse_policy(POLICY)
     pid = save_policy(store, policy).id
-    route = auto.open_route(store, pid, policy, "protege/topic@v1", "shadow")
-    return store, pid, route, auto.Worker(store, None)
+    route = open_route(store, pid, policy, "protege/topic@v1", "shadow")
+    return store, pid, route, Worker(store, None)
 
 
 def test_advances_through_stages_and_holds_below_min_compared(tmp_path) -> None:
@@ -64,7 +66,7 @@ def test_advances_through_stages_and_holds_below_min_compared(tmp_path) -> None:
     d = [store_auto.as_dict(x) for x in store_auto.list_decisions(store, pid)[0]]
     assert [x["outcome"] for x in d] == ["advance", "advance"]
     assert d[0]["details"]["agreement"] == 0.9 and d[0]["details"]["compared"] == 10 and d[0]["details"]["to"] == "full"
-    st = auto.policy_status(store, store_auto.get_policy(store, pid))
+    st = policy_status(store, store_auto.get_policy(store, pid))
     assert st["route"]["stage"] == "full" and st["route"]["agreement"] == 1.0 and st["route"]["compared"] == 20
     assert st["route"]["served"] == {"student": 20}
     store.close()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from protege.distill.auto import due
-from protege.distill.policies import parse_policy
+from protege.distill.auto.worker import due
+from protege.distill.auto.policies import parse_policy
 from protege.store import Store, insert_records, record_from_completion
 from protege.store import auto as store_auto
 

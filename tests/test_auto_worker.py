@@ -15,8 +15,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from protege.distill import auto
-from protege.distill.policies import parse_policy, save_policy
+from protege.distill.auto.worker import Worker, due
+from protege.distill.auto.status import policy_status
+from protege.distill.auto.policies import parse_policy, save_policy
 from protege.store import Store, insert_records, record_from_completion
 from protege.store import auto as store_auto
 
@@ -56,10 +57,10 @@ def job_rows(store: Store) -> list[dict]:
 def test_trigger_train_gate_promote(tmp_path) -> None:
     store = Store(str(tmp_path / "w.duckdb"))
     pid = save_policy(store, parse_policy(POLICY)).id
-    worker = auto.Worker(store, None)
+    worker = Worker(store, None)
     fill(store, 150)
     assert worker.run_once() == []  # 150 < 200: not due
-    assert auto.due(store, pid, parse_policy(POLICY))[1]["new_eligible"] == 150
+    assert due(store, pid, parse_policy(POLICY))[1]["new_eligible"] == 150
     fill(store, start=1000)
     actions = run_until(worker, lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"))
     cycle = store_auto.last_cycle(store, pid)
@@ -81,7 +82,7 @@ def test_trigger_train_gate_promote(tmp_path) -> None:
     assert run["status"] == "completed" and run["n_items"] == m["n"]
     (route,) = store_auto.active_routes(store)
     assert route.stage == "shadow" and route.student_model == "protege/topic@v1" and route.percent == 0
-    st = auto.policy_status(store, store_auto.get_policy(store, pid))
+    st = policy_status(store, store_auto.get_policy(store, pid))
     assert st["eligible_since_last_run"] == 0 and st["job"]["status"] == "succeeded"
     assert st["last_evaluation"]["passed"] is True and st["route"]["stage"] == "shadow"
     # no new traffic: nothing more to do
@@ -96,7 +97,7 @@ def test_gate_rejects_a_student_that_cannot_match_the_teacher(tmp_path) -> None:
     # a teacher whose labels are noise: no student can learn them
     rng = random.Random(1)
     insert_records(store, [captured(q, rng.choice(["a", "b", "c", "d"]), i) for i, (q, _l) in enumerate(corpus())])
-    run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"))
+    run_until(Worker(store, None), lambda: store_auto.last_cycle(store, pid).state in ("promoted", "rejected", "failed"))
     cycle = store_auto.last_cycle(store, pid)
     assert cycle.state == "rejected"
     (decision,), _ = store_auto.list_decisions(store, pid)
@@ -110,7 +111,7 @@ def test_too_little_data_fails_the_cycle_with_a_reason(tmp_path) -> None:
     pid = save_policy(store, parse_policy({**POLICY, "trigger": {"min_new_completions": 1},
                                            "dataset": {"validation_fraction": 0.5}})).id
     fill(store, 3)
-    actions = auto.Worker(store, None).run_once()
+    actions = Worker(store, None).run_once()
     cycle = store_auto.last_cycle(store, pid)
     assert cycle.state in ("failed", "rejected"), actions
     (decision,), _ = store_auto.list_decisions(store, pid)
@@ -132,17 +133,17 @@ def test_crash_between_job_start_and_recording_adopts_the_job(tmp_path, monkeypa
 
     monkeypatch.setattr(store_auto, "update_cycle", crash_when_recording_job)
     with pytest.raises(KeyboardInterrupt):
-        auto.Worker(store, None).run_once()
+        Worker(store, None).run_once()
     monkeypatch.setattr(store_auto, "update_cycle", real)
     assert store_auto.last_cycle(store, pid).state == "launching"
     (job,) = job_rows(store)
     # the old process is gone: wait for its thread, then reopen the file as a new process would
-    from protege.distill.local_student import local_backend
+    from protege.distill.finetune.local_student import local_backend
 
     local_backend(store=store).join(job["provider_job_id"], 30)
     store.close()
     store = Store(path)
-    actions = run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
+    actions = run_until(Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
     assert any(f"adopted fine-tune {job['id']}" in a for a in actions), actions
     assert [j["id"] for j in job_rows(store)] == [job["id"]]
     from protege.store import jobs as store_jobs
@@ -183,7 +184,7 @@ def test_sigkilled_worker_resumes_without_a_second_job(tmp_path) -> None:
     assert cycle.state in ("training", "launching", "evaluating", "promoted")
     (job,) = job_rows(store)
     print(f"killed at cycle state {cycle.state!r}, job status {job['status']!r}")
-    run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
+    run_until(Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
     assert [j["id"] for j in job_rows(store)] == [job["id"]]
     from protege.store import jobs as store_jobs
 
@@ -211,7 +212,7 @@ def _toml(policy: dict) -> str:
 
 
 def test_local_job_whose_thread_died_is_retrained_into_the_same_job(tmp_path, monkeypatch) -> None:
-    from protege.distill import local_student
+    from protege.distill.finetune import local_student
     from protege.store import jobs as store_jobs
 
     path = str(tmp_path / "w.duckdb")
@@ -223,7 +224,7 @@ def test_local_job_whose_thread_died_is_retrained_into_the_same_job(tmp_path, mo
         run.status = "running"
 
     monkeypatch.setattr(local_student.LocalStudentBackend, "_train", dies_while_running)
-    worker = auto.Worker(store, None)
+    worker = Worker(store, None)
     worker.run_once()
     time.sleep(0.1)
     worker.run_once()
@@ -234,7 +235,7 @@ def test_local_job_whose_thread_died_is_retrained_into_the_same_job(tmp_path, mo
     monkeypatch.undo()
     store.close()
     store = Store(path)  # a new process: no training thread for this job exists
-    run_until(auto.Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
+    run_until(Worker(store, None), lambda: store_auto.last_cycle(store, pid).state == "promoted")
     (again,) = job_rows(store)
     assert again["id"] == job["id"] and again["status"] == "succeeded"
     events = [e["message"] for e in store_jobs.list_events(store, job["id"], limit=100)[0]]
@@ -266,7 +267,7 @@ def test_openai_backend_cycle_against_fakes(tmp_path) -> None:
         pid = save_policy(store, parse_policy(policy)).id
         fill(store)
         settings = Settings(db=str(tmp_path / "o.duckdb"), upstream=chat.base_url, upstream_api_key="sk-test-upstream")
-        worker = auto.Worker(store, settings, backend_options={"openai": {"base_url": ft.base_url, "api_key": "sk-test-ft", "poll_interval": 0.01}})
+        worker = Worker(store, settings, backend_options={"openai": {"base_url": ft.base_url, "api_key": "sk-test-ft", "poll_interval": 0.01}})
         first = worker.run_once()
         assert any("fine-tune ftjob_" in a for a in first)
         assert store_auto.last_cycle(store, pid).state == "training"  # the pass returned without waiting for the job
@@ -298,7 +299,7 @@ def test_a_refused_fine_tune_fails_the_cycle_once(tmp_path, monkeypatch) -> None
     policy = {**POLICY, "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14"}}
     pid = save_policy(store, parse_policy(policy)).id
     fill(store)
-    worker = auto.Worker(store, Settings(db=str(tmp_path / "n.duckdb"), upstream="http://127.0.0.1:9/v1"))
+    worker = Worker(store, Settings(db=str(tmp_path / "n.duckdb"), upstream="http://127.0.0.1:9/v1"))
     actions = worker.run_once()
     cycle = store_auto.last_cycle(store, pid)
     assert cycle.state == "failed" and "OPENAI_API_KEY" in cycle.error, actions

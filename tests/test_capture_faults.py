@@ -30,7 +30,7 @@ class Proxy:
     """The real proxy app (with the feedback router) under uvicorn, with a writer we configure."""
 
     def __init__(self, settings: Settings, **writer_options) -> None:
-        from protege.distill.api import router as feedback_router
+        from protege.distill.feedback.api import router as feedback_router
         from protege.proxy import create_app
 
         self.store = Store(settings.db, data_dir=settings.data_path)

@@ -320,15 +320,15 @@ def test_eval_reports_inline_and_side_by_side(tab: Page, stack: Stack) -> None:
 
 
 def test_promote_and_roll_back_change_who_answers(tab: Page, stack: Stack) -> None:
-    from protege.distill import auto
-    from protege.distill.policies import parse_policy, save_policy
+    from protege.distill.auto.rollout import open_route
+    from protege.distill.auto.policies import parse_policy, save_policy
 
     policy = parse_policy({"name": "routing", "match": {"model": BIG_TEACHER, "metadata": {"task": "route"}},
                            "trigger": {"min_new_completions": 100_000},
                            "rollout": {"stages": ["shadow", "canary", "full"], "agreement_threshold": 0.8, "min_compared": 1000,
                                        "comparison": "exact"}})
     pid = save_policy(stack.store, policy).id
-    auto.open_route(stack.store, pid, policy, STUDENT, "shadow")
+    open_route(stack.store, pid, policy, STUDENT, "shadow")
     for i in range(8):
         assert stack.ask(f"route question {i}", {"task": "route"}, model=BIG_TEACHER)[0] == "teacher"
     stack.settle()

@@ -91,13 +91,13 @@ def test_bad_form_input_is_a_message_and_changes_nothing(app: TestClient) -> Non
 
 
 def test_rollback_needs_the_confirmation_step(app: TestClient) -> None:
-    from protege.distill import auto
-    from protege.distill.policies import parse_policy, save_policy
+    from protege.distill.auto.rollout import open_route
+    from protege.distill.auto.policies import parse_policy, save_policy
     from protege.store import auto as store_auto
 
     policy = parse_policy({"name": "p", "match": {"model": "gpt-4o-mini"}, "trigger": {"min_new_completions": 100}})
     pid = save_policy(app.store, policy).id
-    auto.open_route(app.store, pid, policy, "ft:gpt-4o-mini:acme::x", "full")
+    open_route(app.store, pid, policy, "ft:gpt-4o-mini:acme::x", "full")
     _login(app)
     r = app.post(f"/ui/students/{pid}/rollback", data={}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/ui/students/{pid}/rollback"
@@ -144,7 +144,7 @@ def test_time_range_and_outcome_filters(app: TestClient) -> None:
 
 
 def test_dataset_page_shows_steps_labels_and_serves_only_recorded_files(app: TestClient) -> None:
-    from protege.distill.builder import DatasetOptions, build_dataset
+    from protege.distill.datasets.builder import DatasetOptions, build_dataset
 
     dv = build_dataset(app.store, DatasetOptions(name="labelled", stratify=True, label_source="metadata", label_key="env",
                                                  validation_fraction=0.2))

@@ -15,7 +15,7 @@ from protege.distill import (
     list_datasets,
     validate_jsonl,
 )
-from protege.distill.builder import dataset_completion_ids
+from protege.distill.datasets.builder import dataset_completion_ids
 from protege.store import Store, insert_records
 from protege.store.feedback import add_feedback
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from protege.distill.split import (
+from protege.distill.datasets.split import (
     assign_splits,
     grouped_split,
     random_split,

@@ -9,7 +9,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from protege.distill.routing import StoreRouter  # noqa: F401  (the app wires it)
+from protege.distill.auto.routing import StoreRouter  # noqa: F401  (the app wires it)
 from protege.settings import Settings
 from protege.store import Store
 from protege.store import auto as store_auto
@@ -81,7 +81,7 @@ def test_endpoint_errors_are_passed_on(tmp_path, monkeypatch):
 
     remote = start_fake_openai(refuse)
     store = Store(str(tmp_path / "x.duckdb"))
-    from protege.distill import students_admin
+    from protege.distill.finetune import students_admin
 
     students_admin.add_endpoint(store, name="picky", base_url=remote.base_url, model="m", api_key_env="PICKY_KEY_UNSET")
     students_admin.add_endpoint(store, name="down", base_url="http://127.0.0.1:9/v1", model="m")
@@ -127,9 +127,9 @@ def test_full_route_to_an_endpoint_student_and_rollback(servers):
 
 def test_the_gate_asks_an_endpoint_student(tmp_path):
     """The automatic loop's gate evaluation reaches endpoint students through the registry too."""
-    from protege.distill.auto import _predict
-    from protege.distill.policies import parse_policy
-    from protege.distill import students_admin
+    from protege.distill.auto.worker import _predict
+    from protege.distill.auto.policies import parse_policy
+    from protege.distill.finetune import students_admin
 
     remote = start_fake_openai(lambda body: f"label:{body['messages'][-1]['content']}")
     store = Store(str(tmp_path / "g.duckdb"))

@@ -11,7 +11,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from protege import apikit
-from protege.distill.api import router
+from protege.distill.datasets.api import router as datasets_router
+from protege.distill.feedback.api import router as feedback_router
 from protege.store import Store, insert_records
 
 from protege.settings import Settings
@@ -41,7 +42,8 @@ def api(tmp_path):
     insert_records(store, [make_record(i, answer=["billing", "technical"][i % 2]) for i in range(15)])
     app = FastAPI()
     apikit.install(app)  # the app's error handler, as protege.app's app has it
-    app.include_router(router)
+    app.include_router(feedback_router)
+    app.include_router(datasets_router)
     app.state.protege_store = store
     app.state.protege_settings = Settings(db=str(tmp_path / "api.duckdb"))
     srv = Server(app)

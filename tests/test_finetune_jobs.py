@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from protege import apikit
 from typer.testing import CliRunner
 
-from protege.distill import jobs
-from protege.distill.backends import FineTuneError
-from protege.distill.finetune_api import router
+from protege.distill.finetune import jobs
+from protege.distill.finetune.backends import FineTuneError
+from protege.distill.finetune.api import router
 from protege.settings import load_settings
 from protege.store import Store
 from protege.store import jobs as store_jobs

@@ -13,8 +13,8 @@ import openai
 import pytest
 from azure.core.credentials import AccessToken
 
-from protege.distill.backends import FineTuneError, JobSpec, validate_hyperparameters
-from protege.distill.openai_backend import AZURE_SCOPE, OpenAIBackend, make_azure_client, make_openai_client, validate_training_file
+from protege.distill.finetune.backends import FineTuneError, JobSpec, validate_hyperparameters
+from protege.distill.finetune.openai_backend import AZURE_SCOPE, OpenAIBackend, make_azure_client, make_openai_client, validate_training_file
 from tests.fakes.openai_finetune import FakeFineTuneServer
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from protege.distill.backends import FineTuneError, JobSpec
-from protege.distill.openai_backend import (
+from protege.distill.finetune.backends import FineTuneError, JobSpec
+from protege.distill.finetune.openai_backend import (
     AZURE_FINE_TUNING,
     OPENAI_CLOSED_HINT,
     OpenAIBackend,

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from protege.distill import jobs
-from protege.distill.backends import FineTuneError
-from protege.distill.local_student import (
+from protege.distill.finetune import jobs
+from protege.distill.finetune.backends import FineTuneError
+from protege.distill.finetune.local_student import (
     FastScorer,
     examples_from_jsonl,
     load_student,
     normalise_label,
     train,
 )
-from protege.distill.students import StudentRegistry, parse_model
+from protege.distill.finetune.students import StudentRegistry, parse_model
 from protege.store import Store
 from protege.store import jobs as store_jobs
 
@@ -286,7 +286,7 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
     from typer.testing import CliRunner
 
     from protege.cli import app as cli_app
-    from protege.distill.finetune_api import router
+    from protege.distill.finetune.api import router
     from tests.fixtures.http import RouterServer as _Server
 
     db = str(tmp_path / "cli.duckdb")

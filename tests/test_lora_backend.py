@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from protege.distill import jobs
-from protege.distill.backends import FineTuneError, JobSpec
+from protege.distill.finetune import jobs
+from protege.distill.finetune.backends import FineTuneError, JobSpec
 from protege.distill.finetune import data, hyperparameters, worker
 from protege.distill.finetune.base import sha256_file
 from protege.distill.finetune.lora import LoraBackend

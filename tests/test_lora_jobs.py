@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from protege.distill import jobs
+from protege.distill.finetune import jobs
 from protege.distill.finetune import jobfiles
 from protege.distill.finetune.lora import LoraBackend, lora_backend
 from protege.store import Store

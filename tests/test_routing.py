@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from protege.distill.routing import Route, StoreRouter
+from protege.distill.auto.routing import Route, StoreRouter
 from protege.store import Store
 from protege.store import auto as store_auto
 

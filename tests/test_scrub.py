@@ -7,7 +7,7 @@ import re
 import duckdb
 import orjson
 import pytest
-from protege.distill.scrub import (
+from protege.distill.datasets.scrub import (
     TRIGGER,
     iban_ok,
     luhn_ok,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from protege.distill import dpo, examples, local_student
-from protege.distill.agreement import normalise_label as agreement_label
-from protege.distill.agreement import response_text
+from protege.distill.datasets import dpo, examples
+from protege.distill.finetune import local_student
+from protege.distill.auto.agreement import normalise_label as agreement_label
+from protege.distill.auto.agreement import response_text
 from protege.evals.generate import output_text
 from protege.store.messages import answer_text, content_text, first_message, message_text, normalise_label
 

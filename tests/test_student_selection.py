@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sklearn.linear_model import SGDClassifier
 
-from protege.distill import jobs
-from protege.distill.local_student import FastScorer, load_student, train
+from protege.distill.finetune import jobs
+from protege.distill.finetune.local_student import FastScorer, load_student, train
 from protege.store import Store
 from tests.test_local_student import corpus, split, write_chat, json_template
 
@@ -92,7 +92,7 @@ def test_choice_is_recorded_in_the_job_and_manifest(tmp_path) -> None:
 
 
 def test_on_a_slice_a_clear_winner_is_confirmed_on_all_rows(pairs) -> None:
-    from protege.distill.local_student import make_features, normalise_label, select_classifier
+    from protege.distill.finetune.local_student import make_features, normalise_label, select_classifier
 
     tr, va = pairs
     feats = make_features()

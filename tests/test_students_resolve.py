@@ -12,7 +12,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from protege.distill.students import StudentRegistry
+from protege.distill.finetune.students import StudentRegistry
 from protege.settings import Settings
 from protege.store import Store
 from protege.store import auto as store_auto

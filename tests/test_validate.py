@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from protege.distill.validate import validate_jsonl
+from protege.distill.datasets.validate import validate_jsonl
 from typer.testing import CliRunner
 
 from protege.cli import app

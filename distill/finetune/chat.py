@@ -16,7 +16,7 @@ import secrets
 import time
 from typing import Any
 
-from .generation import DEFAULT_MAX_TOKENS, GenRequest, GenResult
+from protege.distill.finetune.generation import DEFAULT_MAX_TOKENS, GenRequest, GenResult
 
 
 class ChatRequestError(Exception):

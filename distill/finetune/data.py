@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends import FineTuneError
+from protege.distill.finetune.interface import FineTuneError
 
 
 def _text(content: Any) -> str:

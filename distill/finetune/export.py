@@ -20,8 +20,9 @@ from typing import Any
 
 from protege.store import jobs as store_jobs
 
-from ..backends import FineTuneError
-from .base import sha256_file
+from protege.distill.finetune.interface import FineTuneError
+from protege.distill.finetune.base import sha256_file
+from protege.distill.finetune.students import parse_model
 
 FORMATS = ("hf", "vllm", "ollama")
 OLLAMA_ADAPTER_FAMILIES = ("llama", "mistral", "gemma", "gemma2", "gemma3")
@@ -66,8 +67,6 @@ def _resolve_path(data_dir: Path, p: str) -> Path:
 
 def resolve_student(store, ref: str) -> Student:
     """``ftjob_...`` (its resulting student) or ``protege/<name>[@vN]``."""
-    from ..students import parse_model
-
     if ref.startswith("ftjob_"):
         job = store_jobs.get_job(store, ref)
         if job is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backends import FineTuneError
+from protege.distill.finetune.interface import FineTuneError
 
 DEFAULT_LEARNING_RATE = 1e-3  # LoRA on a 135M model: 1e-3 took SmolLM2 from 11 % to 90 % in one epoch
 

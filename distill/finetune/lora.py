@@ -31,9 +31,11 @@ from typing import Any
 
 from protege.store import jobs as store_jobs
 
-from ..backends import BackendStatus, FineTuneError, JobSpec, StartResult
-from . import jobfiles
-from .jobfiles import read_json, write_json
+from protege.distill.finetune.interface import BackendStatus, FineTuneError, JobSpec, StartResult
+from protege.distill.finetune import jobfiles
+from protege.distill.finetune.jobfiles import read_json, write_json
+from protege.distill.finetune import base as base_mod
+from protege.store import datasets as store_datasets
 
 log = logging.getLogger("protege.distill.finetune.lora")
 
@@ -79,8 +81,6 @@ class LoraBackend:
 
     def check_model(self, model: str | None) -> None:
         """A missing GGUF file or a directory that holds no model: refused before a job is recorded."""
-        from . import base as base_mod
-
         if not model:
             raise FineTuneError("the lora backend needs a base model: a Hugging Face id, a local model directory or a .gguf file", param="model")
         kind = base_mod.kind(model)
@@ -96,7 +96,7 @@ class LoraBackend:
 
     def prepare(self, spec: JobSpec) -> Path:
         """Check the request and write the job directory (spec, first status and event); no process yet."""
-        from ..local_student import check_name
+        from protege.distill.finetune.local_student import check_name
 
         if spec.method not in ("supervised", "dpo"):
             raise FineTuneError("the lora backend trains method 'supervised' or 'dpo'", param="method")
@@ -137,8 +137,6 @@ class LoraBackend:
         }
         job = store_jobs.get_job(self.store, job_id) if spec.job_id else None
         if job and job.get("dataset_id"):
-            from protege.store import datasets as store_datasets
-
             row = store_datasets.get_dataset_row(self.store, job["dataset_id"])
             info.update({"id": job["dataset_id"], "name": getattr(row, "name", None), "version": getattr(row, "version", None)})
         return info

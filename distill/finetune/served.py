@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from .chat import ChatRequestError, build_completion, chunk, completion_id, gen_request, parse_params, parse_tool_calls, template_messages
-from .generation import BatchingGenerator, GenerationTimeout, GenResult, load_lora_model
+from protege.distill.finetune.chat import ChatRequestError, build_completion, chunk, completion_id, gen_request, parse_params, parse_tool_calls, template_messages
+from protege.distill.finetune.generation import BatchingGenerator, GenerationTimeout, GenResult, load_lora_model
 
 
 class StudentTimeout(Exception):

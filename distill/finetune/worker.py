@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import jobfiles
-from .jobfiles import EventLog, read_json, write_json
+from protege.distill.finetune import jobfiles
+from protege.distill.finetune.jobfiles import EventLog, read_json, write_json
+from protege.distill.finetune import base as base_mod, data, hyperparameters
+from protege.distill.finetune.interface import FineTuneError
 
 MAX_VALIDATION_BATCH = 8
 
@@ -88,7 +90,7 @@ def _validation_generations(model, tokenizer, rows: list[dict[str, Any]], refere
 
     import torch
 
-    from ..local_student import normalise_label
+    from protege.distill.finetune.local_student import normalise_label
 
     if not rows:
         return {}
@@ -182,8 +184,6 @@ def _progress_callback(job: Job):
 
 def _prepare_base(job: Job) -> tuple[Path | str, str | None]:
     """(what to load, data-dir-relative base_dir or None)."""
-    from . import base as base_mod
-
     given = job.spec["base_model"]
     kind = base_mod.kind(given)
     data_dir = Path(job.spec["data_dir"])
@@ -196,8 +196,6 @@ def _prepare_base(job: Job) -> tuple[Path | str, str | None]:
 
 
 def _datasets(job: Job, tokenizer) -> tuple[Any, Any, Any, Any, bool]:
-    from . import data
-
     tools_ok = data.template_supports_tools(tokenizer)
     read = data.dpo_rows if job.spec["method"] == "dpo" else data.sft_rows
     train = read(job.spec["training_file"], tools_ok=tools_ok)
@@ -221,8 +219,6 @@ def _datasets(job: Job, tokenizer) -> tuple[Any, Any, Any, Any, bool]:
             data={"tool_examples_skipped": skipped},
         )
     if not train.rows:
-        from ..backends import FineTuneError
-
         raise FineTuneError("no usable training examples" + (" (all were tool-call examples the template cannot render)" if skipped else ""), code="invalid_training_file")
     job.update(counts=counts, tools=tools_ok and counts["tool_examples"] > 0)
     return train, val, counts, tools_ok, bool(val and val.rows)
@@ -249,8 +245,6 @@ def build(job: Job) -> Built:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from . import hyperparameters
 
     spec = job.spec
     job.update(status="validating_files")
@@ -315,9 +309,6 @@ def build(job: Job) -> Built:
 
 def train(job: Job) -> None:
     import torch
-
-    from . import base as base_mod
-    from . import data
 
     spec = job.spec
     built = build(job)
@@ -426,7 +417,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m protege.distill.finetune.worker JOB_DIR", file=sys.stderr)
         return 2
-    from ..backends import FineTuneError
 
     job = Job(Path(argv[0]))
     if job.state.get("status") in ("succeeded", "failed", "cancelled"):

@@ -87,8 +87,8 @@ def capture(store: Store, completion_id: str) -> dict[str, Any] | None:
 
 
 def dataset_detail(store: Store, dataset_id: str) -> dict[str, Any] | None:
-    from protege.distill.builder import get_dataset
-    from protege.distill.card import STEP_TITLES
+    from protege.distill.datasets.builder import get_dataset
+    from protege.distill.datasets.card import STEP_TITLES
     from protege.evals.report.svg import bar_chart
 
     dv = get_dataset(store, dataset_id)
@@ -108,7 +108,7 @@ def dataset_detail(store: Store, dataset_id: str) -> dict[str, Any] | None:
 
 def dataset_file(store: Store, dataset_id: str, which: str) -> tuple[str, str] | None:
     """(path, download name) of one of a version's files, only as recorded in the store."""
-    from protege.distill.builder import get_dataset
+    from protege.distill.datasets.builder import get_dataset
 
     dv = get_dataset(store, dataset_id)
     if dv is None or which not in dv.files:
@@ -120,7 +120,7 @@ def dataset_file(store: Store, dataset_id: str, which: str) -> tuple[str, str] |
 
 def rebuild_dataset(store: Store, dataset_id: str) -> str:
     """A new version with the same options (it picks up captures, feedback and corrections since)."""
-    from protege.distill.builder import DatasetOptions, build_dataset, get_dataset
+    from protege.distill.datasets.builder import DatasetOptions, build_dataset, get_dataset
 
     dv = get_dataset(store, dataset_id)
     if dv is None:
@@ -206,16 +206,16 @@ def eval_report(store: Store, run_id: str) -> str:
 
 
 def policies(store: Store) -> list[dict[str, Any]]:
-    from protege.distill.auto import policy_status
+    from protege.distill.auto.status import policy_status
     from protege.store import auto as store_auto
 
     return [policy_status(store, row) for row in store_auto.list_policies(store)]
 
 
 def policy_detail(store: Store, ref: str) -> dict[str, Any] | None:
-    from protege.distill.agreement import get_comparator
-    from protege.distill.auto import decision_object, policy_status, route_object
-    from protege.distill.policies import stored_policy
+    from protege.distill.auto.agreement import get_comparator
+    from protege.distill.auto.status import decision_object, policy_status, route_object
+    from protege.distill.auto.policies import stored_policy
     from protege.store import auto as store_auto
 
     row = store_auto.get_policy(store, ref)
@@ -245,7 +245,7 @@ def policy_detail(store: Store, ref: str) -> dict[str, Any] | None:
 
 def agreement_series(pairs: list[tuple[int, str, str]], compare: Any, buckets: int = 30) -> list[tuple[float, float | None]]:
     """Agreement rate per time bucket over the paired answers (oldest first)."""
-    from protege.distill.agreement import response_text
+    from protege.distill.auto.agreement import response_text
 
     if not pairs:
         return []
@@ -261,15 +261,15 @@ def agreement_series(pairs: list[tuple[int, str, str]], compare: Any, buckets: i
 
 
 def promote(store: Store, ref: str, stage: str | None) -> dict[str, Any]:
-    from protege.distill.auto import promote as do_promote
-    from protege.distill.auto import route_object
+    from protege.distill.auto.rollout import promote as do_promote
+    from protege.distill.auto.status import route_object
 
     return route_object(do_promote(store, ref, stage or None))
 
 
 def rollback(store: Store, ref: str) -> dict[str, Any]:
-    from protege.distill.auto import rollback as do_rollback
-    from protege.distill.auto import route_object
+    from protege.distill.auto.rollout import rollback as do_rollback
+    from protege.distill.auto.status import route_object
 
     return route_object(do_rollback(store, ref, "manual rollback from the console"))
 

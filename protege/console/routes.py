@@ -318,7 +318,7 @@ async def add_feedback(request: Request, completion_id: str) -> Response:
 def datasets(request: Request, name: str | None = None) -> Response:
     if not session.signed_in(request):
         return _to_login(request)
-    from protege.distill.builder import list_datasets
+    from protege.distill.datasets.builder import list_datasets
 
     items, _more = list_datasets(_store(request), name=name or None, limit=100)
     return _page(request, "datasets.html", datasets=[d.to_dict() for d in items], filter_name=name or "", nav="datasets")
@@ -349,7 +349,7 @@ def dataset_download(request: Request, dataset_id: str, which: str) -> Response:
 async def dataset_rebuild(request: Request, dataset_id: str) -> Response:
     if (denied := await _guard(request)) is not None:
         return denied
-    from protege.distill.builder import DatasetError
+    from protege.distill.datasets.builder import DatasetError
 
     try:
         new_id = await run_in_threadpool(data.rebuild_dataset, _store(request), dataset_id)
@@ -387,8 +387,8 @@ def finetune(request: Request, job_id: str) -> Response:
 async def finetune_cancel(request: Request, job_id: str) -> Response:
     if (denied := await _guard(request)) is not None:
         return denied
-    from protege.distill.jobs import cancel_job
-    from protege.distill.backends import FineTuneError
+    from protege.distill.finetune.jobs import cancel_job
+    from protege.distill.finetune.backends import FineTuneError
 
     settings = getattr(request.app.state, "protege_settings", None)
     try:
@@ -486,7 +486,7 @@ def confirm_action(request: Request, policy_id: str, action: str, stage: str = "
 async def do_action(request: Request, policy_id: str, action: str) -> Response:
     if (denied := await _guard(request)) is not None:
         return denied
-    from protege.distill.auto import AutoError
+    from protege.distill.auto.rollout import AutoError
 
     if action not in ("promote", "rollback"):
         return _not_found(request, f"Action {action}")

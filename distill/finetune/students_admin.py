@@ -11,9 +11,9 @@ from typing import Any
 
 from protege.store import jobs as store_jobs
 
-from .backends import FineTuneError
-from .finetune.endpoints import EndpointError, check_endpoint
-from .students import model_id, parse_model
+from protege.distill.finetune.interface import FineTuneError
+from protege.distill.finetune.endpoints import EndpointError, check_endpoint
+from protege.distill.finetune.students import model_id, parse_model
 
 
 def add_endpoint(store: Any, *, name: str, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 60.0) -> dict[str, Any]:

@@ -17,9 +17,9 @@ import orjson
 
 from protege.store.messages import content_text, first_message
 
-from .examples import clean_input_messages
-from .prune import strip_prompt
-from .scrub import scrub_messages, scrub_text
+from protege.distill.datasets.examples import clean_input_messages
+from protege.distill.datasets.prune import strip_prompt
+from protege.distill.datasets.scrub import scrub_messages, scrub_text
 
 
 def _answer_text(response: dict[str, Any]) -> str | None:

@@ -25,7 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from .agreement import normalise_label, normalise_text
+from protege.evals.metrics import available_metrics, get_metric
+from protege.evals.stats import paired_difference, paired_difference_data
+from protege.evals.summary import parse_metric
+
+from protege.distill.auto.agreement import normalise_label
 
 
 @dataclass
@@ -85,11 +89,6 @@ def decide(comparisons: Sequence[MetricComparison], *, tolerance: float, min_ite
 # Computing comparisons
 
 
-def _binary_scores(metric: str, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
-    norm = normalise_label if metric in ("label_accuracy", "accuracy", "label") else normalise_text
-    return [1.0 if norm(h) == norm(r) else 0.0 for h, r in zip(hyps, refs)]
-
-
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, seed: int, confidence: float = 0.95, n_resamples: int = 2000) -> tuple[float, float, float, float]:
     """(diff, low, high, p) of mean(a - b) by seeded percentile bootstrap over items."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
@@ -125,8 +124,6 @@ def parse_metric_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
             raise ValueError("a gate metric table needs a 'name'")
         label = str(opts.pop("label", name))
     elif isinstance(spec, str) and spec.strip():
-        from protege.evals.summary import parse_metric
-
         name, opts = parse_metric(spec)
         label = spec.strip()
     else:
@@ -139,8 +136,6 @@ def build_metric(spec: Any, *, resolve_secrets: bool = True) -> tuple[str, Any]:
 
     The judge's key is named by ``api_key_env`` (never written in a policy); it is read from the
     environment only when the gate runs (``resolve_secrets``), not when a policy is validated."""
-    from protege.evals.metrics import available_metrics, get_metric
-
     label, name, opts = parse_metric_spec(spec)
     if name not in available_metrics():
         raise ValueError(f"unknown gate metric {name!r}; available: {', '.join(available_metrics() + list(_ALIASES))}")
@@ -172,39 +167,23 @@ def compare_metric(
 ) -> MetricComparison:
     """Student vs teacher on one metric (a gate metric spec), with the paired CI of the difference.
 
-    Uses ``protege.evals`` (metrics + paired statistics); exact match and label accuracy also work
-    without it."""
+    Uses ``protege.evals`` (metrics + paired statistics)."""
     n = len(references)
-    label = metric if isinstance(metric, str) else parse_metric_spec(metric)[0]
-    name = label
-    try:
-        label, m = build_metric(metric)
-        name = m.name
-    except ImportError:  # evals not installed
-        m = None
+    label, m = build_metric(metric)
+    name = m.name
     raw = metric.get("name") if isinstance(metric, Mapping) else str(metric).partition(":")[0].strip()
     if raw in LABEL_ALIASES:
         # Labels are compared after the same normalisation as online agreement ({"label": "Spam"} == "spam").
         student, teacher, references = ([normalise_label(x) for x in seq] for seq in (student, teacher, references))
-    if m is not None:
-        from protege.evals.stats import paired_difference, paired_difference_data
-
-        if name == "judge":
-            # The student against the teacher, on the prompt; the teacher against itself is a tie (0.5).
-            scores = m.item_scores(list(student), list(teacher), inputs=list(inputs) if inputs is not None else None)
-            res = paired_difference_data(m, [0.5] * len(scores), scores, seed=seed, confidence=confidence)
-        else:
-            # evals.stats: diff = b - a, so the teacher is the baseline (a) and the student the candidate (b)
-            res = paired_difference(m, list(teacher), list(student), list(references), seed=seed, confidence=confidence)
-        return MetricComparison(label, n, float(res.score_b), float(res.score_a), float(res.diff), float(res.low), float(res.high),
-                                None if res.p_value is None else float(res.p_value), str(res.test), confidence, m.signature())
-    if label not in ("exact_match",) + LABEL_ALIASES:
-        raise ValueError(f"gate metric {label!r} needs protege.evals (not available)")
-    s = _binary_scores(label, student, references)
-    t = _binary_scores(label, teacher, references)
-    diff, low, high, p = paired_bootstrap(s, t, seed=seed, confidence=confidence)
-    return MetricComparison(label, n, float(np.mean(s)) if n else float("nan"), float(np.mean(t)) if n else float("nan"),
-                            diff, low, high, p, "paired_bootstrap", confidence)
+    if name == "judge":
+        # The student against the teacher, on the prompt; the teacher against itself is a tie (0.5).
+        scores = m.item_scores(list(student), list(teacher), inputs=list(inputs) if inputs is not None else None)
+        res = paired_difference_data(m, [0.5] * len(scores), scores, seed=seed, confidence=confidence)
+    else:
+        # evals.stats: diff = b - a, so the teacher is the baseline (a) and the student the candidate (b)
+        res = paired_difference(m, list(teacher), list(student), list(references), seed=seed, confidence=confidence)
+    return MetricComparison(label, n, float(res.score_b), float(res.score_a), float(res.diff), float(res.low), float(res.high),
+                            None if res.p_value is None else float(res.p_value), str(res.test), confidence, m.signature())
 
 
 def run_gate(

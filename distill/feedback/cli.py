@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from protege import clikit
+from protege.store.feedback import add_feedback, list_feedback
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Feedback on captured completions (scores, labels, corrections).")
 
@@ -32,8 +33,6 @@ def add(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Record feedback on a stored completion."""
-    from protege.store.feedback import add_feedback
-
     if all(v is None for v in (score, label, correction, comment, accept)):
         clikit.fail("give at least one of --score, --label, --correction, --comment, --accept/--reject")
     store = clikit.open_cli_store()
@@ -58,8 +57,6 @@ def list_cmd(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Feedback, oldest first."""
-    from protege.store.feedback import list_feedback
-
     store = clikit.open_cli_store()
     try:
         page = list_feedback(store, completion_id=completion_id, label=label, min_score=min_score, limit=limit)

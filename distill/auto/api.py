@@ -15,6 +15,11 @@ from starlette.concurrency import run_in_threadpool
 
 from protege import apikit
 from protege.apikit import ApiError
+from protege.distill.auto import rollout
+from protege.distill.auto.policies import PolicyError, parse_policy, policy_object, save_policy
+from protege.distill.auto.status import decision_object, route_object
+from protege.distill.auto.status import policy_status as status
+from protege.store import auto as store_auto
 
 router = APIRouter(dependencies=[apikit.admin_only("Policies and routes")])
 
@@ -29,8 +34,6 @@ async def _handle(store: Any, fn: Any, *args: Any) -> JSONResponse:
 
 
 def _policy(store: Any, ref: str) -> Any:
-    from protege.store import auto as store_auto
-
     row = store_auto.get_policy(store, ref)
     if row is None:
         raise ApiError(404, f"No policy found with id '{ref}'.", param="policy_id", code="policy_not_found")
@@ -43,10 +46,6 @@ def _policy(store: Any, ref: str) -> Any:
 @router.get("/protege/v1/policies")
 async def list_policies(request: Request, store: Any = Depends(apikit.store)) -> JSONResponse:
     def run(store: Any) -> dict[str, Any]:
-        from protege.store import auto as store_auto
-
-        from .policies import policy_object
-
         return _envelope([policy_object(r) for r in store_auto.list_policies(store)])
 
     return await _handle(store, run)
@@ -61,8 +60,6 @@ async def create_policy(request: Request, store: Any = Depends(apikit.store)) ->
         raise ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
 
     def run(store: Any, body: Any) -> dict[str, Any]:
-        from .policies import PolicyError, parse_policy, policy_object, save_policy
-
         try:
             policy = parse_policy(body, where="policy")
         except PolicyError as exc:
@@ -75,8 +72,6 @@ async def create_policy(request: Request, store: Any = Depends(apikit.store)) ->
 @router.get("/protege/v1/policies/{policy_id}")
 async def get_policy(request: Request, policy_id: str, store: Any = Depends(apikit.store)) -> JSONResponse:
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from .policies import policy_object
-
         return policy_object(_policy(store, ref))
 
     return await _handle(store, run, policy_id)
@@ -85,8 +80,6 @@ async def get_policy(request: Request, policy_id: str, store: Any = Depends(apik
 @router.delete("/protege/v1/policies/{policy_id}")
 async def delete_policy(request: Request, policy_id: str, store: Any = Depends(apikit.store)) -> JSONResponse:
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from protege.store import auto as store_auto
-
         row = _policy(store, ref)
         store_auto.delete_policy(store, row.id)
         return {"id": row.id, "object": "protege.policy.deleted", "deleted": True}
@@ -97,8 +90,6 @@ async def delete_policy(request: Request, policy_id: str, store: Any = Depends(a
 @router.get("/protege/v1/policies/{policy_id}/status")
 async def policy_status(request: Request, policy_id: str, store: Any = Depends(apikit.store)) -> JSONResponse:
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from .auto import policy_status as status
-
         return status(store, _policy(store, ref))
 
     return await _handle(store, run, policy_id)
@@ -110,10 +101,6 @@ async def policy_decisions(request: Request, policy_id: str, store: Any = Depend
     after = request.query_params.get("after")
 
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from protege.store import auto as store_auto
-
-        from .auto import decision_object
-
         row = _policy(store, ref)
         rows, has_more = store_auto.list_decisions(store, row.id, limit=limit, after=after)
         return _envelope([decision_object(d) for d in rows], has_more)
@@ -139,12 +126,10 @@ async def promote(request: Request, policy_id: str, store: Any = Depends(apikit.
             raise ApiError(400, f"stage must be shadow, canary or full, not {stage!r}", param="stage")
 
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from . import auto
-
         row = _policy(store, ref)
         try:
-            return auto.route_object(auto.promote(store, row.id, stage))
-        except auto.AutoError as exc:
+            return route_object(rollout.promote(store, row.id, stage))
+        except rollout.AutoError as exc:
             raise ApiError(409, str(exc), code="cannot_promote") from None
 
     return await _handle(store, run, policy_id)
@@ -153,12 +138,10 @@ async def promote(request: Request, policy_id: str, store: Any = Depends(apikit.
 @router.post("/protege/v1/policies/{policy_id}/rollback")
 async def rollback(request: Request, policy_id: str, store: Any = Depends(apikit.store)) -> JSONResponse:
     def run(store: Any, ref: str) -> dict[str, Any]:
-        from . import auto
-
         row = _policy(store, ref)
         try:
-            return auto.route_object(auto.rollback(store, row.id))
-        except auto.AutoError as exc:
+            return route_object(rollout.rollback(store, row.id))
+        except rollout.AutoError as exc:
             raise ApiError(409, str(exc), code="no_live_route") from None
 
     return await _handle(store, run, policy_id)
@@ -172,10 +155,6 @@ async def list_routes(request: Request, store: Any = Depends(apikit.store)) -> J
     include_ended = request.query_params.get("all", "false").lower() in ("1", "true", "yes")
 
     def run(store: Any) -> dict[str, Any]:
-        from protege.store import auto as store_auto
-
-        from .auto import route_object
-
         return _envelope([route_object(r) for r in store_auto.list_routes(store, include_ended=include_ended)])
 
     return await _handle(store, run)
@@ -184,10 +163,6 @@ async def list_routes(request: Request, store: Any = Depends(apikit.store)) -> J
 @router.get("/protege/v1/routes/{route_id}")
 async def get_route(request: Request, route_id: str, store: Any = Depends(apikit.store)) -> JSONResponse:
     def run(store: Any, rid: str) -> dict[str, Any]:
-        from protege.store import auto as store_auto
-
-        from .auto import route_object
-
         row = store_auto.get_route(store, rid)
         if row is None:
             raise ApiError(404, f"No route found with id '{rid}'.", param="route_id", code="route_not_found")

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from protege import apikit
 from protege.apikit import ApiError
 
-from . import students_admin
-from .backends import FineTuneError
+from protege.distill.finetune import students_admin
+from protege.distill.finetune.interface import FineTuneError
 
 router = APIRouter(prefix="/protege/v1/students", tags=["students"], dependencies=[apikit.admin_only("Students")])
 

@@ -1,4 +1,4 @@
-"""Protege's own HTTP API for feedback and datasets (``/protege/v1/...``).
+"""Protege's own HTTP API for feedback on captured completions (``/protege/v1/...feedback``).
 
 The app that mounts :data:`router` provides the store as ``app.state.protege_store`` (and its
 settings as ``app.state.protege_settings``: with admin keys configured, these routes need one,
@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from protege import apikit
 from protege.apikit import ApiError
+from protege.store.feedback import add_feedback, completion_seq, get_feedback, list_feedback
 
 # With admin keys configured these routes need one: they expose and curate captured traffic.
 router = APIRouter(dependencies=[apikit.admin_only("Feedback and datasets")])
@@ -57,8 +58,6 @@ def _check_feedback(body: dict[str, Any]) -> None:
 
 @router.post("/protege/v1/completions/{completion_id}/feedback")
 async def create_feedback(completion_id: str, request: Request, store: Any = Depends(apikit.store)) -> Response:
-    from protege.store.feedback import add_feedback
-
     body = await apikit.json_object(request, empty={})
     _check_feedback(body)
 
@@ -107,8 +106,6 @@ def _feedback_filters(request: Request) -> dict[str, Any]:
 
 @router.get("/protege/v1/completions/{completion_id}/feedback")
 async def list_completion_feedback(completion_id: str, request: Request, store: Any = Depends(apikit.store)) -> Response:
-    from protege.store.feedback import completion_seq, list_feedback
-
     if await asyncio.to_thread(completion_seq, store, completion_id) is None:
         raise error(404, f"No completion found with id '{completion_id}'.", param="completion_id", code="not_found")
     limit = apikit.parse_limit(request.query_params.get("limit"))
@@ -119,8 +116,6 @@ async def list_completion_feedback(completion_id: str, request: Request, store: 
 
 @router.get("/protege/v1/feedback")
 async def list_all_feedback(request: Request, store: Any = Depends(apikit.store), limit: int = Depends(apikit.limit)) -> Response:
-    from protege.store.feedback import list_feedback
-
     filters = _feedback_filters(request)
     if request.query_params.get("completion_id"):
         filters["completion_id"] = request.query_params["completion_id"]
@@ -130,53 +125,10 @@ async def list_all_feedback(request: Request, store: Any = Depends(apikit.store)
 
 @router.get("/protege/v1/feedback/{feedback_id}")
 async def retrieve_feedback(feedback_id: str, store: Any = Depends(apikit.store)) -> Response:
-    from protege.store.feedback import get_feedback
-
     fb = await asyncio.to_thread(get_feedback, store, feedback_id)
     if fb is None:
         raise error(404, f"No feedback found with id '{feedback_id}'.", param="feedback_id", code="not_found")
     return _json(fb)
-
-
-@router.post("/protege/v1/datasets")
-async def create_dataset(request: Request, store: Any = Depends(apikit.store)) -> Response:
-    """Build a dataset version synchronously (builds are seconds, not minutes, at 1M rows)."""
-    from .builder import DatasetError, DatasetOptions, build_dataset
-
-    body = await apikit.json_object(request, empty={})
-    if not body.get("name"):
-        raise error(400, "Missing required parameter: 'name'.", param="name", code="missing_required_parameter")
-    try:
-        opts = DatasetOptions.from_dict(body)
-    except DatasetError as exc:
-        raise error(400, str(exc), code="invalid_value") from None
-    except TypeError as exc:
-        raise error(400, f"Invalid dataset options: {exc}", code="invalid_value") from None
-    try:
-        dv = await asyncio.to_thread(build_dataset, store, opts)
-    except DatasetError as exc:
-        raise error(400, str(exc), code="empty_dataset") from None
-    return _json(dv.to_dict())
-
-
-@router.get("/protege/v1/datasets")
-async def list_datasets_route(request: Request, store: Any = Depends(apikit.store), limit: int = Depends(apikit.limit)) -> Response:
-    from .builder import list_datasets
-
-    items, has_more = await asyncio.to_thread(
-        list_datasets, store, name=request.query_params.get("name"), after=request.query_params.get("after"), limit=limit
-    )
-    return _envelope([d.to_dict() for d in items], has_more)
-
-
-@router.get("/protege/v1/datasets/{dataset_id}")
-async def retrieve_dataset(dataset_id: str, store: Any = Depends(apikit.store)) -> Response:
-    from .builder import get_dataset
-
-    dv = await asyncio.to_thread(get_dataset, store, dataset_id)
-    if dv is None:
-        raise error(404, f"No dataset found with id '{dataset_id}'.", param="dataset_id", code="not_found")
-    return _json(dv.to_dict())
 
 
 __all__ = ["router"]

@@ -19,10 +19,10 @@ from fastapi import APIRouter, Depends, Request
 from protege import apikit
 from protege.apikit import ApiError
 
-from . import jobs
-from .backends import FineTuneError
+from protege.distill.finetune import jobs
+from protege.distill.finetune.interface import FineTuneError
 
-log = logging.getLogger("protege.distill.finetune_api")
+log = logging.getLogger("protege.distill.finetune.api")
 
 # Jobs can spend money on a cloud account: when admin keys are configured only their holders may
 # list, start or cancel them.

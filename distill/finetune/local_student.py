@@ -40,7 +40,7 @@ from sklearn.svm import LinearSVC
 from protege.store import jobs as store_jobs
 from protege.store.messages import content_text, normalise_label
 
-from .backends import BackendStatus, FineTuneError, JobSpec, StartResult
+from protege.distill.finetune.interface import BackendStatus, FineTuneError, JobSpec, StartResult
 
 log = logging.getLogger("protege.distill.student")
 

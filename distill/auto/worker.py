@@ -23,24 +23,30 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import orjson
-from protege.store import auto as store_auto
 
-from .agreement import AgreementResult, online_agreement
-from .gate import run_gate
-from .policies import CandidateSpec, Policy, PolicyError, stored_policy, sync_policies_file
+from protege.evals.summary import compute_results
+from protege.store import auto as store_auto
+from protege.store import evals as store_evals
+from protege.store import jobs as store_jobs
+
+from protege.distill.auto.agreement import AgreementResult, online_agreement, response_text
+from protege.distill.auto.gate import compare_metric, parse_metric_spec, run_gate
+from protege.distill.auto.policies import CandidateSpec, Policy, PolicyError, stored_policy, sync_policies_file
+from protege.distill.auto.rollout import next_stage, open_route, stage_params
+from protege.distill.auto.selection import CandidateResult, choose, latency_stats, split_for_selection, timed_answers
+from protege.distill.datasets.builder import DatasetOptions, build_dataset, get_dataset
+from protege.distill.finetune import jobs
+from protege.distill.finetune.backends import JobSpec, get_backend
+from protege.distill.finetune.jobs import sync_all
+from protege.distill.finetune.students import StudentRegistry
 
 log = logging.getLogger("protege.distill.auto")
-
-STAGE_ORDER = ("shadow", "canary", "full")
-
-
-class AutoError(RuntimeError):
-    """A user-facing failure of a manual action (promote/rollback)."""
-
 
 # ---------------------------------------------------------------------------------------------
 # Adapters to the other areas (dataset builder, fine-tune jobs, students). Kept here, small, so
@@ -49,10 +55,6 @@ class AutoError(RuntimeError):
 
 def _build_dataset(store: Any, policy: Policy, cycle: store_auto.AutoCycle) -> dict[str, Any]:
     """Build a dataset version for the policy; returns {id, train_path, validation_path}."""
-    from dataclasses import fields
-
-    from protege.distill.builder import DatasetOptions, build_dataset  # type: ignore[attr-defined]
-
     known = {f.name for f in fields(DatasetOptions)}
     opts: dict[str, Any] = {}
     defaults = {
@@ -70,7 +72,7 @@ def _build_dataset(store: Any, policy: Policy, cycle: store_auto.AutoCycle) -> d
         if key in known:
             opts[key] = value
     opts.update(policy.dataset)
-    ds = build_dataset(store, DatasetOptions.from_dict(opts) if hasattr(DatasetOptions, "from_dict") else DatasetOptions(**opts))
+    ds = build_dataset(store, DatasetOptions.from_dict(opts))
     return {"id": ds.id, "train_path": _str(ds.train_path), "validation_path": _str(ds.validation_path)}
 
 
@@ -79,8 +81,6 @@ def _str(path: Any) -> str | None:
 
 
 def _jobs() -> Any:
-    from protege.distill import jobs  # type: ignore[attr-defined]
-
     return jobs
 
 
@@ -125,8 +125,6 @@ def _launch_job(store: Any, settings: Any, policy: Policy, cycle: store_auto.Aut
 
 def _find_job_for_cycle(store: Any, cycle_id: str, candidate: str | None = None) -> str | None:
     """A job a killed worker started for this cycle (or for one candidate of it) before it could record the id."""
-    from protege.store import jobs as store_jobs
-
     md = {"protege_cycle": cycle_id}
     if candidate is not None:
         md["protege_candidate"] = candidate
@@ -137,9 +135,6 @@ def _find_job_for_cycle(store: Any, cycle_id: str, candidate: str | None = None)
 def _revive_local_job(store: Any, settings: Any, job: dict[str, Any]) -> None:
     """A local job still 'running' in the store whose training thread died with an earlier process:
     adopt the student it already saved, or re-train it deterministically under the same job id."""
-    from protege.distill.backends import JobSpec, get_backend
-    from protege.store import jobs as store_jobs
-
     backend = get_backend("local", store=store, settings=settings)
     pid = job.get("provider_job_id")
     if pid and getattr(backend, "runs", {}).get(pid) is not None:
@@ -164,8 +159,6 @@ def _revive_local_job(store: Any, settings: Any, job: dict[str, Any]) -> None:
 
 def _poll_job(store: Any, settings: Any, job_id: str, backend_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Advance the job one poll (restarting a local job whose thread died) and return it."""
-    from protege.store import jobs as store_jobs
-
     job = store_jobs.get_job(store, job_id)
     if job is None:
         raise LookupError(f"fine-tune job {job_id} is gone")
@@ -181,11 +174,7 @@ def _served_here(backend: str, student_model: str) -> bool:
 def _answerer(store: Any, settings: Any, backend: str, student_model: str, client: Any = None) -> tuple[Callable[[list[dict[str, Any]]], str], Callable[[], None]]:
     """(one prompt -> the student's greedy answer, close): students served here in-process
     (protege/<name>: classifier, LoRA, endpoint students), cloud ones via the SDK."""
-    from .agreement import response_text
-
     if _served_here(backend, student_model):
-        from protege.distill.students import StudentRegistry  # type: ignore[attr-defined]
-
         registry = StudentRegistry(store)
         close = getattr(registry, "close", None) or (lambda: None)
         return (lambda msgs: response_text(registry.complete({"model": student_model, "messages": msgs, "temperature": 0}))), close
@@ -202,8 +191,6 @@ def _predict(store: Any, settings: Any, backend: str, student_model: str, prompt
              client: Any = None) -> list[str]:
     """The student's answers to held-out prompts, 8 at a time (so LoRA students batch their answers;
     the SDK client is thread-safe)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     answer, close = _answerer(store, settings, backend, student_model, client)
     try:
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="protege-gate") as pool:
@@ -213,7 +200,7 @@ def _predict(store: Any, settings: Any, backend: str, student_model: str, prompt
 
 
 def _cloud_client(settings: Any, backend: str) -> Any:
-    import openai
+    import openai  # the SDK is loaded only for a cloud student (a heavy optional dependency)
 
     if backend == "azure":
         key = settings.azure_api_key.get_secret_value() if getattr(settings, "azure_api_key", None) else None
@@ -238,9 +225,6 @@ def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, pr
     """Record the gate's evaluation as an eval run too, so `protege eval report RUN` shows it with
     the usual headline, CIs and divergent items. Best effort: the decision never depends on it."""
     try:
-        from protege.evals.summary import compute_results  # type: ignore[attr-defined]
-        from protege.store import evals as store_evals
-
         spec = {
             "candidates": [{"name": "student", "model": cycle.student_model, "base_url": None, "api_key_env": None}],
             "metrics": _eval_metric_specs(policy.gate.metrics), "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
@@ -275,8 +259,6 @@ def _prompt_text(messages: list[dict[str, Any]]) -> str:
 
 def _read_heldout(path: str | None) -> tuple[list[list[dict[str, Any]]], list[str]]:
     """Prompts (messages up to the last assistant turn) and reference answers of a JSONL split."""
-    from .agreement import response_text
-
     prompts: list[list[dict[str, Any]]] = []
     refs: list[str] = []
     if not path or not Path(path).exists():
@@ -295,8 +277,6 @@ def _read_heldout(path: str | None) -> tuple[list[list[dict[str, Any]]], list[st
 
 
 def _candidate_result(spec: CandidateSpec, job_id: str, job: dict[str, Any], error: str | None) -> Any:
-    from .selection import CandidateResult
-
     return CandidateResult(spec.label, spec.job_backend, job_id, job.get("fine_tuned_model"), str(job.get("status")),
                            error=error if job.get("status") != "succeeded" else None)
 
@@ -325,77 +305,6 @@ def due(store: Any, policy_id: str, policy: Policy, now: float | None = None) ->
     by_schedule = t.every is not None and elapsed >= t.every and new >= 1
     interval_ok = t.min_interval is None or elapsed >= t.min_interval
     return (by_count or by_schedule) and interval_ok, {"new_eligible": new, "since_seq": after_seq, "elapsed_s": elapsed}
-
-
-# ---------------------------------------------------------------------------------------------
-# Rollout
-
-
-def _stage_params(policy: Policy, stage: str) -> dict[str, float]:
-    r = policy.rollout
-    if stage == "shadow":
-        return {"percent": 0.0, "compare_percent": 0.0}
-    if stage == "canary":
-        # every student answer in the (small) canary is checked against the teacher in the background
-        return {"percent": r.canary_percent, "compare_percent": 100.0}
-    return {"percent": 100.0, "compare_percent": r.compare_percent}
-
-
-def open_route(store: Any, policy_id: str, policy: Policy, student_model: str, stage: str, cycle_id: str | None = None) -> store_auto.AutoRoute:
-    return store_auto.create_route(
-        store, policy_id, student_model, stage, match_model=policy.match.model, match_metadata=dict(policy.match.metadata),
-        timeout=policy.rollout.student_timeout, cycle_id=cycle_id, start_seq=store_auto.max_seq(store), **_stage_params(policy, stage),
-    )
-
-
-def next_stage(policy: Policy, stage: str) -> str | None:
-    stages = list(policy.rollout.stages)
-    later = [s for s in stages if STAGE_ORDER.index(s) > STAGE_ORDER.index(stage)]
-    return later[0] if later else None
-
-
-def promote(store: Any, policy_ref: str, stage: str | None = None) -> store_auto.AutoRoute:
-    """Manual promote: move the live route to ``stage`` (default: its next stage), or start one for
-    the policy's latest trained student."""
-    row = store_auto.get_policy(store, policy_ref)
-    if row is None:
-        raise AutoError(f"no policy {policy_ref!r}")
-    policy = stored_policy(row)
-    if stage is not None and stage not in STAGE_ORDER:
-        raise AutoError(f"stage must be shadow, canary or full, not {stage!r}")
-    routes = store_auto.active_routes(store, row.id)
-    if routes:
-        route = routes[0]
-        target = stage or next_stage(policy, route.stage)
-        if target is None:
-            raise AutoError(f"policy {row.name!r} is already at stage {route.stage!r}")
-        p = _stage_params(policy, target)
-        updated = store_auto.set_route_stage(store, route.id, target, p["percent"], store_auto.max_seq(store), p["compare_percent"])
-        store_auto.record_decision(store, row.id, "promote", "advance", f"manual promote {route.stage} -> {target}",
-                                   {"from": route.stage, "to": target, "manual": True}, cycle_id=route.cycle_id, route_id=route.id)
-        return updated
-    students = [c for c in store_auto.list_cycles(store, row.id, limit=50) if c.student_model]
-    if not students:
-        raise AutoError(f"policy {row.name!r} has no trained student to promote")
-    target = stage or policy.rollout.stages[0]
-    route = open_route(store, row.id, policy, students[0].student_model, target, students[0].id)  # type: ignore[arg-type]
-    store_auto.record_decision(store, row.id, "promote", "promote", f"manual promote of {students[0].student_model} to {target}",
-                               {"to": target, "student_model": students[0].student_model, "cycle_id": students[0].id, "manual": True},
-                               cycle_id=students[0].id, route_id=route.id)
-    return route
-
-
-def rollback(store: Any, policy_ref: str, reason: str = "manual rollback") -> store_auto.AutoRoute:
-    row = store_auto.get_policy(store, policy_ref)
-    if row is None:
-        raise AutoError(f"no policy {policy_ref!r}")
-    routes = store_auto.active_routes(store, row.id)
-    if not routes:
-        raise AutoError(f"policy {row.name!r} has no live route")
-    ended = store_auto.end_route(store, routes[0].id)
-    store_auto.record_decision(store, row.id, "manual_rollback", "rollback", reason,
-                               {"stage": routes[0].stage, "student_model": routes[0].student_model, "manual": True}, route_id=routes[0].id)
-    return ended  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,10 +349,9 @@ class Worker:
 
     def wait_local_jobs(self, timeout: float = 600.0) -> None:
         """Let local students training in this process finish (before the store is closed)."""
-        try:
-            from protege.distill.local_student import local_backend
-        except ImportError:
-            return
+        # scikit-learn is loaded only when a local student is in play (a heavy optional dependency)
+        from protege.distill.finetune.local_student import local_backend
+
         backend = local_backend(store=self.store)
         deadline = time.monotonic() + timeout
         for run in list(getattr(backend, "runs", {}).values()):
@@ -459,8 +367,6 @@ class Worker:
             except Exception:
                 log.exception("automatic distillation pass failed")
             try:  # cloud fine-tunes advance even when no policy is waiting on them
-                from .jobs import sync_all
-
                 sync_all(self.store, settings=self.settings)
             except Exception:
                 log.exception("polling fine-tune jobs failed")
@@ -567,10 +473,6 @@ class Worker:
 
         Same resumability as one job: each candidate's job is tagged with the cycle and its label, so
         a restarted worker adopts what was started; the selection files are written once per cycle."""
-        from protege.store import jobs as store_jobs
-
-        from .selection import split_for_selection
-
         store, name = self.store, policy.name
         actions: list[str] = []
         specs = policy.student.candidate_specs()
@@ -624,8 +526,6 @@ class Worker:
         return cycle, actions
 
     def _not_started(self, policy_id: str, cycle_id: str, spec: CandidateSpec) -> Any:
-        from .selection import CandidateResult
-
         rows, _ = store_auto.list_decisions(self.store, policy_id, limit=1000)
         why = next((r.reason for r in rows if r.kind == "candidate" and r.cycle_id == cycle_id
                     and store_auto.loads(r.details, {}).get("candidate") == spec.label), None)
@@ -633,9 +533,6 @@ class Worker:
 
     def _choose(self, policy: Policy, results: list[Any], selection_path: str) -> Any:
         """Each trained candidate answers every selection prompt in turn (its latency), scored as the gate scores."""
-        from .gate import compare_metric, parse_metric_spec
-        from .selection import choose, latency_stats, timed_answers
-
         prompts, refs = _read_heldout(selection_path)
         metric = policy.student.selection_metric or policy.gate.metrics[0]
         label = parse_metric_spec(metric)[0]
@@ -665,14 +562,10 @@ class Worker:
         """The winning candidate's backend for ``best`` policies, else the policy's."""
         if policy.student.backend != "best":
             return policy.student.backend
-        from protege.store import jobs as store_jobs
-
         job = store_jobs.get_job(self.store, cycle.job_id) if cycle.job_id else None
         return job["backend"] if job else "local"
 
     def _dataset(self, cycle: store_auto.AutoCycle) -> dict[str, Any]:
-        from protege.distill.builder import get_dataset  # type: ignore[attr-defined]
-
         ds = get_dataset(self.store, cycle.dataset_id)  # type: ignore[arg-type]
         if ds is None:
             raise LookupError(f"dataset {cycle.dataset_id} is gone")
@@ -738,74 +631,9 @@ class Worker:
         target = next_stage(policy, route.stage)
         if target is None:
             return []
-        p = _stage_params(policy, target)
+        p = stage_params(policy, target)
         store_auto.set_route_stage(self.store, route.id, target, p["percent"], store_auto.max_seq(self.store), p["compare_percent"])
         store_auto.record_decision(self.store, route.policy_id, "advance", "advance",
                                    f"online agreement {ag.rate:.3f} >= {r.agreement_threshold} over {ag.n} pairs: {route.stage} -> {target}",
                                    {**details, "to": target}, cycle_id=route.cycle_id, route_id=route.id)
         return [f"{policy.name}: {route.student_model} {route.stage} -> {target} (agreement {ag.rate:.3f} over {ag.n})"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Status
-
-
-def policy_status(store: Any, row: store_auto.AutoPolicy) -> dict[str, Any]:
-    """Per policy: eligible traffic since the last run, current job, last evaluation, live route."""
-    try:
-        policy: Policy | None = stored_policy(row)
-    except PolicyError:
-        policy = None
-    last = store_auto.last_cycle(store, row.id)
-    out: dict[str, Any] = {"id": row.id, "object": "protege.policy.status", "name": row.name, "enabled": row.enabled}
-    if policy is not None:
-        out["eligible_since_last_run"] = store_auto.eligible_count(store, policy.match.model, policy.match.metadata, last.until_seq if last else 0)
-    out["cycle"] = None if last is None else {
-        "id": last.id, "state": last.state, "dataset_id": last.dataset_id, "job_id": last.job_id, "student_model": last.student_model,
-        "created_at": int(last.created_at), "error": last.error,
-    }
-    job = None
-    if last is not None and last.job_id:
-        try:
-            from protege.store import jobs as store_jobs
-
-            j = store_jobs.get_job(store, last.job_id)
-            job = None if j is None else {"id": j.get("id"), "status": j.get("status"), "backend": j.get("backend"), "fine_tuned_model": j.get("fine_tuned_model")}
-        except ImportError:
-            job = {"id": last.job_id}
-    out["job"] = job
-    evaluated = next((c for c in store_auto.list_cycles(store, row.id, limit=50) if c.evaluation), None)
-    if evaluated is not None:
-        ev = store_auto.loads(evaluated.evaluation, {})
-        gate = ev.get("gate") or {}
-        out["last_evaluation"] = {"cycle_id": evaluated.id, "student_model": evaluated.student_model, "passed": gate.get("passed"),
-                                  "reason": gate.get("reason"), "n_items": ev.get("n_items"), "metrics": gate.get("metrics")}
-    else:
-        out["last_evaluation"] = None
-    routes = store_auto.active_routes(store, row.id)
-    if routes and policy is not None:
-        route = routes[0]
-        ag = online_agreement(store, route, policy)
-        out["route"] = {"id": route.id, "student_model": route.student_model, "stage": route.stage, "percent": route.percent,
-                        "compare_percent": route.compare_percent, "since": int(route.stage_started_at),
-                        "agreement": ag.rate, "compared": ag.n, "threshold": policy.rollout.agreement_threshold,
-                        "served": store_auto.served_counts(store, policy.match.model, policy.match.metadata, route.stage_started_seq)}
-    else:
-        out["route"] = None
-    return out
-
-
-def _public(d: dict[str, Any], obj: str) -> dict[str, Any]:
-    """API shape: id and object first, times as Unix seconds (as in OpenAI's objects)."""
-    out = {"id": d.pop("id"), "object": obj}
-    for key, value in d.items():
-        out[key] = int(value) if key.endswith("_at") and isinstance(value, float) else value
-    return out
-
-
-def route_object(route: store_auto.AutoRoute) -> dict[str, Any]:
-    return _public(store_auto.as_dict(route), "protege.route")
-
-
-def decision_object(d: store_auto.AutoDecision) -> dict[str, Any]:
-    return _public(store_auto.as_dict(d), "protege.decision")

@@ -34,9 +34,12 @@ from typing import Any, AsyncIterator
 from protege.store import jobs as store_jobs
 from protege.store.messages import content_text
 
-from .backends import FineTuneError
+from protege.distill.finetune.interface import FineTuneError
+from protege.distill.finetune.endpoints import EndpointStudent
+from protege.distill.finetune.generation import ArtifactError, sha256_file
+from protege.distill.finetune.served import LoraStudent
 
-log = logging.getLogger("protege.distill.students")
+log = logging.getLogger("protege.distill.finetune.students")
 
 PREFIX = "protege/"
 _MODEL = re.compile(r"^protege/([A-Za-z0-9][A-Za-z0-9_.\-]{0,63}?)(?:@v(\d+))?$")
@@ -236,8 +239,6 @@ class StudentRegistry:
         return self._load(name, version)
 
     def _endpoint(self, name: str) -> Any:
-        from .finetune.endpoints import EndpointStudent
-
         row = self._index.endpoints[name]
         cur = self._endpoints.get(name)
         if cur is None or not cur.same(row):
@@ -265,15 +266,12 @@ class StudentRegistry:
         manifest = row.get("manifest") or {}
         if manifest.get("kind") == "lora":
             return self._load_lora(row)
-        from .local_student import load_student
+        from protege.distill.finetune.local_student import load_student
 
         student, _row = load_student(self.store, name, version)
         return _Classifier(student, name, version)
 
     def _load_lora(self, row: dict[str, Any]) -> Any:
-        from .finetune.generation import ArtifactError, sha256_file
-        from .finetune.served import LoraStudent
-
         manifest_path = store_jobs.resolve_artifact(self.store, row["manifest_path"])
         if not manifest_path.is_file():
             raise FineTuneError(f"the manifest of {model_id(row['name'], row['version'])} is missing", code="artifact_missing", status=500)

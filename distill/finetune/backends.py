@@ -7,76 +7,18 @@ the runner, the CLI or the HTTP API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-METHODS = ("supervised", "dpo")
-HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")
-
-
-class FineTuneError(Exception):
-    """A fine-tune request that cannot go ahead (bad input, provider refusal); the message is user-facing.
-
-    ``param`` and ``code`` follow OpenAI's error object so the API can return them unchanged.
-    """
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-        self.status = status
-
-
-@dataclass
-class JobSpec:
-    """What to train. Files are local paths (the backend uploads them where needed)."""
-
-    model: str
-    training_file: str
-    validation_file: str | None = None
-    method: str = "supervised"
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    suffix: str | None = None
-    seed: int | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    name: str | None = None  # local students: the served name (protege/<name>)
-    job_id: str | None = None  # Protege's ftjob_ id, for backends that record artifacts against it
-
-
-@dataclass
-class StartResult:
-    provider_job_id: str
-    status: str
-    files: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class BackendStatus:
-    status: str  # one of store.jobs.STATUSES
-    fine_tuned_model: str | None = None
-    error: dict[str, Any] | None = None
-    result: dict[str, Any] = field(default_factory=dict)
-    trained_tokens: int | None = None
-    hyperparameters: dict[str, Any] | None = None
-
-
-class FineTuneBackend(Protocol):
-    name: str
-
-    def start(self, spec: JobSpec) -> StartResult: ...
-
-    def status(self, provider_job_id: str) -> BackendStatus: ...
-
-    def events(self, provider_job_id: str, known: set[str] | None = None) -> list[dict[str, Any]]:
-        """Events so far, oldest first, each with a stable ``id`` (the store de-duplicates); a backend
-        may stop early at ids in ``known`` (already recorded)."""
-        ...
-
-    def cancel(self, provider_job_id: str) -> BackendStatus: ...
-
-    def checkpoints(self, provider_job_id: str) -> list[dict[str, Any]]: ...
-
+from protege.distill.finetune.hyperparameters import validate as validate_lora_hyperparameters
+from protege.distill.finetune.interface import (
+    HYPERPARAMETERS,
+    METHODS,
+    BackendStatus,
+    FineTuneBackend,
+    FineTuneError,
+    JobSpec,
+    StartResult,
+)
 
 BackendFactory = Callable[..., FineTuneBackend]
 _REGISTRY: dict[str, BackendFactory] = {}
@@ -106,8 +48,9 @@ def get_backend(name: str, **kwargs: Any) -> FineTuneBackend:
 def _ensure_builtin() -> None:
     if "openai" in _REGISTRY and "local" in _REGISTRY and "lora" in _REGISTRY:
         return
-    from . import local_student, openai_backend
-    from .finetune import lora  # no torch at import: the job process loads it
+    # Imported on first use: local_student loads scikit-learn and openai_backend the openai SDK (heavy
+    # optional dependencies); lora loads no torch at import (its job process does).
+    from protege.distill.finetune import local_student, lora, openai_backend
 
     _REGISTRY.setdefault("openai", openai_backend.openai_backend_from_settings)
     _REGISTRY.setdefault("azure", openai_backend.azure_backend_from_settings)
@@ -121,9 +64,7 @@ def validate_hyperparameters(method: str, hp: dict[str, Any], backend: str | Non
     if method not in METHODS:
         raise FineTuneError(f"method must be one of {', '.join(METHODS)}, not {method!r}", param="method")
     if backend == "lora":
-        from .finetune.hyperparameters import validate
-
-        return validate(method, hp)
+        return validate_lora_hyperparameters(method, hp)
     out: dict[str, Any] = {}
     for key, value in hp.items():
         if value is None:

@@ -7,6 +7,10 @@ from pathlib import Path
 import typer
 
 from protege import clikit
+from protege.distill.datasets.builder import DatasetError, DatasetOptions, build_dataset, get_dataset, list_datasets
+from protege.distill.datasets.select import DEFAULT_REFUSAL_PHRASES
+from protege.distill.datasets.tokens import max_tokens_for
+from protege.distill.datasets.validate import validate_jsonl
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Build fine-tuning datasets from captured traffic.")
 
@@ -54,9 +58,6 @@ def build(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Build the next version of a dataset from the store."""
-    from .builder import DatasetError, DatasetOptions, build_dataset
-    from .select import DEFAULT_REFUSAL_PHRASES
-
     opts = DatasetOptions(
         name=name, kind=kind, models=list(model or []), metadata=_parse_kv(metadata, "--metadata"),
         since=_parse_time(since, "--since"), until=_parse_time(until, "--until"), min_score=min_score,
@@ -95,8 +96,6 @@ def list_cmd(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Dataset versions, newest first."""
-    from .builder import list_datasets
-
     store = clikit.open_cli_store()
     try:
         items, has_more = list_datasets(store, name=name, limit=limit)
@@ -117,8 +116,6 @@ def show(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """One dataset version: counts, files and its card."""
-    from .builder import get_dataset
-
     store = clikit.open_cli_store()
     try:
         dv = get_dataset(store, dataset_id)
@@ -143,9 +140,6 @@ def validate(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check a training file; exits non-zero with one line per error."""
-    from .tokens import max_tokens_for
-    from .validate import validate_jsonl
-
     if not file.is_file():
         clikit.fail(f"no such file: {file}")
     report = validate_jsonl(file, max_tokens=max_tokens_for(base_model))

@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from protege.distill.auto.gate import build_metric
+from protege.store import auto as store_auto
 
 
 class PolicyError(ValueError):
@@ -141,8 +143,6 @@ class StudentSpec(_Strict):
                 if c.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", c.name):
                     raise ValueError("candidate name may contain letters, digits, '_', '.', '-' (max 64)")
             if self.selection_metric is not None:
-                from .gate import build_metric
-
                 try:
                     build_metric(self.selection_metric, resolve_secrets=False)
                 except ImportError:
@@ -171,7 +171,7 @@ class GateSpec(_Strict):
 
     ``metrics``: any metric of ``protege.evals`` by name (``"rougeL"``, ``"json_valid"``,
     ``"bleu:tokenize=char"``) or as a table with options (``{name = "json_schema", schema = {...}}``,
-    ``{name = "judge", model = "gpt-4.1", api_key_env = "OPENAI_API_KEY"}``); see distill/gate.py."""
+    ``{name = "judge", model = "gpt-4.1", api_key_env = "OPENAI_API_KEY"}``); see distill/auto/gate.py."""
 
     metrics: list[str | dict[str, Any]] = Field(default_factory=lambda: ["exact_match"], min_length=1)
     tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
@@ -182,8 +182,6 @@ class GateSpec(_Strict):
     @field_validator("metrics")
     @classmethod
     def _known(cls, value: list[Any]) -> list[Any]:
-        from .gate import build_metric
-
         labels = []
         for spec in value:
             try:
@@ -228,7 +226,7 @@ class Policy(_Strict):
     enabled: bool = True
     match: TrafficMatch
     trigger: Trigger
-    dataset: dict[str, Any] = Field(default_factory=dict)  # passed to distill.builder.DatasetOptions
+    dataset: dict[str, Any] = Field(default_factory=dict)  # passed to distill.datasets.builder.DatasetOptions
     student: StudentSpec = Field(default_factory=StudentSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
@@ -280,7 +278,7 @@ def _check_dataset_options(policy: Policy, label: str) -> None:
     try:
         from dataclasses import fields
 
-        from protege.distill.builder import DatasetOptions  # type: ignore[attr-defined]
+        from protege.distill.datasets.builder import DatasetOptions  # type: ignore[attr-defined]
     except ImportError:
         return
     known = {f.name for f in fields(DatasetOptions)}
@@ -332,8 +330,6 @@ def load_policies_file(path: str | Path) -> list[Policy]:
 
 
 def save_policy(store: Any, policy: Policy) -> Any:
-    from protege.store import auto as store_auto
-
     return store_auto.put_policy(store, policy.name, policy.to_dict(), enabled=policy.enabled)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from protege.store.datasets import Selection
 
-from .scrub import TRIGGER
+from protege.distill.datasets.scrub import TRIGGER
 
 DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "i'm sorry, but i can't",

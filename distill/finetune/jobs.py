@@ -15,9 +15,11 @@ from typing import Any, Callable
 
 from protege.store import jobs as store_jobs
 
-from .backends import FineTuneError, JobSpec, get_backend, validate_hyperparameters
+from protege.distill.finetune.backends import FineTuneError, JobSpec, get_backend, validate_hyperparameters
+from protege.settings import load_settings
+from protege.store import datasets as store_datasets
 
-log = logging.getLogger("protege.distill.jobs")
+log = logging.getLogger("protege.distill.finetune.jobs")
 
 TERMINAL = store_jobs.TERMINAL_STATUSES
 LOCAL_BACKENDS = ("local", "lora")  # students trained here and served as protege/<name>
@@ -26,8 +28,6 @@ LOCAL_BACKENDS = ("local", "lora")  # students trained here and served as proteg
 def resolve_dataset(store, dataset: str) -> tuple[str, str | None, str]:
     """(train path, validation path, kind) of a dataset version recorded by the dataset builder."""
     import orjson
-
-    from protege.store import datasets as store_datasets
 
     row = store_datasets.get_dataset_row(store, dataset)
     if row is None:
@@ -57,7 +57,6 @@ def _backend(store, name: str, settings: Any, options: dict[str, Any] | None) ->
 def _settings(settings: Any) -> Any:
     if settings is not None:
         return settings
-    from protege.settings import load_settings
 
     return load_settings()
 
@@ -117,7 +116,7 @@ def start_job(
     if seed is not None and not (0 <= int(seed) <= 2147483647):
         raise FineTuneError("seed must be between 0 and 2147483647", param="seed")
     if backend in LOCAL_BACKENDS:
-        from .local_student import check_name
+        from protege.distill.finetune.local_student import check_name
 
         check_name(name or suffix or "student")
     impl = _backend(store, backend, _settings(settings), backend_options)  # unknown backend / missing key: before recording

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import openai
 
-from .backends import BackendStatus, FineTuneError, JobSpec, StartResult
+from protege.distill.finetune.interface import BackendStatus, FineTuneError, JobSpec, StartResult
 
 log = logging.getLogger("protege.distill.openai")
 

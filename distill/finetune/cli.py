@@ -15,8 +15,9 @@ import typer
 
 from protege import clikit
 
-from . import jobs
-from .backends import FineTuneError
+from protege.distill.finetune import jobs
+from protege.distill.finetune.interface import FineTuneError
+from protege.distill.finetune.export import export as do_export
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Fine-tune jobs (OpenAI, Azure OpenAI, local student, LoRA).")
 
@@ -256,8 +257,6 @@ def export(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Export a LoRA student for vLLM, Ollama or transformers, with a README of ready-to-run commands."""
-    from .finetune.export import export as do_export
-
     store = clikit.open_cli_store()
     try:
         written = do_export(store, ref, fmt, out, merge=merge)

@@ -7,12 +7,13 @@ from typing import Optional
 import typer
 
 from protege import clikit
+from protege.distill.finetune import students_admin
+from protege.distill.finetune.interface import FineTuneError
 
 app = typer.Typer(help="Students: trained versions and students served by other OpenAI-compatible endpoints.", no_args_is_help=True)
 
 
 def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    from .backends import FineTuneError
 
     store = clikit.open_cli_store()
     try:
@@ -26,8 +27,6 @@ def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Every student: versions (what the gate said, which one the bare name serves) and endpoints."""
-    from . import students_admin
-
     rows = _run(students_admin.list_all)
     if as_json:
         clikit.print_json({"object": "list", "data": rows})
@@ -51,8 +50,6 @@ def add(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Register (or update) a student served by another OpenAI-compatible endpoint."""
-    from . import students_admin
-
     out = _run(students_admin.add_endpoint, name=name, base_url=base_url, model=model, api_key_env=api_key_env, timeout=timeout)
     if as_json:
         clikit.print_json(out)
@@ -63,8 +60,6 @@ def add(
 @app.command("remove")
 def remove(name: str = typer.Argument(..., help="The endpoint student's name.")) -> None:
     """Forget an endpoint student."""
-    from . import students_admin
-
     _run(students_admin.remove_endpoint, name)
     typer.echo(f"removed protege/{name}")
 
@@ -77,8 +72,6 @@ def promote(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Let the bare name protege/NAME serve this version."""
-    from . import students_admin
-
     out = _run(students_admin.promote, model, force=force, reason=reason)
     if as_json:
         clikit.print_json(out)

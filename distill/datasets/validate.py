@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .tokens import DEFAULT_MAX_TOKENS, estimate_messages
+from protege.distill.datasets.tokens import DEFAULT_MAX_TOKENS, estimate_messages
 
 MIN_EXAMPLES = 10
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})

@@ -27,22 +27,22 @@ from protege.store import Store
 from protege.store import datasets as ds_store
 from protege.store import feedback as fb_store
 
-from .card import render_card
-from .dedupe import near_duplicates
-from .dpo import preference_pairs
-from .examples import assistant_message, clean_input_messages
-from .prune import choose_prompt, sha256_text, strip_prompt
-from .scrub import scrub_messages
-from .select import DEFAULT_REFUSAL_PHRASES, selection_from
-from .split import assign_splits, random_split
-from .tokens import (
+from protege.distill.datasets.card import render_card
+from protege.distill.datasets.dedupe import near_duplicates
+from protege.distill.datasets.dpo import preference_pairs
+from protege.distill.datasets.examples import assistant_message, clean_input_messages
+from protege.distill.datasets.prune import choose_prompt, sha256_text, strip_prompt
+from protege.distill.datasets.scrub import scrub_messages
+from protege.distill.datasets.select import DEFAULT_REFUSAL_PHRASES, selection_from
+from protege.distill.datasets.split import assign_splits, random_split
+from protege.distill.datasets.tokens import (
     TokenStats,
     estimate_messages,
     estimate_text,
     max_tokens_for,
     training_estimate,
 )
-from .validate import MIN_EXAMPLES, check_dpo_example, check_example
+from protege.distill.datasets.validate import MIN_EXAMPLES, check_dpo_example, check_example
 
 LABEL_SOURCES = ("feedback", "output", "metadata")
 

@@ -10,6 +10,11 @@ from typing import Any
 import typer
 
 from protege import clikit
+from protege.distill.auto import rollout
+from protege.distill.auto.policies import PolicyError, load_policies_file, policy_object, save_policy
+from protege.distill.auto.status import decision_object, policy_status, route_object
+from protege.distill.auto.worker import Worker
+from protege.store import auto as store_auto
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Automatic distillation: policies, rollout, decisions.")
 
@@ -19,8 +24,6 @@ def _store() -> Any:
 
 
 def _policy_row(store: Any, ref: str) -> Any:
-    from protege.store import auto as store_auto
-
     row = store_auto.get_policy(store, ref)
     if row is None:
         clikit.fail(f"no policy {ref!r} (see `protege auto list`)")
@@ -36,8 +39,6 @@ def _ts(t: float | None) -> str:
 @app.command("validate")
 def validate(file: str = typer.Argument(..., help="Policies TOML file ([[policy]] tables).")) -> None:
     """Check a policies file without touching the store."""
-    from .policies import PolicyError, load_policies_file
-
     try:
         policies = load_policies_file(file)
     except PolicyError as exc:
@@ -51,8 +52,6 @@ def apply(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Create or update the policies of a TOML file (matched by name)."""
-    from .policies import PolicyError, load_policies_file, policy_object, save_policy
-
     try:
         policies = load_policies_file(file)
     except PolicyError as exc:
@@ -72,10 +71,6 @@ def apply(
 @app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """The stored policies."""
-    from protege.store import auto as store_auto
-
-    from .policies import policy_object
-
     store = _store()
     try:
         rows = store_auto.list_policies(store)
@@ -93,8 +88,6 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Machine-readable 
 @app.command("show")
 def show(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
     """One policy, as JSON."""
-    from .policies import policy_object
-
     store = _store()
     try:
         clikit.print_json(policy_object(_policy_row(store, policy)))
@@ -104,8 +97,6 @@ def show(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
 
 def _set_enabled(policy: str, enabled: bool) -> None:
     import orjson
-    from protege.store import auto as store_auto
-
     store = _store()
     try:
         row = _policy_row(store, policy)
@@ -130,8 +121,6 @@ def disable(policy: str = typer.Argument(..., help="Policy id or name.")) -> Non
 @app.command("delete")
 def delete(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
     """Delete a policy and take its live route down (history stays)."""
-    from protege.store import auto as store_auto
-
     store = _store()
     try:
         row = _policy_row(store, policy)
@@ -147,10 +136,6 @@ def status(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Per policy: new eligible traffic, the current job, the last evaluation, the live route and its agreement."""
-    from protege.store import auto as store_auto
-
-    from .auto import policy_status
-
     store = _store()
     try:
         rows = [_policy_row(store, policy)] if policy else store_auto.list_policies(store)
@@ -189,10 +174,6 @@ def decisions(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Every decision (gate, select, candidate, advance, rollback) with the numbers behind it."""
-    from protege.store import auto as store_auto
-
-    from .auto import decision_object
-
     store = _store()
     try:
         row = _policy_row(store, policy)
@@ -216,12 +197,10 @@ def promote(
     stage: str | None = typer.Option(None, "--stage", help="shadow, canary or full (default: the next stage)."),
 ) -> None:
     """Move the policy's student to the next (or given) stage now."""
-    from . import auto
-
     store = _store()
     try:
-        route = auto.promote(store, policy, stage)
-    except auto.AutoError as exc:
+        route = rollout.promote(store, policy, stage)
+    except rollout.AutoError as exc:
         clikit.fail(str(exc))
     finally:
         store.close()
@@ -231,12 +210,10 @@ def promote(
 @app.command("rollback")
 def rollback(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
     """Take the policy's student out of the traffic now (the teacher answers everything)."""
-    from . import auto
-
     store = _store()
     try:
-        route = auto.rollback(store, policy)
-    except auto.AutoError as exc:
+        route = rollout.rollback(store, policy)
+    except rollout.AutoError as exc:
         clikit.fail(str(exc))
     finally:
         store.close()
@@ -249,10 +226,6 @@ def routes(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Live routes (and, with --all, the ended ones)."""
-    from protege.store import auto as store_auto
-
-    from .auto import route_object
-
     store = _store()
     try:
         data = [route_object(r) for r in store_auto.list_routes(store, include_ended=all_)]
@@ -271,9 +244,6 @@ def worker(
     once: bool = typer.Option(False, "--once", help="Do one pass and exit."),
 ) -> None:
     """Run the automatic distillation loop (without the proxy)."""
-    from .auto import Worker
-    from .policies import PolicyError, load_policies_file
-
     settings = clikit.settings()
     policies = policies or settings.policies_file
     if policies:

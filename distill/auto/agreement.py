@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from protege.store.messages import answer_text, normalise_label
+from protege.store import auto as store_auto
 
 Comparator = Callable[[str, str], bool]
 
@@ -77,8 +78,6 @@ def agreement(pairs: Iterable[tuple[str, str]], compare: Comparator) -> Agreemen
 
 def online_agreement(store: Any, route: Any, policy: Any) -> AgreementResult:
     """Agreement on live pairs captured since ``route`` entered its current stage."""
-    from protege.store import auto as store_auto
-
     rows = store_auto.paired_answers(store, policy.match.model, policy.match.metadata, after_seq=route.stage_started_seq)
     compare = get_comparator(policy.rollout.comparison, policy.rollout.similarity_threshold)
     return agreement(((response_text(p), response_text(s)) for p, s, _a, _b in rows), compare)

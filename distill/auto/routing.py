@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import orjson
 
-log = logging.getLogger("protege.distill.routing")
+from protege.store import auto as store_auto
+
+log = logging.getLogger("protege.distill.auto.routing")
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,6 @@ class StoreRouter:
     """``protege.proxy.hooks.Router`` over the routes in the store."""
 
     def __init__(self, store: Any, ttl: float = 2.0) -> None:
-        from protege.store import auto as store_auto
-
         self._store = store
         self._auto = store_auto
         self.ttl = ttl

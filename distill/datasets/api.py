@@ -1,0 +1,72 @@
+"""Protege's own HTTP API for datasets (``/protege/v1/datasets``).
+
+The app that mounts :data:`router` provides the store as ``app.state.protege_store`` (and its
+settings as ``app.state.protege_settings``: with admin keys configured, these routes need one,
+since they expose and curate captured traffic). Lists use OpenAI's
+envelope and cursor (``after``/``limit``); errors use OpenAI's error JSON, so the ``openai`` SDK's
+error handling works on these routes too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from protege import apikit
+from protege.apikit import ApiError
+from protege.distill.datasets.builder import DatasetError, DatasetOptions, build_dataset, get_dataset, list_datasets
+
+# With admin keys configured these routes need one: they expose and curate captured traffic.
+router = APIRouter(dependencies=[apikit.admin_only("Feedback and datasets")])
+
+
+def error(status: int, message: str, param: str | None = None, code: str | None = None, type_: str = "invalid_request_error") -> ApiError:
+    return ApiError(status, message, type=type_, param=param, code=code)
+
+
+_json = apikit.json_response
+
+
+def _envelope(data: list[dict[str, Any]], has_more: bool) -> Response:
+    return _json(apikit.list_envelope(data, has_more))
+
+
+@router.post("/protege/v1/datasets")
+async def create_dataset(request: Request, store: Any = Depends(apikit.store)) -> Response:
+    """Build a dataset version synchronously (builds are seconds, not minutes, at 1M rows)."""
+    body = await apikit.json_object(request, empty={})
+    if not body.get("name"):
+        raise error(400, "Missing required parameter: 'name'.", param="name", code="missing_required_parameter")
+    try:
+        opts = DatasetOptions.from_dict(body)
+    except DatasetError as exc:
+        raise error(400, str(exc), code="invalid_value") from None
+    except TypeError as exc:
+        raise error(400, f"Invalid dataset options: {exc}", code="invalid_value") from None
+    try:
+        dv = await asyncio.to_thread(build_dataset, store, opts)
+    except DatasetError as exc:
+        raise error(400, str(exc), code="empty_dataset") from None
+    return _json(dv.to_dict())
+
+
+@router.get("/protege/v1/datasets")
+async def list_datasets_route(request: Request, store: Any = Depends(apikit.store), limit: int = Depends(apikit.limit)) -> Response:
+    items, has_more = await asyncio.to_thread(
+        list_datasets, store, name=request.query_params.get("name"), after=request.query_params.get("after"), limit=limit
+    )
+    return _envelope([d.to_dict() for d in items], has_more)
+
+
+@router.get("/protege/v1/datasets/{dataset_id}")
+async def retrieve_dataset(dataset_id: str, store: Any = Depends(apikit.store)) -> Response:
+    dv = await asyncio.to_thread(get_dataset, store, dataset_id)
+    if dv is None:
+        raise error(404, f"No dataset found with id '{dataset_id}'.", param="dataset_id", code="not_found")
+    return _json(dv.to_dict())
+
+
+__all__ = ["router"]
