@@ -344,7 +344,7 @@ def test_http_jobs_train_on_examples_uploaded_inline(data, tmp_path):
     from fastapi import FastAPI
 
     from protege import apikit
-    from protege.distill.finetune_api import router
+    from protege.distill.finetune.api import router
     from tests.fixtures.http import RouterServer
 
     lines = lambda path: [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]  # noqa: E731
