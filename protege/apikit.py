@@ -68,6 +68,17 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
+def list_response(data: list[dict[str, Any]], has_more: bool = False) -> Response:
+    """A list route's whole answer: :func:`list_envelope` as JSON."""
+    return json_response(list_envelope(data, has_more))
+
+
+def error(status: int, message: str, param: str | None = None, code: str | None = None,
+          type_: str = "invalid_request_error") -> ApiError:
+    """An :class:`ApiError` with OpenAI's field order (param, then code), for ``raise error(...)``."""
+    return ApiError(status, message, type=type_, param=param, code=code)
+
+
 def list_envelope(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
     """OpenAI's cursor-page shape (the SDK pages with ``after=<last id>`` while ``has_more``)."""
     return {

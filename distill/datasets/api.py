@@ -16,22 +16,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from protege import apikit
-from protege.apikit import ApiError
+from protege.apikit import error
 from protege.distill.datasets.builder import DatasetError, DatasetOptions, build_dataset, get_dataset, list_datasets
 
 # With admin keys configured these routes need one: they expose and curate captured traffic.
 router = APIRouter(dependencies=[apikit.admin_only("Feedback and datasets")])
 
 
-def error(status: int, message: str, param: str | None = None, code: str | None = None, type_: str = "invalid_request_error") -> ApiError:
-    return ApiError(status, message, type=type_, param=param, code=code)
-
-
-_json = apikit.json_response
-
-
-def _envelope(data: list[dict[str, Any]], has_more: bool) -> Response:
-    return _json(apikit.list_envelope(data, has_more))
 
 
 @router.post("/protege/v1/datasets")
@@ -50,7 +41,7 @@ async def create_dataset(request: Request, store: Any = Depends(apikit.store)) -
         dv = await asyncio.to_thread(build_dataset, store, opts)
     except DatasetError as exc:
         raise error(400, str(exc), code="empty_dataset") from None
-    return _json(dv.to_dict())
+    return apikit.json_response(dv.to_dict())
 
 
 @router.get("/protege/v1/datasets")
@@ -58,7 +49,7 @@ async def list_datasets_route(request: Request, store: Any = Depends(apikit.stor
     items, has_more = await asyncio.to_thread(
         list_datasets, store, name=request.query_params.get("name"), after=request.query_params.get("after"), limit=limit
     )
-    return _envelope([d.to_dict() for d in items], has_more)
+    return apikit.list_response([d.to_dict() for d in items], has_more)
 
 
 @router.get("/protege/v1/datasets/{dataset_id}")
@@ -66,7 +57,7 @@ async def retrieve_dataset(dataset_id: str, store: Any = Depends(apikit.store)) 
     dv = await asyncio.to_thread(get_dataset, store, dataset_id)
     if dv is None:
         raise error(404, f"No dataset found with id '{dataset_id}'.", param="dataset_id", code="not_found")
-    return _json(dv.to_dict())
+    return apikit.json_response(dv.to_dict())
 
 
 __all__ = ["router"]

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from protege import apikit
-from protege.apikit import ApiError
+from protege.apikit import error
 from protege.store.feedback import add_feedback, completion_seq, get_feedback, list_feedback
 
 # With admin keys configured these routes need one: they expose and curate captured traffic.
@@ -25,15 +25,6 @@ router = APIRouter(dependencies=[apikit.admin_only("Feedback and datasets")])
 FEEDBACK_FIELDS = {"score", "label", "correction", "comment", "accepted", "metadata"}
 
 
-def error(status: int, message: str, param: str | None = None, code: str | None = None, type_: str = "invalid_request_error") -> ApiError:
-    return ApiError(status, message, type=type_, param=param, code=code)
-
-
-_json = apikit.json_response
-
-
-def _envelope(data: list[dict[str, Any]], has_more: bool) -> Response:
-    return _json(apikit.list_envelope(data, has_more))
 
 
 def _check_feedback(body: dict[str, Any]) -> None:
@@ -73,7 +64,7 @@ async def create_feedback(completion_id: str, request: Request, store: Any = Dep
     fb = await asyncio.to_thread(writer.read_your_writes, add) if writer is not None else await asyncio.to_thread(add)
     if fb is None:
         raise error(404, f"No completion found with id '{completion_id}'.", param="completion_id", code="not_found")
-    return _json(fb)
+    return apikit.json_response(fb)
 
 
 def _feedback_filters(request: Request) -> dict[str, Any]:
@@ -111,7 +102,7 @@ async def list_completion_feedback(completion_id: str, request: Request, store: 
     limit = apikit.parse_limit(request.query_params.get("limit"))
     filters = _feedback_filters(request)
     page = await asyncio.to_thread(list_feedback, store, completion_id=completion_id, limit=limit, **filters)
-    return _envelope(page.data, page.has_more)
+    return apikit.list_response(page.data, page.has_more)
 
 
 @router.get("/protege/v1/feedback")
@@ -120,7 +111,7 @@ async def list_all_feedback(request: Request, store: Any = Depends(apikit.store)
     if request.query_params.get("completion_id"):
         filters["completion_id"] = request.query_params["completion_id"]
     page = await asyncio.to_thread(list_feedback, store, limit=limit, **filters)
-    return _envelope(page.data, page.has_more)
+    return apikit.list_response(page.data, page.has_more)
 
 
 @router.get("/protege/v1/feedback/{feedback_id}")
@@ -128,7 +119,7 @@ async def retrieve_feedback(feedback_id: str, store: Any = Depends(apikit.store)
     fb = await asyncio.to_thread(get_feedback, store, feedback_id)
     if fb is None:
         raise error(404, f"No feedback found with id '{feedback_id}'.", param="feedback_id", code="not_found")
-    return _json(fb)
+    return apikit.json_response(fb)
 
 
 __all__ = ["router"]
