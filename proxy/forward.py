@@ -3,6 +3,10 @@
 Per request: read the body, parse it once (orjson), check metadata, forward bytes, send bytes back,
 hand a :class:`ChatCapture` to the writer. No framework, no database, no re-serialisation unless the
 body must change (injected ``include_usage``, stripped ``store``/``metadata``, a student's model).
+
+Read-your-writes: the capture is handed to the writer *before* the client's last bytes go out
+(before ``[DONE]`` on a stream, where the SDK stops reading), so a client that has its whole answer
+and at once retrieves it, or attaches feedback, finds it (``CaptureWriter.read_your_writes``).
 """
 
 from __future__ import annotations
@@ -232,10 +236,7 @@ class ChatForwarder:
         hdrs = response_headers(resp.raw_headers)
         hdrs.append((b"content-length", str(len(rbody)).encode()))
         hdrs.append(served)
-        await send({"type": "http.response.start", "status": status, "headers": hdrs})
-        await send({"type": "http.response.body", "body": rbody})
-        self.metrics.request("chat", status)
-        if cap is not None:
+        if cap is not None:  # before the answer goes out (read-your-writes)
             cap.t_first = cap.t_end = t_end
             cap.status = status
             cap.body = rbody
@@ -245,6 +246,9 @@ class ChatForwarder:
             if status >= 400:
                 cap.outcome = "upstream_error"
             self.writer.submit(cap)
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": rbody})
+        self.metrics.request("chat", status)
 
     async def _post_watched(self, receive: Any, session: Any, url: Any, data: bytes, headers: dict[str, str]) -> tuple[Any, bytes] | None:
         """A non-streamed upstream call that stops when the client goes away (then None: nobody
@@ -304,13 +308,13 @@ class ChatForwarder:
 
     async def _upstream_failed(self, send: Any, cap: ChatCapture | None, status: int, outcome: str, message: str, code: str) -> None:
         body = errors.error_bytes(message, type="upstream_error", code=code)
-        await self._fail(send, status, body)
         if cap is not None:
             cap.t_end = time.perf_counter()
             cap.status = status
             cap.outcome = outcome
             cap.error = body
             self.writer.submit(cap)
+        await self._fail(send, status, body)
 
     async def _relay_stream(
         self, receive: Any, send: Any, resp: Any, injected: bool, cap: ChatCapture | None,
@@ -331,6 +335,24 @@ class ChatForwarder:
         outcome = "ok"
         error_event = None
         t_first = None
+
+        def capture(outcome: str, error_event: Any) -> None:
+            """Hand the capture over, once: never touched again after ``submit``."""
+            nonlocal cap, chunks
+            if cap is None:
+                return
+            cap.t_first = t_first
+            cap.t_end = time.perf_counter()
+            cap.status = resp.status
+            cap.outcome = outcome
+            cap.error = error_event
+            cap.request_id = rid
+            cap.served_by = served[1].decode()
+            if ids is not None:
+                cap.upstream_id = ids.upstream_id
+            self.writer.submit(cap)
+            cap = chunks = None
+
         try:
             async for data in resp.content.iter_any():
                 if t_first is None:
@@ -343,6 +365,10 @@ class ChatForwarder:
                 if filt is not None:
                     out = filt.feed(out)
                 if out:
+                    if cap is not None and b"[DONE]" in out:
+                        # The SDK returns at [DONE], before the upstream closes the stream: the
+                        # capture is submitted first, so a client that has its answer can read it.
+                        capture("ok", None)
                     await send({"type": "http.response.body", "body": out, "more_body": True})
         except asyncio.TimeoutError:
             outcome = "timeout"
@@ -353,6 +379,7 @@ class ChatForwarder:
                 error_event = errors.error_obj(f"The upstream stream broke ({type(exc).__name__}).", "upstream_error", code="upstream_error")
         finally:
             watcher.cancel()
+        tail = None
         if watch.gone:
             outcome = "client_disconnected"
             resp.close()
@@ -365,21 +392,11 @@ class ChatForwarder:
                 resp.close()
             else:
                 resp.release()
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
-        t_end = time.perf_counter()
-        self.metrics.upstream_latency(t_end - t_up)
+        self.metrics.upstream_latency(time.perf_counter() - t_up)
         self.metrics.request("chat", resp.status)
-        if cap is not None:
-            cap.t_first = t_first
-            cap.t_end = t_end
-            cap.status = resp.status
-            cap.outcome = outcome
-            cap.error = error_event
-            cap.request_id = rid
-            cap.served_by = served[1].decode()
-            if ids is not None:
-                cap.upstream_id = ids.upstream_id
-            self.writer.submit(cap)
+        capture(outcome, error_event)  # before the last bytes go out (read-your-writes)
+        if tail is not None:
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     @staticmethod
     async def _watch(receive: Any, watch: _Disconnect) -> None:
@@ -406,12 +423,12 @@ class ChatForwarder:
         why = getattr(self.local_models, "missing_reason", lambda _m: None)(model)
         message = f"The model `{model}` does not exist or you do not have access to it." + (f" {why}" if why else "")
         body = errors.error_bytes(message, code="model_not_found")
-        await self._fail(send, 404, body)
         if cap is not None:
             cap.upstream = "local"
             cap.t_end = time.perf_counter()
             cap.status, cap.outcome, cap.error = 404, "upstream_error", body
             self.writer.submit(cap)
+        await self._fail(send, 404, body)
 
     @staticmethod
     def _local_error(exc: Exception, model: str) -> tuple[int, bytes]:
@@ -438,11 +455,11 @@ class ChatForwarder:
             first = None
         except Exception as exc:
             status, err = self._local_error(exc, model)
-            await self._fail(send, status, err)
             if cap is not None:
                 cap.t_end = time.perf_counter()
                 cap.status, cap.outcome, cap.error, cap.served_by = status, "upstream_error", err, "student"
                 self.writer.submit(cap)
+            await self._fail(send, status, err)
             return
         await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS) + [SERVED_STUDENT]})
         t_first = time.perf_counter()
@@ -485,18 +502,20 @@ class ChatForwarder:
         finally:
             watcher.cancel()
             await agen.aclose()
+        tail = None
         if watch.gone:
             outcome = "client_disconnected"
         else:
             tail = b"data: [DONE]\n\n" if error_event is None else b"data: " + orjson.dumps(error_event) + b"\n\n"
             if chunks is not None:
                 chunks.append(tail)
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
         self.metrics.request("chat", 200)
-        if cap is not None:
+        if cap is not None:  # before the last bytes go out (read-your-writes)
             cap.t_first, cap.t_end = t_first, time.perf_counter()
             cap.status, cap.outcome, cap.error, cap.served_by = 200, outcome, error_event, "student"
             self.writer.submit(cap)
+        if tail is not None:
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _complete_local(self, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         assert self.local_models is not None
@@ -521,15 +540,22 @@ class ChatForwarder:
                 completion = await self._complete_local(req)
             except Exception as exc:
                 status, body = self._local_error(exc, model)
-                await self._fail(send, status, body)
                 if cap is not None:
                     cap.t_end = time.perf_counter()
                     cap.status, cap.outcome, cap.error, cap.served_by = status, "upstream_error", body, served_by
                     self.writer.submit(cap)
+                await self._fail(send, status, body)
                 return
         if cap is not None:  # the client gets the capture's id, the model's own is kept beside it
             cap.upstream_id = None if completion.get("id") is None else str(completion["id"])
             completion = dict(completion, id=cap.record_id)
+        if cap is not None:  # before the answer goes out (read-your-writes)
+            cap.t_first = cap.t_end = time.perf_counter()
+            cap.status = 200
+            cap.completion = completion
+            cap.chunks = None
+            cap.served_by = served_by
+            self.writer.submit(cap)
         if req.get("stream") is True:
             include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
             out = completion_to_sse(completion, include_usage)
@@ -540,13 +566,6 @@ class ChatForwarder:
             out = orjson.dumps(completion)
             await errors.send_json(send, 200, out, [served])
         self.metrics.request("chat", 200)
-        if cap is not None:
-            cap.t_first = cap.t_end = time.perf_counter()
-            cap.status = 200
-            cap.completion = completion
-            cap.chunks = None
-            cap.served_by = served_by
-            self.writer.submit(cap)
 
     async def _student(
         self, scope: dict, receive: Any, send: Any, req: dict[str, Any], fwd: dict[str, Any] | None, route: Route,
@@ -593,14 +612,14 @@ class ChatForwarder:
             rbody, cap.upstream_id = rewrite_body(rbody, cap.record_id)
         hdrs = response_headers(resp.raw_headers)
         hdrs += [(b"content-length", str(len(rbody)).encode()), SERVED_STUDENT]
-        await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
-        await send({"type": "http.response.body", "body": rbody})
-        self.metrics.request("chat", resp.status)
-        if cap is not None:
+        if cap is not None:  # before the answer goes out (read-your-writes)
             cap.t_first = cap.t_end = time.perf_counter()
             cap.status, cap.body, cap.served_by = resp.status, rbody, "student"
             cap.request_id = resp.headers.get("x-request-id")
             self.writer.submit(cap)
+        await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": rbody})
+        self.metrics.request("chat", resp.status)
         return True
 
     async def _second_answer(

@@ -321,6 +321,29 @@ def test_read_your_writes_without_waiting_on_the_request_path(tmp_path, proxies,
     assert time.monotonic() - t0 < 0.5
 
 
+def test_a_streamed_answer_is_readable_once_the_sdk_has_it(tmp_path, proxies):
+    """The SDK returns at ``data: [DONE]``; the upstream may close the stream later. The capture is
+    submitted before ``[DONE]`` reaches the client, so retrieve and feedback find it at once (before,
+    a 404 until the upstream closed: here 1.5 s)."""
+    fake = start_fake_openai(linger=1.5)
+    try:
+        proxy = proxies(Settings(db=str(tmp_path / "ryws.duckdb"), upstream=fake.base_url), flush_interval=0.05)
+        client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
+        for i in range(2):
+            with client.chat.completions.stream(model="m", messages=[{"role": "user", "content": f"streamed {i}"}]) as s:
+                final = s.get_final_completion()
+            if i == 0:
+                assert client.chat.completions.retrieve(final.id).choices[0].message.content == "streamed 0"
+            else:
+                status = httpx.post(f"{proxy.url}/protege/v1/completions/{final.id}/feedback", json={"score": 1.0}).status_code
+                assert status == 200
+        assert proxy.writer.flush(10)
+        rec = next(r for r in iter_records(proxy.store) if r["id"] == final.id)
+        assert rec["outcome"] == "ok" and rec["finish_reason"] == "stop"
+    finally:
+        fake.stop()
+
+
 def test_a_spool_written_before_minted_ids_loads_without_duplicate_ids(tmp_path):
     """Spool lines from before migration 5 carry the upstream's id (no ``upstream_id``, no ``seq``):
     a repeated upstream id gets a fresh id, a line already stored is skipped."""

@@ -172,6 +172,7 @@ def _json(obj: Any, status: int = 200, option: int = 0) -> web.Response:
 def start_fake_openai(
     reply: Callable[[dict], str | dict] | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0,
     completion_id: str | None = None, sort_keys: bool = False, fields: Callable[[dict], dict] | None = None,
+    linger: float = 0.0,
 ) -> FakeOpenAI:
     """Start the fake on an ephemeral port in a background thread; ``.stop()`` ends it.
 
@@ -179,7 +180,8 @@ def start_fake_openai(
     ``chatcmpl-<0..998>``, ``"0"``); ``sort_keys`` writes JSON keys in alphabetical order, as
     llama.cpp's server and Azure OpenAI do (``choices`` before ``id``). ``fields(request_body)``
     returns top-level fields that replace those of a non-streamed answer, to play a misbehaving
-    OpenAI-compatible server (``{"id": 123}``, ``{"usage": []}``).
+    OpenAI-compatible server (``{"id": 123}``, ``{"usage": []}``). ``linger`` holds a stream open
+    that long after ``data: [DONE]`` (the SDK stops reading at ``[DONE]``; the HTTP body ends later).
     """
     option = orjson.OPT_SORT_KEYS if sort_keys else 0
     reply = reply or _default_reply
@@ -313,6 +315,8 @@ def start_fake_openai(
             if include_usage:
                 await send([], usage, last=True)
             await resp.write(b"data: [DONE]\n\n")
+            if linger:
+                await asyncio.sleep(linger)
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             raise
