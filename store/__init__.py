@@ -39,10 +39,11 @@ Modules imported as namespaces
     scores), ``feedback`` (feedback on captures), ``jobs`` (fine-tune jobs and students).
     Shapes and reads: ``messages`` (the one answer-text helper and label rule for captured
     records), ``traffic`` (the console's read-only traffic queries), ``openai_import`` (pulling
-    Stored Completions from OpenAI into the store).
+    Stored Completions from OpenAI into the store), ``served`` (the record a running server leaves
+    beside its database, so the CLI and eval runs find it).
 """
 
-from . import auto, datasets, evals, feedback, jobs, messages, openai_import, traffic
+from . import auto, datasets, evals, feedback, jobs, messages, openai_import, served, traffic
 from .completions import (
     COLUMNS,
     TEACHER_TRAFFIC,
@@ -68,7 +69,7 @@ from .io import ImportResult, export_jsonl, export_parquet, import_jsonl
 from .stats import completion_stats
 
 # The modules a caller may import as namespaces (see the docstring).
-TABLE_MODULES = ("auto", "datasets", "evals", "feedback", "jobs", "messages", "openai_import", "traffic")
+TABLE_MODULES = ("auto", "datasets", "evals", "feedback", "jobs", "messages", "openai_import", "served", "traffic")
 
 __all__ = [
     "COLUMNS",
