@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, NoReturn
 
 import orjson
 import typer
@@ -79,3 +80,19 @@ def parse_pairs(items: list[str] | None, option: str = "--metadata") -> dict[str
             fail(f"{option}: expected KEY=VALUE, not {item!r}")
         out[key] = value
     return out
+
+
+@contextmanager
+def progress(total: float | None, description: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; a no-op otherwise (scripts, CI, ``--json``
+    output on stdout is never touched). Yields ``advance(n)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -54,19 +54,7 @@ def _store() -> Iterator[Any]:
         store.close()
 
 
-@contextmanager
-def _progress(total: float | None, description: str) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr when it is a terminal; a no-op otherwise (scripts, CI)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+_progress = clikit.progress
 
 
 def _iso(ts: Any) -> str:
