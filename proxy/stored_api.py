@@ -80,8 +80,13 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], wr
             metadata = metadata_filter(q.multi_items())
         except FilterError as exc:
             raise ApiError(400, exc.message, param=exc.param, code=exc.code)
+        after = q.get("after") or None
+        if after is not None and get_stored(store, after) is None:
+            # As OpenAI: an unknown cursor is a 404, never a silent restart at the first page
+            # (an SDK auto-paginating past a deleted completion would loop forever).
+            raise ApiError(404, f"No chat completion found with id '{after}'.", param="after", code="not_found")
         page = list_stored(
-            store, model=q.get("model") or None, metadata=metadata or None, after=q.get("after") or None,
+            store, model=q.get("model") or None, metadata=metadata or None, after=after,
             limit=_limit(q.get("limit")), order=_order(q.get("order")),
         )
         return _json(_envelope(page.data, page.has_more))
@@ -128,7 +133,9 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], wr
             msgs = msgs[::-1]
         if after:
             ids = [m["id"] for m in msgs]
-            msgs = msgs[ids.index(after) + 1 :] if after in ids else []
+            if after not in ids:  # as OpenAI: an unknown cursor is a 404, not an empty page
+                raise ApiError(404, f"No message found with id '{after}'.", param="after", code="not_found")
+            msgs = msgs[ids.index(after) + 1 :]
         return _json(_envelope(msgs[:limit], len(msgs) > limit))
 
     async def _update(request: Request, completion_id: str) -> Response:

@@ -62,6 +62,13 @@ def test_retrieve_update_delete_messages(seeded):
             call(ids[2])
         assert exc.value.code == "not_found"
     assert ids[2] not in [x.id for x in c.chat.completions.list()]
+    # A cursor that names no completion (here: the one just deleted) is OpenAI's 404, never a silent
+    # restart at the first page (auto-pagination would loop) nor an empty page.
+    with pytest.raises(openai.NotFoundError) as exc:
+        c.chat.completions.list(after=ids[2])
+    assert exc.value.body["param"] == "after"
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.messages.list(ids[3], after=f"{ids[3]}-9")
 
 
 def test_azure_variants(seeded):
