@@ -45,30 +45,16 @@ class ProxyServer:
     """The proxy (protege.proxy.create_app) under uvicorn in a background thread on an ephemeral port."""
 
     def __init__(self, settings, local_models=None, router=None) -> None:
-        import threading
-        import time
-
-        import uvicorn
-
         from protege.proxy import create_app
         from protege.store import CaptureWriter, Store
+        from tests.fixtures.http import Served
 
         self.settings = settings
         self.store = Store(settings.db, data_dir=settings.data_path)
         self.writer = CaptureWriter(self.store, max_queue=settings.queue_size, batch_size=settings.batch_size, flush_interval=0.01)
         self.app = create_app(settings, self.store, self.writer, local_models=local_models, router=router)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("proxy did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.base_url = self.url + "/v1"
+        self.served = Served(self.app)
+        self.url, self.base_url = self.served.url, self.served.base_url
 
     def records(self) -> list[dict]:
         from protege.store import iter_records
@@ -77,8 +63,7 @@ class ProxyServer:
         return list(iter_records(self.store))
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.served.stop()
 
 
 @pytest.fixture

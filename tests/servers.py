@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from typing import Any
+
+from tests.fixtures.http import Served
 
 
 class AppServer:
     def __init__(self, settings: Any, store: Any = None) -> None:
-        import uvicorn
-
         from protege.app import build_app
 
         self.app, self.store, self.writer = build_app(settings, store=store)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.base_url = self.url + "/v1"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the app did not start")
-            time.sleep(0.02)
+        self.served = Served(self.app, fast=False)
+        self.port, self.url, self.base_url = self.served.port, self.served.url, self.served.base_url
 
     @property
     def registry(self) -> Any:
@@ -40,8 +26,7 @@ class AppServer:
         return list(iter_records(self.store))
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.served.stop()
 
 
 def http_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:

@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import openai
 import pytest
-import uvicorn
 
 from protege.settings import Settings
 from protege.startup import StartupError, check_exposure
 from tests.fakes.openai_upstream import start_fake_openai
+from tests.fixtures.http import Served
 
 MSG = [{"role": "user", "content": "hello there"}]
 ADMIN_API = [
@@ -41,15 +40,8 @@ class App:
         from protege.app import build_app
 
         self.app, self.store, self.writer = build_app(settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("app did not start")
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        self.served = Served(self.app)
+        self.url = self.served.url
 
     def call(self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
         data = json.dumps(body).encode() if body is not None else (b"{}" if method == "POST" else None)
@@ -61,8 +53,7 @@ class App:
             return exc.code, exc.headers.get("content-type", ""), exc.read().decode()
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.served.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import httpx2 as httpx
 import openai
 import orjson
 import pytest
-import uvicorn
 
 from protege.settings import Settings
 from protege.store import CaptureWriter, Store, count, insert_records, iter_records, record_from_completion
 from tests.fakes.openai_upstream import start_fake_openai
+from tests.fixtures.http import Served
 
 KEY = "sk-faults-test"
 
@@ -38,20 +37,11 @@ class Proxy:
         self.app = create_app(settings, self.store, self.writer, routers=[feedback_router])
         self.app.state.protege_store = self.store
         self.app.state.protege_settings = settings
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "proxy did not start"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
-        self.base_url = self.url + "/v1"
+        self.served = Served(self.app)
+        self.url, self.base_url = self.served.url, self.served.base_url
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
+        self.served.stop(20)
 
 
 @pytest.fixture

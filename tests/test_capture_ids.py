@@ -14,6 +14,7 @@ import pytest
 from protege.proxy import Route
 from protege.store.feedback import add_feedback
 from tests.fakes.openai_upstream import start_fake_openai
+from tests.fixtures.http import Served
 
 KEY = "sk-ids-test"
 REPEATED = "chatcmpl-123"
@@ -194,24 +195,14 @@ def test_stream_rewriter_handles_pairs_split_across_reads_and_odd_ids():
 
 def test_feedback_api_on_a_repeating_upstream_corrects_one_example(tmp_path, repeating):
     """The whole app (proxy + feedback and dataset API), as a user runs it in front of Ollama."""
-    import threading
-
-    import uvicorn
-
     from protege.app import build_app
     from protege.settings import load_settings
     from tests.fixtures.http import call
 
     app, _store, writer = build_app(load_settings(db=str(tmp_path / "app.duckdb"), upstream=repeating.base_url))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    served = Served(app, fast=False)
     try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "app did not start"
-            time.sleep(0.02)
-        root = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        root = served.url
         c = openai.OpenAI(base_url=root + "/v1", api_key=KEY, max_retries=0)
         ids = [c.chat.completions.create(model="gpt-4o", messages=messages(r)).id for r in REVIEWS]
         assert writer.flush(10)
@@ -227,5 +218,4 @@ def test_feedback_api_on_a_repeating_upstream_corrects_one_example(tmp_path, rep
             "the pizza was great": "positive", "the pizza was terrible": "negative", "the pizza was fine": "positive",
         }
     finally:
-        server.should_exit = True
-        thread.join(20)
+        served.stop(20)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +22,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai_upstream import start_fake_openai
+from tests.fixtures.http import Served
 
 CHROMIUM = os.environ.get("PROTEGE_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -46,8 +46,6 @@ class Stack:
     """Teacher + the whole Protege app (proxy, APIs, console) with an admin key configured."""
 
     def __init__(self, tmp: Path) -> None:
-        import uvicorn
-
         from protege.app import build_app
         from protege.settings import Settings
 
@@ -55,16 +53,8 @@ class Stack:
         self.settings = Settings(db=str(tmp / "console.duckdb"), upstream=self.teacher.base_url, flush_interval=0.01,
                                  admin_keys=[ADMIN_KEY])
         self.app, self.store, self.writer = build_app(self.settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "proxy did not start"
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.served = Served(self.app)
+        self.url = self.served.url
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="sk-client", max_retries=0)
         self.admin = openai.OpenAI(base_url=self.url + "/protege/v1", api_key=ADMIN_KEY, max_retries=0)
 
@@ -90,8 +80,7 @@ class Stack:
         assert self.writer.flush(10)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.served.stop()
         self.teacher.stop()
 
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import orjson
-import uvicorn
 
 from protege.settings import load_settings
-from tests.fixtures.http import call
+from tests.fixtures.http import Served, call
 
 
 def test_traffic_through_the_proxy_becomes_a_dataset(tmp_path, fake_openai):
@@ -19,15 +15,9 @@ def test_traffic_through_the_proxy_becomes_a_dataset(tmp_path, fake_openai):
 
     settings = load_settings(db=str(tmp_path / "e2e.duckdb"), upstream=fake_openai.base_url)
     app, store, writer = build_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    served = Served(app, fast=False)
     try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "proxy did not start"
-            time.sleep(0.02)
-        root = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        root = served.url
         client = OpenAI(base_url=root + "/v1", api_key="sk-test-not-a-real-key", max_retries=0)
         ids = []
         system = "You are a long-winded teacher prompt that the student will not need."
@@ -65,5 +55,4 @@ def test_traffic_through_the_proxy_becomes_a_dataset(tmp_path, fake_openai):
         # Exact token counts from the captured usage, except the corrected/pruned ones.
         assert dv["stats"]["tokens"]["train"]["total"] > 0
     finally:
-        server.should_exit = True
-        thread.join(20)
+        served.stop(20)

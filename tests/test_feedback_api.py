@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-import time
-import urllib.error
-import urllib.request
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from protege import apikit
 from protege.distill.datasets.api import router as datasets_router
@@ -16,24 +11,12 @@ from protege.distill.feedback.api import router as feedback_router
 from protege.store import Store, insert_records
 
 from protege.settings import Settings
-from tests.fixtures.http import call
+from tests.fixtures.http import Served, call
 from tests.fixtures.records import make_record
 
 
-class Server:
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+def Server(app) -> Served:
+    return Served(app, lifespan="off", fast=False, timeout=10)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import socket
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -244,9 +242,9 @@ def test_registry_has_and_complete(trained, data):
 def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
     """End to end: protege.app.build_app under uvicorn on 127.0.0.1, the OpenAI SDK as client."""
     import openai
-    import uvicorn
 
     from protege import app as app_mod
+    from tests.fixtures.http import Served
     from protege.settings import load_settings
 
     # Its own store: the proxy's lifespan closes the store it was given on shutdown.
@@ -255,17 +253,9 @@ def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
     assert jobs.wait_job(store, job["id"], interval=0.05, timeout=120)["status"] == "succeeded"
     settings = load_settings(db=store.path, data_dir=str(store.data_dir), upstream="http://127.0.0.1:9/v1", upstream_api_key="sk-unused")
     app, _store, _writer = app_mod.build_app(settings, store=store)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    served = Served(app, fast=False, timeout=15)
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-client", max_retries=0)
+        client = openai.OpenAI(base_url=served.base_url, api_key="sk-client", max_retries=0)
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Who was the 37th President of the United States?"}]
         out = client.chat.completions.create(model="protege/topics@v1", messages=messages)
         assert out.choices[0].message.content == '{"label": "trivia"}'
@@ -275,8 +265,7 @@ def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
         with pytest.raises(openai.APIStatusError):
             client.chat.completions.create(model="protege/unknown-student", messages=messages)
     finally:
-        server.should_exit = True
-        thread.join(10)
+        served.stop(10)
 
 
 def test_cli_and_http_start_local_jobs(data, tmp_path):

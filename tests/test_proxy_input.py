@@ -10,7 +10,6 @@ import time
 
 import httpx2 as httpx  # the HTTP client the openai SDK itself uses
 import openai
-import pytest
 
 from tests.fakes.openai_upstream import start_fake_openai
 
