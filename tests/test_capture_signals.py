@@ -26,20 +26,12 @@ import pytest
 
 from protege.store import CaptureWriter, Store, iter_records
 from tests.fakes.openai_upstream import start_fake_openai
+from tests.fixtures.http import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-signals-test"
 CGROUP = Path("/sys/fs/cgroup/blkio")
 
-
-def _free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @contextlib.contextmanager

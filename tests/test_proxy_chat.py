@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_upstream import FakeError, start_fake_openai
+from tests.fixtures.http import free_port as _free_port
 
 KEY = "sk-client-secret-4242"
 MSG = [{"role": "user", "content": "hello proxy world"}]
@@ -257,13 +258,6 @@ def test_upstream_errors_pass_through_and_are_captured(run_proxy):
     finally:
         fake.stop()
 
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_upstream_down_and_timeout(run_proxy):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,16 +14,10 @@ import httpx2 as httpx
 
 from protege.store import Store
 from protege.store.completions import count
+from tests.fixtures.http import free_port as _free_port
 
 KEY = "sk-shutdown-secret-777"
 
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_sigterm_under_load_loses_no_capture(tmp_path, fake_openai):
