@@ -10,7 +10,16 @@ from typing import Iterable
 # One key parser for the whole app (see protege.keys): re-exported for the proxy's modules.
 from protege.keys import client_key, key_hash, key_in
 
-__all__ = ["client_key", "key_hash", "key_in", "proxy_key_error"]
+__all__ = ["admit", "client_key", "key_hash", "key_in", "proxy_key_error"]
+
+
+def admit(key: str | None, allowed: list[str]) -> tuple[bool, bytes | None]:
+    """``(use_server_key, denial)`` for a forwarded request. With proxy keys configured the client's
+    key must be one of them (else ``denial`` is the 401 body) and stays here: the upstream gets the
+    server's key. Without, a client key passes through and only a keyless request uses the server's."""
+    if allowed:
+        return True, proxy_key_error(key, allowed)
+    return key is None, None
 
 
 def proxy_key_error(key: str | None, allowed: Iterable[str]) -> bytes | None:

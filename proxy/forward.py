@@ -25,7 +25,7 @@ from protege.settings import Settings
 from protege.store import CaptureWriter
 
 from . import errors
-from .auth import client_key, proxy_key_error
+from .auth import admit, client_key
 from .body import BodyTooLarge, read_body
 from .capture import ChatCapture
 from .hooks import LocalModels, Route, Router
@@ -98,13 +98,9 @@ class ChatForwarder:
                         return await self._fail(send, 413, self._too_big())
                 except ValueError:
                     pass
-        if self.allowed_keys:
-            if (denied := proxy_key_error(key, self.allowed_keys)) is not None:
-                return await self._fail(send, 401, denied)
-            use_server = True  # the proxy key stays here: the upstream gets the server's key
-        else:
-            use_server = key is None
-
+        use_server, denied = admit(key, self.allowed_keys)
+        if denied is not None:
+            return await self._fail(send, 401, denied)
         try:
             body = await read_body(receive, self.max_body)
         except BodyTooLarge:

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from . import errors
-from .auth import client_key, proxy_key_error
+from .auth import admit, client_key
 from .hooks import LocalModels
 from .metrics import Metrics
 from .upstream import Upstream, forward_headers
@@ -43,12 +43,9 @@ class ModelsList:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         key, style = client_key(scope["headers"])
-        if self.allowed_keys:
-            if (denied := proxy_key_error(key, self.allowed_keys)) is not None:
-                return await self._send(send, 401, denied)
-            use_server = True
-        else:
-            use_server = key is None
+        use_server, denied = admit(key, self.allowed_keys)
+        if denied is not None:
+            return await self._send(send, 401, denied)
         path = scope["path"]
         students: list[dict[str, Any]] = self.local_models.models()  # type: ignore[attr-defined]
         for prefix in MODELS_PATHS:

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from . import errors
-from .auth import client_key, proxy_key_error
+from .auth import admit, client_key
 from .body import BodyTooLarge, read_body
 from .metrics import Metrics
 from .upstream import Upstream, forward_headers, response_headers
@@ -31,12 +31,9 @@ class Passthrough:
         for name, value in scope["headers"]:
             if name == b"accept-encoding":
                 accept_encoding = value.decode("latin-1")
-        if self.allowed_keys:
-            if (denied := proxy_key_error(key, self.allowed_keys)) is not None:
-                return await self._fail(send, 401, denied)
-            use_server = True  # the proxy key stays here: the upstream gets the server's key
-        else:
-            use_server = key is None
+        use_server, denied = admit(key, self.allowed_keys)
+        if denied is not None:
+            return await self._fail(send, 401, denied)
         try:
             body = await read_body(receive, self.max_body)
         except BodyTooLarge:
