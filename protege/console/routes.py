@@ -267,14 +267,24 @@ async def edit_metadata(request: Request, completion_id: str) -> Response:
         updated = await run_in_threadpool(update_metadata, store, completion_id, md)
         if updated is None:
             error = "Only successful captures have editable metadata."
+    return await _capture_edited(request, store, completion_id, "metadata", error)
+
+
+_EDITED = {"metadata": ("capture_metadata.html", "md"), "feedback": ("capture_feedback.html", "fb")}
+
+
+async def _capture_edited(request: Request, store: Any, completion_id: str, part: str, error: str | None) -> Response:
+    """After an edit of a capture's metadata or feedback: the re-rendered part (htmx), the page
+    with the error (400), or a redirect back to the capture (a plain form post)."""
+    template, prefix = _EDITED[part]
     cap = await run_in_threadpool(data.capture, store, completion_id)
     if cap is None:
         return _not_found(request, f"Capture {completion_id}")
     if request.headers.get("hx-request"):
-        return templates.TemplateResponse(request, "capture_metadata.html", {"cap": cap, "md_error": error, "md_saved": error is None})
+        return templates.TemplateResponse(request, template, {"cap": cap, f"{prefix}_error": error, f"{prefix}_saved": error is None})
     if error:
-        return _page(request, "capture.html", 400, cap=cap, md_error=error, nav="traffic")
-    return RedirectResponse(f"/ui/traffic/{completion_id}?saved=metadata", status_code=303)
+        return _page(request, "capture.html", 400, cap=cap, nav="traffic", **{f"{prefix}_error": error})
+    return RedirectResponse(f"/ui/traffic/{completion_id}?saved={part}", status_code=303)
 
 
 @router.post("/traffic/{completion_id}/feedback")
@@ -301,14 +311,7 @@ async def add_feedback(request: Request, completion_id: str) -> Response:
         fb = await run_in_threadpool(lambda: store_add(store, completion_id, score=score, accepted=accepted, source="console", **fields))
         if fb is None:
             return _not_found(request, f"Capture {completion_id}")
-    cap = await run_in_threadpool(data.capture, store, completion_id)
-    if cap is None:
-        return _not_found(request, f"Capture {completion_id}")
-    if request.headers.get("hx-request"):
-        return templates.TemplateResponse(request, "capture_feedback.html", {"cap": cap, "fb_error": error, "fb_saved": error is None})
-    if error:
-        return _page(request, "capture.html", 400, cap=cap, fb_error=error, nav="traffic")
-    return RedirectResponse(f"/ui/traffic/{completion_id}?saved=feedback", status_code=303)
+    return await _capture_edited(request, store, completion_id, "feedback", error)
 
 
 # -- datasets -----------------------------------------------------------------------------------
