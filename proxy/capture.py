@@ -137,12 +137,7 @@ class ChatCapture:
             "completion_tokens": _whole(usage.get("completion_tokens")),
             "total_tokens": _whole(usage.get("total_tokens")),
             "finish_reason": choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None,
-            "stream": self.stream,
-            "upstream": self.upstream,
-            "key_hash": key_hash(self.key),
-            "request_id": self.request_id,
-            "source": self.source,
-            "served_by": self.served_by,
+            **self._origin(),
             "paired_with": self.pair.record_id if self.pair is not None else None,
             "upstream_id": upstream_id,
         }
@@ -194,12 +189,15 @@ class ChatCapture:
             "outcome": "invalid_response",
             "error": problem,
             "latency_ms": (end - self.t0) * 1000.0,
-            "stream": self.stream,
-            "upstream": self.upstream,
-            "key_hash": key_hash(self.key),
-            "request_id": self.request_id,
-            "source": self.source,
-            "served_by": self.served_by,
+            **self._origin(),
+        }
+
+    def _origin(self) -> dict[str, Any]:
+        """Where the capture came from and went (plain attributes: cannot fail, so the raw
+        fallback record can use it too)."""
+        return {
+            "stream": self.stream, "upstream": self.upstream, "key_hash": key_hash(self.key),
+            "request_id": self.request_id, "source": self.source, "served_by": self.served_by,
         }
 
 
