@@ -303,12 +303,17 @@ class ChatForwarder:
             self.writer.submit(cap)
 
     async def _upstream_failed(self, send: Any, cap: ChatCapture | None, status: int, outcome: str, message: str, code: str) -> None:
-        body = errors.error_bytes(message, type="upstream_error", code=code)
+        await self._refuse(send, cap, status, errors.error_bytes(message, type="upstream_error", code=code), outcome)
+
+    async def _refuse(
+        self, send: Any, cap: ChatCapture | None, status: int, body: bytes, outcome: str = "upstream_error", served_by: str | None = None,
+    ) -> None:
+        """Answer with an error, captured (before the client has it: read-your-writes)."""
         if cap is not None:
             cap.t_end = time.perf_counter()
-            cap.status = status
-            cap.outcome = outcome
-            cap.error = body
+            cap.status, cap.outcome, cap.error = status, outcome, body
+            if served_by is not None:
+                cap.served_by = served_by
             self.writer.submit(cap)
         await self._fail(send, status, body)
 
@@ -418,13 +423,9 @@ class ChatForwarder:
         """OpenAI's 404 for a model that does not exist (never silently answered by the teacher)."""
         why = getattr(self.local_models, "missing_reason", lambda _m: None)(model)
         message = f"The model `{model}` does not exist or you do not have access to it." + (f" {why}" if why else "")
-        body = errors.error_bytes(message, code="model_not_found")
         if cap is not None:
             cap.upstream = "local"
-            cap.t_end = time.perf_counter()
-            cap.status, cap.outcome, cap.error = 404, "upstream_error", body
-            self.writer.submit(cap)
-        await self._fail(send, 404, body)
+        await self._refuse(send, cap, 404, errors.error_bytes(message, code="model_not_found"))
 
     @staticmethod
     def _local_error(exc: Exception, model: str) -> tuple[int, bytes]:
@@ -451,12 +452,7 @@ class ChatForwarder:
             first = None
         except Exception as exc:
             status, err = self._local_error(exc, model)
-            if cap is not None:
-                cap.t_end = time.perf_counter()
-                cap.status, cap.outcome, cap.error, cap.served_by = status, "upstream_error", err, "student"
-                self.writer.submit(cap)
-            await self._fail(send, status, err)
-            return
+            return await self._refuse(send, cap, status, err, served_by="student")
         await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS) + [SERVED_STUDENT]})
         t_first = time.perf_counter()
         watch = _Disconnect()
@@ -536,12 +532,7 @@ class ChatForwarder:
                 completion = await self._complete_local(req)
             except Exception as exc:
                 status, body = self._local_error(exc, model)
-                if cap is not None:
-                    cap.t_end = time.perf_counter()
-                    cap.status, cap.outcome, cap.error, cap.served_by = status, "upstream_error", body, served_by
-                    self.writer.submit(cap)
-                await self._fail(send, status, body)
-                return
+                return await self._refuse(send, cap, status, body, served_by=served_by)
         if cap is not None:  # the client gets the capture's id, the model's own is kept beside it
             cap.upstream_id = None if completion.get("id") is None else str(completion["id"])
             completion = dict(completion, id=cap.record_id)
