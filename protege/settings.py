@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     drain_timeout: float = 5.0
     journal_fsync: bool = True  # fdatasync each journal write (survives power loss, not only SIGKILL)
     # Stored API / feedback reads of a completion not yet in the database wait this long for the writer.
-    read_your_writes_timeout: float = 2.0
+    read_your_writes_timeout: float = 5.0
 
     # Fine-tune jobs: how often cloud jobs are polled.
     finetune_poll_interval: float = 1.0

@@ -53,10 +53,10 @@ def _envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], writer: CaptureWriter | None = None) -> APIRouter:
     router = APIRouter()
 
-    def visible(fetch: Callable[[], Any]) -> Any:
+    def visible(completion_id: str, fetch: Callable[[], Any]) -> Any:
         """Read-your-writes: a completion whose capture is still on its way to the database is
         waited for (boundedly, in this threadpool thread), so a client that has its answer finds it."""
-        return writer.read_your_writes(fetch) if writer is not None else fetch()
+        return writer.read_your_writes(fetch, completion_id) if writer is not None else fetch()
 
     def check(request: Request) -> None:
         denial = admin_denial(_key(request), proxy_keys, admin_keys, "The Stored Completions API")
@@ -93,7 +93,7 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], wr
 
     @endpoint
     def retrieve(request: Request, completion_id: str) -> Response:
-        obj = visible(lambda: get_stored(store, completion_id))
+        obj = visible(completion_id, lambda: get_stored(store, completion_id))
         if obj is None:
             raise _not_found(completion_id)
         return _json(obj)
@@ -109,7 +109,7 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], wr
         problem = metadata_error(payload["metadata"])
         if problem is not None:
             raise ApiError(400, problem[0], param="metadata", code=problem[1])
-        if visible(lambda: get_stored(store, completion_id)) is None:
+        if visible(completion_id, lambda: get_stored(store, completion_id)) is None:
             raise _not_found(completion_id)
         obj = update_metadata(store, completion_id, payload["metadata"])
         if obj is None:
@@ -126,7 +126,7 @@ def stored_router(store: Store, proxy_keys: list[str], admin_keys: list[str], wr
     def messages(request: Request, completion_id: str) -> Response:
         q = request.query_params
         limit, order, after = _limit(q.get("limit")), _order(q.get("order")), q.get("after")
-        msgs = visible(lambda: input_messages(store, completion_id))
+        msgs = visible(completion_id, lambda: input_messages(store, completion_id))
         if msgs is None:
             raise _not_found(completion_id)
         if order == "desc":

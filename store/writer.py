@@ -87,7 +87,7 @@ class CaptureWriter:
         drain_timeout: float = 5.0,
         journal_dir: Path | None = None,
         journal_fsync: bool = True,
-        read_timeout: float = 2.0,
+        read_timeout: float = 5.0,
     ) -> None:
         self.store = store
         self.spool = Spool(spool_path or store.data_dir / "capture-spool.jsonl")
@@ -106,6 +106,10 @@ class CaptureWriter:
         self._ready_bytes = 0
         self._submitted = 0
         self._resolved = 0
+        # Read-your-writes: each id on its way to the database -> its submit ordinal (resolved once
+        # ``_resolved`` reaches it); the deque purges them in order.
+        self._inflight: dict[str, int] = {}
+        self._inflight_order: collections.deque[tuple[int, str]] = collections.deque()
         self._progress = threading.Condition()
         self._journal_wake = threading.Event()
         self._db_wake = threading.Event()
@@ -224,6 +228,7 @@ class CaptureWriter:
         self._journal_thread = self._thread = None
         with self._progress:
             self._resolved = self._submitted
+            self._forget_resolved()
             self._progress.notify_all()
         self.closed_clean = clean and not left and not pending
         return self.closed_clean
@@ -241,6 +246,10 @@ class CaptureWriter:
                 self._mem_count += 1
                 self._pending.append((capture, size))
                 self._submitted += 1
+                rid = getattr(capture, "record_id", None)
+                if rid:
+                    self._inflight[rid] = self._submitted
+                    self._inflight_order.append((self._submitted, rid))
                 drop = False
         if drop:
             now = time.monotonic()
@@ -259,7 +268,9 @@ class CaptureWriter:
 
     def sync(self, timeout: float) -> bool:
         """Wait until everything submitted before this call is written (or timeout). Threads only."""
-        target = self._submitted
+        return self._wait_resolved(self._submitted, timeout)
+
+    def _wait_resolved(self, target: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._progress:
             while self._resolved < target:
@@ -275,16 +286,28 @@ class CaptureWriter:
         """Block until everything submitted so far is written (tests, CLI, shutdown)."""
         return self.sync(timeout)
 
-    def read_your_writes(self, fetch: Callable[[], T | None], timeout: float | None = None) -> T | None:
-        """``fetch()``; when it finds nothing while captures are still on their way, wait
-        (at most ``timeout``, default ``read_timeout``) for the writer to pass them, and fetch again.
+    def read_your_writes(
+        self, fetch: Callable[[], T | None], completion_id: str | None = None, timeout: float | None = None,
+    ) -> T | None:
+        """``fetch()``; when it finds nothing while that completion (``completion_id``; without
+        one, any capture) is still on its way, wait (at most ``timeout``, default
+        ``read_timeout``) for the writer to pass it, and fetch again. An id that is not on its way
+        is answered at once: unknown ids never wait, however busy the writer is.
 
         For the Stored API and feedback: a client that has its answer can read that completion
         at once, and the request path itself never waits on the database. Call it in a thread."""
         found = fetch()
-        if found is not None or self.depth == 0:
+        if found is not None:
             return found
-        self.sync(self.read_timeout if timeout is None else timeout)
+        if completion_id is not None:
+            target = self._inflight.get(completion_id)
+            if target is None:
+                return None
+        elif self.depth == 0:
+            return None
+        else:
+            target = self._submitted
+        self._wait_resolved(target, self.read_timeout if timeout is None else timeout)
         return fetch()
 
     def health(self) -> dict[str, Any]:
@@ -441,7 +464,15 @@ class CaptureWriter:
                 self.journal.done(it.seg, it.count)
         with self._progress:
             self._resolved += captures
+            self._forget_resolved()
             self._progress.notify_all()
+
+    def _forget_resolved(self) -> None:
+        order, inflight = self._inflight_order, self._inflight
+        while order and order[0][0] <= self._resolved:
+            ordinal, rid = order.popleft()
+            if inflight.get(rid) == ordinal:
+                del inflight[rid]
 
     def _db_loop(self) -> None:
         try:

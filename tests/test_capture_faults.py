@@ -303,12 +303,21 @@ def test_read_your_writes_without_waiting_on_the_request_path(tmp_path, proxies,
             assert status == 200
         assert [m.content for m in client.chat.completions.messages.list(r.id)] == [f"hello {i}"]
         assert client.chat.completions.update(r.id, metadata={"n": "x"}).metadata == {"n": "x"}
-    # Bounded: an unknown id is a 404 at once when nothing is on its way.
+    # Bounded: an unknown id is a 404 at once when nothing is on its way...
     assert proxy.writer.flush(10)
     t0 = time.monotonic()
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.retrieve("chatcmpl-nope")
     assert time.monotonic() - t0 < 0.5
+    # ... and while other captures are (here for up to the 1.5 s flush interval): only the id
+    # being written is waited for.
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "in flight"}])
+    assert proxy.writer.depth > 0
+    t0 = time.monotonic()
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.retrieve("chatcmpl-nope")
+    status = httpx.post(f"{proxy.url}/protege/v1/completions/chatcmpl-nope/feedback", json={"score": 1.0}).status_code
+    assert status == 404 and time.monotonic() - t0 < 0.5
 
 
 def test_a_streamed_answer_is_readable_once_the_sdk_has_it(tmp_path, proxies):

@@ -61,7 +61,7 @@ async def create_feedback(completion_id: str, request: Request, store: Any = Dep
 
     # Read-your-writes: feedback sent right after the answer waits (boundedly) for its capture.
     writer = getattr(request.app.state, "protege_writer", None)
-    fb = await asyncio.to_thread(writer.read_your_writes, add) if writer is not None else await asyncio.to_thread(add)
+    fb = await asyncio.to_thread(writer.read_your_writes, add, completion_id) if writer is not None else await asyncio.to_thread(add)
     if fb is None:
         raise error(404, f"No completion found with id '{completion_id}'.", param="completion_id", code="not_found")
     return apikit.json_response(fb)
