@@ -55,14 +55,15 @@ def render_html(data: dict[str, Any]) -> str:
             "—" if is_t else f"{fmt_diff(r['diff_vs_teacher'])} {fmt_ci(r['diff_low'], r['diff_high'])}",
             "—" if is_t else fmt(r["p_value"]), fmt(r["prompt_tokens_mean"], 1), fmt_ratio(r["prompt_tokens_ratio"]),
             fmt_usd(r["cost_total_usd"]), fmt_ratio(r["cost_ratio"]), fmt_ms(r["latency_p50_ms"]), fmt_ms(r["latency_p95_ms"]),
-            r["errors"],
+            fmt(r.get("answered")), r["errors"],
         ])
     out.append(_table(["system", "model", "task accuracy", "95% CI", "Δ vs teacher (95% CI)", "p", "prompt tokens",
-                       "× teacher", "cost", "cost × teacher", "latency p50", "p95", "errors"], rows, left=2))
+                       "× teacher", "cost", "cost × teacher", "latency p50", "p95", "answered", "errors"], rows, left=2))
     kinds = res.get("reference_kinds") or {}
     primary = data["headline"][0]["metric"] if data["headline"] else None
     out.append(f'<p class="muted">Task accuracy is <code>{_e(primary)}</code> against the reference '
-               f'({kinds.get("gold", 0)} gold, {kinds.get("teacher", 0)} teacher answers) over {res["n_items"]} items. '
+               f'({kinds.get("gold", 0)} gold, {kinds.get("teacher", 0)} teacher answers) over {res["n_items"]} items; '
+               "each system is scored over the items it answered, and failed calls are counted as errors, not scored. "
                "Costs use the price table below (USD per 1M tokens).</p>")
 
     out.append("<h2>Metrics</h2><div class=\"charts\">")
@@ -71,9 +72,9 @@ def render_html(data: dict[str, Any]) -> str:
         bars = [(system, s["score"], s["ci_low"], s["ci_high"]) for system, s in per.items()]
         out.append(svg.bar_chart(bars, f"{m['name']} (95% CI)"))
     out.append("</div>")
-    table_rows = [[m["name"], system, s["n"], fmt(s["score"]), fmt_ci(s["ci_low"], s["ci_high"]), fmt(s["mean"])]
+    table_rows = [[m["name"], system, s["n"], s.get("errors", 0), fmt(s["score"]), fmt_ci(s["ci_low"], s["ci_high"]), fmt(s["mean"])]
                   for m in res["metrics"] for system, s in res["scores"][m["name"]].items()]
-    out.append(_table(["metric", "system", "n", "score", "95% CI", "item mean"], table_rows, left=2))
+    out.append(_table(["metric", "system", "answered", "errors", "score", "95% CI", "item mean"], table_rows, left=2))
     paired_rows = [[metric, cand, fmt_diff(p["diff"]), fmt_ci(p["low"], p["high"]), fmt(p["p_value"]), p["test"]]
                    for metric, per in res["paired"].items() for cand, p in per.items()]
     if paired_rows:
