@@ -88,7 +88,7 @@ class CandidateBreaker:
         self._attempts += 1
         self._last = exc
         if not self.answered and self._attempts >= self.fresh_attempts:
-            self._trip(f"{self._attempts} attempts in a row, none answered")
+            self._trip(f"{self._attempts} attempts in a row, none succeeded")
 
     def item_failed(self, exc: BaseException) -> None:
         """An item's last attempt failed; trips after ``items_in_a_row`` candidate-level ones."""
@@ -105,7 +105,7 @@ class CandidateBreaker:
         kind = failure_kind(exc)
         verb = "cannot connect to" if kind == "connection" else "is refused by"
         raise CandidateUnavailable(
-            f"candidate {self.name} {verb} {self.url} ({describe_failure(exc)}; {how})",
+            f"candidate {self.name} {verb} {self.url} ({describe_failure(exc).rstrip('.')}; {how})",
             "candidate_unreachable" if kind == "connection" else "candidate_refused",
         )
 

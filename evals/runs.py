@@ -431,8 +431,19 @@ def run_object(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "source": spec.get("source"),
         "n_items": run["n_items"],
         "result_counts": db.progress(store, run["id"]),
+        "candidate_counts": _candidate_counts(store, run),
         "error": run["error"],
     }
+
+
+def _candidate_counts(store: Store, run: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per candidate: answered, errored (a failed call: not a score), pending, total (= items)."""
+    found = db.progress_by_candidate(store, run["id"])
+    out = {}
+    for c in run["spec"].get("candidates", []):
+        got = found.get(c["name"], {"answered": 0, "errored": 0})
+        out[c["name"]] = {**got, "pending": max(run["n_items"] - got["answered"] - got["errored"], 0), "total": run["n_items"]}
+    return out
 
 
 __all__ = ["DEFAULT_METRICS", "RunSpec", "RunSpecError", "collect_items", "create_run", "execute_run",
