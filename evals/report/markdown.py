@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ..results import TEACHER
+from .svg import disagreements
 from .text import fmt, fmt_ci, fmt_diff, fmt_ms, fmt_ratio, fmt_usd, verdicts
 
 
@@ -68,7 +69,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                          f"{fmt(rep_.get('f1'))} | {fmt(kappa.get(system)) if system != TEACHER else '—'} |")
         for system, rep_ in per.items():
             labels = rep_["labels"]
-            lines += ["", f"Confusion matrix, {_cell(system)} (rows: reference, columns: predicted)", "",
+            off, total = disagreements(rep_["matrix"])
+            lines += ["", f"Confusion matrix, {_cell(system)}: {off} of {total} disagreements (rows: reference, columns: predicted)", "",
                       "| | " + " | ".join(_cell(l) for l in labels) + " |", "|---" * (len(labels) + 1) + "|"]
             for lab, row in zip(labels, rep_["matrix"]):
                 lines.append(f"| **{_cell(lab)}** | " + " | ".join(str(v) for v in row) + " |")
