@@ -38,7 +38,8 @@ def _load_spec_file(path: str) -> dict[str, Any]:
 
 def _progress_runner(store: Any, run_id: str, show: bool, concurrency: int | None) -> dict[str, Any]:
     """Execute the run with two progress bars on stderr (``protege.clikit.progress``: terminals only):
-    one while the candidates answer, one while the answers are scored."""
+    one while the candidates answer, one while the answers are scored. Where stderr is not a
+    terminal (a log, CI) each phase is one plain line instead."""
     from contextlib import ExitStack
 
     from .runs import execute_run
@@ -52,6 +53,8 @@ def _progress_runner(store: Any, run_id: str, show: bool, concurrency: int | Non
             def update(done: int, total: int) -> None:
                 if phase not in bars:
                     stack.close()  # the previous phase's bar is finished
+                    if not sys.stderr.isatty():  # no bar in a log: one line per phase says what runs
+                        typer.echo(f"{phase}: {total} {'answers' if phase == 'generating' else 'steps'}", err=True)
                     bars[phase] = [stack.enter_context(clikit.progress(total, phase)), 0]
                 advance, last = bars[phase]
                 advance(done - last)

@@ -79,11 +79,12 @@ def test_json_output_has_no_bar(setup) -> None:
     assert "generating" not in err and "scoring" not in err
 
 
-def test_no_bar_when_stderr_is_not_a_terminal(setup) -> None:
+def test_plain_lines_when_stderr_is_not_a_terminal(setup) -> None:
     db, fake = setup
     code, out, err = run_on_terminal(["--db", db, "eval", "run", "--model", "gpt-4o", "--candidate",
                                       f"name=mini,model=gpt-4o-mini,base_url={fake.base_url}", "--metric", "exact_match",
                                       "--resamples", "50"], tty=False)
     assert code == 0, err
-    assert "generating" not in err and "scoring" not in err and "\x1b[" not in err
+    # One plain line per phase for a log, no bar, no terminal escapes.
+    assert "generating: 8 answers" in err.splitlines() and "\x1b[" not in err and "%" not in err
     assert "completed (8 outputs, 0 errors)" in out
