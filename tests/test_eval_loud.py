@@ -315,3 +315,78 @@ def test_eval_api_counts_errors_per_candidate(half_failed) -> None:
     assert run["candidate_counts"]["mini"] == {"answered": 6, "errored": 2, "pending": 0, "total": 8}
     assert {r["system"]: r for r in report["headline"]}["mini"]["errors"] == 2
     assert report["results"]["scores"]["exact_match"]["mini"]["n"] == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# The same over the eval API
+
+
+@pytest.fixture
+def api(tmp_path: Path):
+    from fastapi import FastAPI
+
+    from protege import apikit
+    from protege.evals.api import router
+    from protege.settings import load_settings
+
+    path = str(tmp_path / "api.duckdb")
+    store = Store(path)
+    seed_completions(store)
+    application = FastAPI()
+    apikit.install(application)
+    application.include_router(router)
+    application.state.protege_store = store
+    application.state.protege_settings = load_settings(db=path)
+    with TestClient(application) as client:
+        client.store = store  # type: ignore[attr-defined]
+        client.path = path  # type: ignore[attr-defined]
+        yield client
+    store.close()
+
+
+def _follow(client: TestClient, run_id: str) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        run = client.get(f"/protege/v1/evals/{run_id}").json()
+        if run["status"] in ("completed", "failed", "canceled"):
+            return run
+        time.sleep(0.05)
+    raise AssertionError("run did not finish")
+
+
+def test_api_run_against_unreachable_candidate_fails_with_the_reason(api: TestClient) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    r = api.post("/protege/v1/evals", json={"model": "gpt-4o", "metrics": ["exact_match"], "n_resamples": 50,
+                                            "candidates": [{"name": "down", "model": "m", "base_url": url}]})
+    assert r.status_code == 200, r.text
+    run = _follow(api, r.json()["id"])
+    assert run["status"] == "failed" and run["error"]["code"] == "candidate_unreachable"
+    assert f"candidate down cannot connect to {url}" in run["error"]["message"]
+    assert run["candidate_counts"]["down"]["answered"] == 0
+
+
+def test_api_student_without_server_is_an_openai_style_400(api: TestClient) -> None:
+    r = api.post("/protege/v1/evals", json={"model": "gpt-4o", "metrics": ["exact_match"],
+                                            "candidates": [{"name": "s", "model": "protege/geo"}]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert "`protege serve`" in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_api_student_goes_to_the_server_of_this_store(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the record `protege serve` writes, a protege/ candidate is answered there (and a key
+    named by api_key_env may go with it: it stays with this server)."""
+    monkeypatch.setenv("EVAL_LOUD_KEY", "sk-test-not-a-real-key")
+    fake = start_fake_openai(student_reply())
+    served.write_record(api.path, fake.root_url)
+    try:
+        r = api.post("/protege/v1/evals", json={"model": "gpt-4o", "metrics": ["exact_match"], "n_resamples": 50,
+                                                "candidates": [{"name": "s", "model": "protege/geo", "api_key_env": "EVAL_LOUD_KEY"}]})
+        assert r.status_code == 200, r.text
+        run = _follow(api, r.json()["id"])
+    finally:
+        served.remove_record(api.path)
+        fake.stop()
+    assert run["status"] == "completed", run
+    assert len(fake.chat_requests) == 8 and {c["json"]["model"] for c in fake.chat_requests} == {"protege/geo"}
+    assert {c["headers"]["authorization"] for c in fake.chat_requests} == {"Bearer sk-test-not-a-real-key"}
