@@ -390,3 +390,27 @@ def test_api_student_goes_to_the_server_of_this_store(api: TestClient, monkeypat
     assert run["status"] == "completed", run
     assert len(fake.chat_requests) == 8 and {c["json"]["model"] for c in fake.chat_requests} == {"protege/geo"}
     assert {c["headers"]["authorization"] for c in fake.chat_requests} == {"Bearer sk-test-not-a-real-key"}
+
+
+def test_cli_warns_of_failed_calls_and_fails_when_nothing_was_answered(dbfile: str) -> None:
+    def reply(body: dict) -> str:
+        if body["model"] == "picky" or "Peru" in body["messages"][-1]["content"]:
+            raise FakeError(400, "Invalid 'messages': bad", param="messages")
+        return student_reply(wrong=set())(body)
+
+    fake = start_fake_openai(reply)
+    try:
+        res = cli(dbfile, "run", "-m", "gpt-4o", "--candidate", f"name=mini,model=m,base_url={fake.base_url}",
+                  "--metric", "exact_match", "--resamples", "50")
+        assert res.exit_code == 0, res.stderr
+        assert "mini (m): exact_match 1.000 vs teacher 1.000" in res.stdout and "on 7 of 8 items (1 error)" in res.stdout
+        (warning,) = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: ")]
+        assert "candidate mini: 1 of 8 calls failed" in warning and "HTTP 400" in warning and "--resume evalrun_" in warning
+
+        res = cli(dbfile, "run", "-m", "gpt-4o", "--candidate", f"name=picky,model=picky,base_url={fake.base_url}",
+                  "--metric", "exact_match", "--resamples", "50", "--json")
+        assert res.exit_code == 1  # no answer at all: no score for it, and the exit says so
+        assert json.loads(res.stdout)["candidate_counts"]["picky"] == {"answered": 0, "errored": 8, "pending": 0, "total": 8}
+        assert "candidate picky: 8 of 8 calls failed" in res.stderr
+    finally:
+        fake.stop()
