@@ -1,4 +1,7 @@
-"""`protege eval run|resume|list|show|report`: teacher-vs-student evals from the command line.
+"""`protege eval run|list|show|report`: teacher-vs-student evals from the command line.
+
+Long work shows progress on stderr (terminals only), a stopped run is one ``error:`` line and a
+non-zero exit, failed calls are ``warning:`` lines beside the scores, ``--json`` is untouched by any.
 
 ``protege`` mounts every room's commands at start-up, so the imports of runs, metrics and reports
 stay inside the commands: ``protege --help`` does not pay for openai, numpy and sacrebleu.
