@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from protege.store import served
+from protege.store.served import server_url
 
 from .generate import Candidate, CandidateError
 
@@ -30,7 +30,7 @@ def resolve(candidate: Candidate, db: str | os.PathLike[str] | None) -> Candidat
     :class:`CandidateError` (one line: what to do) when no server holds ``db``."""
     if not needs_server(candidate):
         return candidate
-    url = served.server_url(db) if db is not None else None
+    url = server_url(db) if db is not None else None
     if url is None:
         raise CandidateError(
             f"candidate {candidate.name}: {candidate.model} is a Protege student and no `protege serve` is running on "
