@@ -7,8 +7,11 @@ The room, in the order one eval run flows through it (imports go down this list,
 * ``report/`` -- a run's report: ``data.py`` builds it (headline, costs, usage, items), ``markdown.py``,
   ``html.py`` (with ``svg.py`` charts) and ``json.py`` render it, ``text.py`` formats numbers.
 * ``runs.py`` -- a run from its spec: freeze the items into the store, ask every candidate
-  (``generate.py``, through the ``openai`` SDK) for every item, resumably, then score.
-* ``results.py`` -- a run's scores and statistics, computed once and cached on the run.
+  (``generate.py``, through the ``openai`` SDK) for every item, resumably, then score. ``breaker.py``
+  stops a run whose candidate cannot answer at all; ``served.py`` sends a ``protege/<name>``
+  candidate without a base URL to the ``protege serve`` holding the store.
+* ``results.py`` -- a run's scores and statistics, computed once and cached on the run; each system
+  is scored over the items it answered, its failed calls counted apart (never scored 0).
 * ``scoring.py`` -- the fast batch scorer: many metrics over many pairs, identical pairs once, shared
   tokenisation, forked workers; it asks each metric what it needs and knows none by name.
 * ``metrics/`` -- ``__init__`` loads metrics by name (``get_metric``, ``load_metrics``), ``base.py``

@@ -5,7 +5,9 @@ without an explicit ``api_key`` gets ``OPENAI_API_KEY`` from the SDK. Over HTTP 
 the ``base_url``, so without a check anyone allowed to start a run could have the server send its
 key to a host of their choosing. Such a credential may only go to a host the server was configured
 to call: the upstream, the Azure endpoint, or a host listed in ``eval_allowed_hosts``. The CLI is
-not checked: there the user and the environment are the same person's.
+not checked: there the user and the environment are the same person's. A ``protege/<name>``
+candidate without ``base_url`` is sent to the server holding the store (:mod:`.served`), that is,
+to this server: its credential stays here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
+from . import served
 from .metrics import MetricSpecError, parse_metric
 
 SDK_DEFAULT_BASE = "https://api.openai.com/v1"
@@ -82,6 +85,8 @@ def credential_problem(candidates: Iterable[Any], metrics: Iterable[Any], settin
     for cand in candidates:
         if not getattr(cand, "api_key_env", None):
             continue  # no server credential: the SDK gets a placeholder key
+        if served.needs_server(cand):
+            continue  # a protege/<name> student without base_url is sent to this server itself
         target = cand.azure_endpoint or cand.base_url or default
         if not _is_allowed(target, allowed):
             return (f"candidate {cand.name}: api_key_env {cand.api_key_env} would send a server credential to "

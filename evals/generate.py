@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 from protege.store.messages import message_text
 
+from .breaker import CandidateBreaker
+
 # Request parameters copied from the teacher's captured request so the candidate answers the same task.
 PASSTHROUGH_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed",
                       "response_format", "tools", "tool_choice", "n", "presence_penalty", "frequency_penalty")
@@ -197,8 +199,10 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def generate_one(client: Any, body: dict[str, Any], policy: RetryPolicy | None = None) -> Generation:
-    """One candidate answer with retries; errors become an ``error`` Generation, never an exception."""
+async def generate_one(client: Any, body: dict[str, Any], policy: RetryPolicy | None = None,
+                       breaker: CandidateBreaker | None = None) -> Generation:
+    """One candidate answer with retries; errors become an ``error`` Generation, never an exception,
+    except :class:`~.breaker.CandidateUnavailable` when ``breaker`` says the candidate is down."""
     policy = policy or RetryPolicy()
     attempt = 0
     while True:
@@ -207,6 +211,8 @@ async def generate_one(client: Any, body: dict[str, Any], policy: RetryPolicy | 
         try:
             resp = await client.chat.completions.create(**body)
         except Exception as exc:  # noqa: BLE001 - the SDK's errors and transport errors alike
+            if breaker is not None:
+                breaker.attempt_failed(exc)
             if attempt < policy.max_attempts and _retryable(exc):
                 delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
                 hinted = _retry_after(exc)
@@ -214,7 +220,11 @@ async def generate_one(client: Any, body: dict[str, Any], policy: RetryPolicy | 
                     delay = max(delay, hinted)
                 await asyncio.sleep(delay)
                 continue
+            if breaker is not None:
+                breaker.item_failed(exc)
             return Generation("error", None, body.get("model"), None, None, None, attempt, _describe(exc))
+        if breaker is not None:
+            breaker.ok()
         latency = (time.perf_counter() - started) * 1000
         data = resp.model_dump() if hasattr(resp, "model_dump") else dict(resp)
         choices = data.get("choices") or [{}]

@@ -23,6 +23,8 @@ import orjson
 from protege.store import Store
 from protege.store import evals as db
 
+from . import served
+from .breaker import CandidateBreaker, CandidateUnavailable
 from .generate import PASSTHROUGH_PARAMS, Candidate, CandidateError, RetryPolicy, build_request, generate_one, output_text
 from .metrics import MetricSpecError, load_metrics
 from .results import compute_results
@@ -257,9 +259,10 @@ def collect_items(store: Store, spec: RunSpec) -> tuple[list[dict[str, Any]], di
 def create_run(store: Store, spec: RunSpec) -> dict[str, Any]:
     """Validate the spec, freeze its items into the store and return the queued run object."""
     spec.validate()
-    for cand in spec.candidates:  # fail before freezing items when a key variable is missing
+    for cand in spec.candidates:  # fail before freezing items when a key variable or the server is missing
         try:
             cand.api_key()
+            served.resolve(cand, store.path)
         except CandidateError as exc:
             raise RunSpecError(str(exc)) from exc
     items, source = collect_items(store, spec)
@@ -278,9 +281,13 @@ ProgressFn = Callable[[int, int], None]
 
 async def execute_run(
     store: Store, run_id: str, *, progress: ProgressFn | None = None, policy: RetryPolicy | None = None,
-    concurrency: int | None = None,
+    concurrency: int | None = None, score_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Generate the missing outputs, then score. Safe to call again on any run (resume).
+
+    ``progress(done, total)`` follows generation, ``score_progress(done, total)`` the scoring after it.
+    A candidate that cannot answer at all (:mod:`.breaker`) stops the run: it is marked failed with the
+    reason and :class:`~.breaker.CandidateUnavailable` is raised; what was generated is kept.
 
     Every store call runs in a worker thread (``asyncio.to_thread``): this coroutine shares its event
     loop with the HTTP API (and, under ``protege serve``, the proxy), which must not wait on the disk."""
@@ -289,7 +296,7 @@ async def execute_run(
         raise RunSpecError(f"no eval run {run_id}")
     spec = run["spec"]
     try:
-        candidates = [Candidate.from_dict(c) for c in spec["candidates"]]
+        candidates = [served.resolve(Candidate.from_dict(c), store.path) for c in spec["candidates"]]
         clients = {c.name: c.client() for c in candidates}
     except CandidateError as exc:
         await asyncio.to_thread(db.update_run, store, run_id, status="failed",
@@ -313,11 +320,12 @@ async def execute_run(
             progress(finished, total)
 
     sink = _OutputSink(store, run_id, saved)
+    breakers = {c.name: CandidateBreaker(c.name, str(clients[c.name].base_url).rstrip("/")) for c in candidates}
 
     async def work(item: dict[str, Any], cand: Candidate) -> None:
         async with sem:
             body = build_request(cand, item["messages"], item["params"])
-            gen = await generate_one(clients[cand.name], body, policy)
+            gen = await generate_one(clients[cand.name], body, policy, breakers[cand.name])
         sink.put({"item_id": item["id"], "candidate": cand.name, "status": gen.status, "output": gen.output,
                   "model": gen.model, "latency_ms": gen.latency_ms, "prompt_tokens": gen.prompt_tokens,
                   "completion_tokens": gen.completion_tokens, "attempts": gen.attempts, "error": gen.error})
@@ -333,7 +341,12 @@ async def execute_run(
             await sink.close()  # what has arrived is kept
             raise
         await sink.close()
-        results = await asyncio.to_thread(compute_results, store, run_id)
+        results = await asyncio.to_thread(compute_results, store, run_id, progress=score_progress)
+    except CandidateUnavailable as exc:
+        log.warning("eval run %s stopped: %s", run_id, exc)
+        await asyncio.to_thread(db.update_run, store, run_id, status="failed",
+                                error={"code": exc.code, "message": str(exc)})
+        raise
     except (asyncio.CancelledError, KeyboardInterrupt):
         # The thread finishes the write even if this task is cancelled again while awaiting it.
         await asyncio.to_thread(db.update_run, store, run_id, status="canceled",
@@ -418,8 +431,19 @@ def run_object(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "source": spec.get("source"),
         "n_items": run["n_items"],
         "result_counts": db.progress(store, run["id"]),
+        "candidate_counts": _candidate_counts(store, run),
         "error": run["error"],
     }
+
+
+def _candidate_counts(store: Store, run: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per candidate: answered, errored (a failed call: not a score), pending, total (= items)."""
+    found = db.progress_by_candidate(store, run["id"])
+    out = {}
+    for c in run["spec"].get("candidates", []):
+        got = found.get(c["name"], {"answered": 0, "errored": 0})
+        out[c["name"]] = {**got, "pending": max(run["n_items"] - got["answered"] - got["errored"], 0), "total": run["n_items"]}
+    return out
 
 
 __all__ = ["DEFAULT_METRICS", "RunSpec", "RunSpecError", "collect_items", "create_run", "execute_run",

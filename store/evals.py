@@ -249,6 +249,16 @@ def progress(store: Store, run_id: str) -> dict[str, int]:
     return {"total": total, "completed": int(ok), "errored": int(err), "pending": max(total - int(ok) - int(err), 0)}
 
 
+def progress_by_candidate(store: Store, run_id: str) -> dict[str, dict[str, int]]:
+    """:func:`progress` per candidate name: ``{"answered", "errored"}`` outputs (the caller knows the
+    items and the candidates, so pending and total are its arithmetic)."""
+    rows = store.cursor().execute(
+        "SELECT candidate, count(*) FILTER (WHERE status = 'ok'), count(*) FILTER (WHERE status <> 'ok') "
+        "FROM eval_outputs WHERE run_id = ? GROUP BY candidate", [run_id],
+    ).fetchall()
+    return {r[0]: {"answered": int(r[1]), "errored": int(r[2])} for r in rows}
+
+
 # ---------------------------------------------------------------------------------------------
 # Items, outputs, scores
 

@@ -92,7 +92,12 @@ def load_metrics(specs: Sequence[Any]) -> list[Metric]:
         try:
             out.append(get_metric(name, **opts))
         except (KeyError, ValueError, TypeError) as exc:
-            raise MetricSpecError(f"unknown metric or option {spec!r} ({exc}); available: {', '.join(available_metrics())}") from exc
+            # get_metric's message names the metric, and lists the available ones when the name is
+            # unknown: said once, not wrapped in a second list.
+            message = str(exc)
+            if name in _load_registry() and not message.startswith("bad options"):
+                message = f"metric {name}: {message}"
+            raise MetricSpecError(message) from exc
     names = [m.name for m in out]
     if len(set(names)) != len(names):
         raise MetricSpecError(f"metric names must be unique in one run, got {names}")

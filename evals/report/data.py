@@ -108,7 +108,10 @@ def report_data(
             "prompt_tokens_mean": _mean(u["prompt"]), "completion_tokens_mean": _mean(u["completion"]),
             "latency_p50_ms": _pct(u["latency"], 0.5), "latency_p95_ms": _pct(u["latency"], 0.95),
             "cost_total_usd": sum(c for c in u["cost"] if c is not None) if any(c is not None for c in u["cost"]) else None,
+            # Scores are over the answered items; failed outputs are counted here, not scored.
             "errors": results["errors"].get(system, 0),
+            "answered": (results.get("answered") or {}).get(system, results["n_items"] - results["errors"].get(system, 0)),
+            "n_items": results["n_items"],
             "prompt_tokens_ratio": None, "cost_ratio": None, "priced_items": sum(1 for c in u["cost"] if c is not None),
         }
         if teacher_u is not None:

@@ -22,7 +22,8 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px soli
 th{background:#f5f5f7}td.l,th.l{text-align:left}.verdict{background:#f0f6ff;border-left:4px solid #4e79a7;padding:8px 12px;margin:6px 0}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.side{display:grid;grid-template-columns:1fr 1fr 1fr;gap:8px;margin:12px 0;border:1px solid #ddd;padding:8px}
 .side pre{white-space:pre-wrap;word-break:break-word;background:#fafafa;padding:6px;margin:0;font-size:12px;max-height:320px;overflow:auto}
-.muted{color:#666;font-size:12px}code{background:#f5f5f7;padding:1px 3px}
+.muted{color:#666;font-size:12px}figure.confusion{margin:0}figcaption{font-size:13px;margin:4px 0}
+table.legend td.l{max-width:480px;word-break:break-word}code{background:#f5f5f7;padding:1px 3px}
 """
 
 
@@ -37,6 +38,22 @@ def _table(head: list[str], rows: list[list[Any]], left: int = 1) -> str:
         for row in rows
     )
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _confusion(system: str, labels: list[str], matrix: list[list[int]]) -> str:
+    """One system's confusion matrix: the chart, how many items it puts off the diagonal, and a
+    legend of the keys when the labels are too long for the axes."""
+    off, total = svg.disagreements(matrix)
+    keys, legend = svg.label_keys(labels)
+    parts = [f'<figure class="confusion"><figcaption>{_e(system)}: <b>{off} of {total} disagreements</b> '
+             "(rows: reference, columns: predicted)</figcaption>",
+             svg.heatmap(labels, matrix, f"Confusion matrix: {system}")]
+    if legend:
+        rows = [[k, svg.normalise_label(lab), sum(matrix[i]), sum(row[i] for row in matrix)]
+                for i, (k, lab) in enumerate(zip(keys, labels))]
+        parts.append(_table(["key", "label", "reference", "predicted"], rows, left=2).replace("<table>", '<table class="legend">', 1))
+    parts.append("</figure>")
+    return "".join(parts)
 
 
 def render_html(data: dict[str, Any]) -> str:
@@ -55,14 +72,15 @@ def render_html(data: dict[str, Any]) -> str:
             "—" if is_t else f"{fmt_diff(r['diff_vs_teacher'])} {fmt_ci(r['diff_low'], r['diff_high'])}",
             "—" if is_t else fmt(r["p_value"]), fmt(r["prompt_tokens_mean"], 1), fmt_ratio(r["prompt_tokens_ratio"]),
             fmt_usd(r["cost_total_usd"]), fmt_ratio(r["cost_ratio"]), fmt_ms(r["latency_p50_ms"]), fmt_ms(r["latency_p95_ms"]),
-            r["errors"],
+            fmt(r.get("answered")), r["errors"],
         ])
     out.append(_table(["system", "model", "task accuracy", "95% CI", "Δ vs teacher (95% CI)", "p", "prompt tokens",
-                       "× teacher", "cost", "cost × teacher", "latency p50", "p95", "errors"], rows, left=2))
+                       "× teacher", "cost", "cost × teacher", "latency p50", "p95", "answered", "errors"], rows, left=2))
     kinds = res.get("reference_kinds") or {}
     primary = data["headline"][0]["metric"] if data["headline"] else None
     out.append(f'<p class="muted">Task accuracy is <code>{_e(primary)}</code> against the reference '
-               f'({kinds.get("gold", 0)} gold, {kinds.get("teacher", 0)} teacher answers) over {res["n_items"]} items. '
+               f'({kinds.get("gold", 0)} gold, {kinds.get("teacher", 0)} teacher answers) over {res["n_items"]} items; '
+               "each system is scored over the items it answered, and failed calls are counted as errors, not scored. "
                "Costs use the price table below (USD per 1M tokens).</p>")
 
     out.append("<h2>Metrics</h2><div class=\"charts\">")
@@ -71,9 +89,9 @@ def render_html(data: dict[str, Any]) -> str:
         bars = [(system, s["score"], s["ci_low"], s["ci_high"]) for system, s in per.items()]
         out.append(svg.bar_chart(bars, f"{m['name']} (95% CI)"))
     out.append("</div>")
-    table_rows = [[m["name"], system, s["n"], fmt(s["score"]), fmt_ci(s["ci_low"], s["ci_high"]), fmt(s["mean"])]
+    table_rows = [[m["name"], system, s["n"], s.get("errors", 0), fmt(s["score"]), fmt_ci(s["ci_low"], s["ci_high"]), fmt(s["mean"])]
                   for m in res["metrics"] for system, s in res["scores"][m["name"]].items()]
-    out.append(_table(["metric", "system", "n", "score", "95% CI", "item mean"], table_rows, left=2))
+    out.append(_table(["metric", "system", "answered", "errors", "score", "95% CI", "item mean"], table_rows, left=2))
     paired_rows = [[metric, cand, fmt_diff(p["diff"]), fmt_ci(p["low"], p["high"]), fmt(p["p_value"]), p["test"]]
                    for metric, per in res["paired"].items() for cand, p in per.items()]
     if paired_rows:
@@ -96,7 +114,7 @@ def render_html(data: dict[str, Any]) -> str:
              "—" if system == TEACHER else fmt(kappa.get(system))] for system, r in per.items()]))
         out.append('<div class="charts">')
         for system, r in per.items():
-            out.append(svg.heatmap(r["labels"], r["matrix"], f"Confusion matrix: {system}"))
+            out.append(_confusion(system, r["labels"], r["matrix"]))
         out.append("</div>")
 
     for cand, rows_ in data.get("divergent", {}).items():

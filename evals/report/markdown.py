@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ..results import TEACHER
+from .svg import disagreements
 from .text import fmt, fmt_ci, fmt_diff, fmt_ms, fmt_ratio, fmt_usd, verdicts
 
 
@@ -33,26 +34,27 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines = [f"# Eval run `{run['id']}`" + (f" — {_text(run['name'])}" if run.get("name") else ""), ""]
     lines += [f"- **{_text(v)}**" for v in verdicts(data)]
     lines += ["", "## Headline", "",
-              "| system | model | task accuracy | 95% CI | Δ vs teacher (95% CI) | p | prompt tokens (mean) | × teacher | cost | cost × teacher | latency p50 | p95 | errors |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| system | model | task accuracy | 95% CI | Δ vs teacher (95% CI) | p | prompt tokens (mean) | × teacher | cost | cost × teacher | latency p50 | p95 | answered | errors |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["headline"]:
         diff = "—" if r["system"] == TEACHER else f"{fmt_diff(r['diff_vs_teacher'])} {fmt_ci(r['diff_low'], r['diff_high'])}"
         lines.append(
             f"| {_cell(r['system'])} | {_cell(r['model'])} | {fmt(r['accuracy'])} | {fmt_ci(r['ci_low'], r['ci_high'])} | {diff} | "
             f"{'—' if r['system'] == TEACHER else fmt(r['p_value'])} | {fmt(r['prompt_tokens_mean'], 1)} | "
             f"{fmt_ratio(r['prompt_tokens_ratio'])} | {fmt_usd(r['cost_total_usd'])} | {fmt_ratio(r['cost_ratio'])} | "
-            f"{fmt_ms(r['latency_p50_ms'])} | {fmt_ms(r['latency_p95_ms'])} | {r['errors']} |"
+            f"{fmt_ms(r['latency_p50_ms'])} | {fmt_ms(r['latency_p95_ms'])} | {fmt(r.get('answered'))} | {r['errors']} |"
         )
     kinds = res.get("reference_kinds") or {}
     primary = data["headline"][0]["metric"] if data["headline"] else None
     lines += ["", f"Task accuracy is **{primary}** against the reference ({kinds.get('gold', 0)} gold, "
-              f"{kinds.get('teacher', 0)} teacher answers) over {res['n_items']} items. Costs use the price table "
+              f"{kinds.get('teacher', 0)} teacher answers) over {res['n_items']} items; each system is scored over the "
+              "items it answered, and failed calls are counted as errors, not scored. Costs use the price table "
               "below (USD per 1M tokens); edit it with `--prices FILE`.", ""]
 
-    lines += ["## Metrics", "", "| metric | system | n | score | 95% CI | item mean |", "|---|---|---|---|---|---|"]
+    lines += ["## Metrics", "", "| metric | system | answered | errors | score | 95% CI | item mean |", "|---|---|---|---|---|---|---|"]
     for m in res["metrics"]:
         for system, s in res["scores"][m["name"]].items():
-            lines.append(f"| {_cell(m['name'])} | {_cell(system)} | {s['n']} | {fmt(s['score'])} | {fmt_ci(s['ci_low'], s['ci_high'])} | {fmt(s['mean'])} |")
+            lines.append(f"| {_cell(m['name'])} | {_cell(system)} | {s['n']} | {s.get('errors', 0)} | {fmt(s['score'])} | {fmt_ci(s['ci_low'], s['ci_high'])} | {fmt(s['mean'])} |")
     if any(res["paired"].values()):
         lines += ["", "### Candidate vs teacher (paired)", "", "| metric | candidate | Δ | 95% CI | p | test |", "|---|---|---|---|---|---|"]
         for metric, per in res["paired"].items():
@@ -67,7 +69,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                          f"{fmt(rep_.get('f1'))} | {fmt(kappa.get(system)) if system != TEACHER else '—'} |")
         for system, rep_ in per.items():
             labels = rep_["labels"]
-            lines += ["", f"Confusion matrix, {_cell(system)} (rows: reference, columns: predicted)", "",
+            off, total = disagreements(rep_["matrix"])
+            lines += ["", f"Confusion matrix, {_cell(system)}: {off} of {total} disagreements (rows: reference, columns: predicted)", "",
                       "| | " + " | ".join(_cell(l) for l in labels) + " |", "|---" * (len(labels) + 1) + "|"]
             for lab, row in zip(labels, rep_["matrix"]):
                 lines.append(f"| **{_cell(lab)}** | " + " | ".join(str(v) for v in row) + " |")

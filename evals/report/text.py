@@ -37,6 +37,14 @@ def fmt_diff(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
 
 
+def answered(row: dict[str, Any]) -> str:
+    """``on 7 of 8 items (1 error)``: what a headline score is computed over, errors beside it."""
+    n, total, errors = row.get("answered"), row.get("n_items"), row.get("errors") or 0
+    if n is None or total is None:
+        return f"({errors} error{'s' if errors != 1 else ''})"
+    return f"on {n} of {total} items ({errors} error{'s' if errors != 1 else ''})"
+
+
 def verdicts(data: dict[str, Any]) -> list[str]:
     """One plain sentence per candidate with the three numbers that decide a replacement."""
     rows = {r["system"]: r for r in data["headline"]}
@@ -46,12 +54,13 @@ def verdicts(data: dict[str, Any]) -> list[str]:
         if r["system"] == TEACHER:
             continue
         parts = [f"{r['metric']} {fmt(r['accuracy'])}"]
-        if teacher is not None:
+        if teacher is not None and r.get("answered") != 0:
             parts[0] += f" vs teacher {fmt(teacher['accuracy'])} (Δ {fmt_diff(r['diff_vs_teacher'])}, 95% CI {fmt_ci(r['diff_low'], r['diff_high'])}, p={fmt(r['p_value'])})"
+        parts[0] += " " + answered(r)
         parts.append(f"prompt tokens {fmt_ratio(r['prompt_tokens_ratio'])} the teacher's")
         parts.append(f"cost {fmt_ratio(r['cost_ratio'])} the teacher's")
         out.append(f"{r['system']} ({r['model']}): " + "; ".join(parts))
     return out
 
 
-__all__ = ["fmt", "fmt_ci", "fmt_diff", "fmt_ms", "fmt_ratio", "fmt_usd", "verdicts"]
+__all__ = ["answered", "fmt", "fmt_ci", "fmt_diff", "fmt_ms", "fmt_ratio", "fmt_usd", "verdicts"]
