@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -27,6 +29,27 @@ def _summary(dv) -> str:
         f"{dv.id}  {dv.name} v{dv.version} ({dv.kind}): {c.get('train', 0)} train / {c.get('validation', 0)} validation"
         f"  ~{tr.get('training_tokens', 0)} training tokens, {'cost unknown' if cost is None else f'~${cost:,.2f}'}"
     )
+
+
+class _RowsBar:
+    """``progress(done, total)`` for :func:`build_dataset` as the one CLI progress bar
+    (:func:`protege.clikit.progress`: stderr, terminals only), opened once the total is known."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.stack = ExitStack()
+        self.advance: Any = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.advance is None:
+            self.advance = self.stack.enter_context(clikit.progress(total, self.description))
+        if done > self.done:
+            self.advance(done - self.done)
+            self.done = done
+
+    def close(self) -> None:
+        self.stack.close()
 
 
 @app.command()
@@ -73,16 +96,22 @@ def build(
     except DatasetError as exc:
         clikit.fail(str(exc))
     store = clikit.open_cli_store()
+    bar = _RowsBar("building dataset")
     try:
-        dv = build_dataset(store, opts)
+        dv = build_dataset(store, opts, progress=bar)
     except DatasetError as exc:
+        bar.close()
         clikit.fail(str(exc))
     finally:
+        bar.close()
         store.close()
+    problems = dv.problems
+    for p in problems:
+        typer.echo(f"warning: {p['message']}", err=True)
     if json_out:
         clikit.print_json(dv.to_dict())
     else:
-        typer.echo(_summary(dv))
+        typer.echo(_summary(dv) + (f"  (validation found {len(problems)} kind{'' if len(problems) == 1 else 's'} of problem: see above)" if problems else ""))
         typer.echo(f"  train: {dv.train_path}")
         if dv.validation_path:
             typer.echo(f"  validation: {dv.validation_path}")
