@@ -80,7 +80,7 @@ def test_below_trigger_and_min_interval_are_said_in_the_log_once_and_status(tmp_
     assert r.exit_code == 0, r.output
     assert interval in r.output.splitlines()
     r = cli(db, "auto", "status")
-    assert f"  waiting: {interval.removeprefix('topic: ')}" in r.output.splitlines()
+    assert f"  worker: {interval.removeprefix('topic: ')}" in r.output.splitlines()
     r = cli(db, "auto", "status", "--json")
     w = orjson.loads(r.stdout)["data"][0]["waiting"]
     assert w["kind"] == "min_interval" and w["new_eligible"] == 6 and w["next_at"] == math.ceil(cycle.created_at + 3600)

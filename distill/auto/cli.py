@@ -155,7 +155,7 @@ def status(
         typer.echo(f"{s['name']} ({s['id']}){'' if s['enabled'] else ' [disabled]'}")
         typer.echo(f"  eligible since last run: {s.get('eligible_since_last_run', '?')}")
         w = s.get("waiting")
-        typer.echo(f"  waiting: {w['message'] if w else '- (the next pass acts)'}")
+        typer.echo(f"  worker: {w['message'] if w else 'acts on its next pass'}")
         c = s["cycle"]
         typer.echo(f"  cycle: {'-' if not c else c['id'] + ' ' + c['state'] + (' (' + c['error'] + ')' if c.get('error') else '')}")
         j = s["job"]
