@@ -55,7 +55,7 @@ class _RowsBar:
 @app.command()
 def build(
     name: str = typer.Option(..., "--name", help="Dataset name; each build adds a version."),
-    model: list[str] | None = typer.Option(None, "--model", help="Teacher model (repeatable)."),
+    model: list[str] | None = typer.Option(None, "--model", "-m", help="Teacher model (repeatable)."),
     metadata: list[str] | None = typer.Option(None, "--metadata", help="KEY=VALUE metadata filter (repeatable)."),
     since: str | None = typer.Option(None, help="Only captures created at/after (Unix seconds or ISO date)."),
     until: str | None = typer.Option(None, help="Only captures created before (Unix seconds or ISO date)."),
@@ -71,11 +71,12 @@ def build(
     prune_share: float = typer.Option(0.8, "--prune-share", help="Share of examples that must share it."),
     validation: float = typer.Option(0.1, "--validation", help="Validation fraction."),
     seed: int = typer.Option(0, help="Split seed."),
-    stratify: bool = typer.Option(False, help="Stratify the split by label."),
+    stratify: bool = typer.Option(False, "--stratify", help="Stratify the split by label."),
     label_source: str = typer.Option("feedback", "--label-source", help="feedback, output or metadata."),
     label_key: str | None = typer.Option(None, "--label-key", help="Metadata key holding the label."),
     group_by: str | None = typer.Option(None, "--group-by", help="Metadata key; a group never straddles the split."),
-    base_model: str = typer.Option("gpt-4o-mini-2024-07-18", "--base-model", help="Model to fine-tune (token limit, price)."),
+    base_model: str = typer.Option("gpt-4o-mini-2024-07-18", "--base-model", show_default=False,
+                                   help="Model to fine-tune (token limit, price); default gpt-4o-mini-2024-07-18."),
     epochs: int | None = typer.Option(None, help="Epochs for the cost estimate (default: cookbook heuristic)."),
     price: float | None = typer.Option(None, help="Training price per 1M tokens for --base-model (overrides the table)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -165,7 +166,8 @@ def show(
 @app.command()
 def validate(
     file: Path = typer.Argument(..., help="JSONL file in OpenAI's chat fine-tuning (or DPO) format."),
-    base_model: str = typer.Option("gpt-4o-mini-2024-07-18", "--base-model", help="For the per-example token limit."),
+    base_model: str = typer.Option("gpt-4o-mini-2024-07-18", "--base-model", show_default=False,
+                                   help="For the per-example token limit; default gpt-4o-mini-2024-07-18."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check a training file; exits non-zero with one line per error."""

@@ -112,7 +112,8 @@ def start(
     method: Optional[str] = typer.Option(None, help="supervised or dpo (default: the dataset's kind, else supervised)."),
     n_epochs: Optional[str] = typer.Option(None, help="1..50 or auto."),
     batch_size: Optional[str] = typer.Option(None, help="1..256 or auto."),
-    learning_rate_multiplier: Optional[str] = typer.Option(None, help="> 0 or auto."),
+    learning_rate_multiplier: Optional[str] = typer.Option(None, "--lr-multiplier", help="> 0 or auto (the learning rate multiplier)."),
+    learning_rate_multiplier_long: Optional[str] = typer.Option(None, "--learning-rate-multiplier", hidden=True),
     beta: Optional[str] = typer.Option(None, help="DPO only: (0, 2] or auto."),
     suffix: Optional[str] = typer.Option(None, help="Name part of the fine-tuned model (1..64 chars)."),
     seed: Optional[int] = typer.Option(None, help="Training seed."),
@@ -124,7 +125,8 @@ def start(
     lora_dropout: Optional[float] = typer.Option(None, help="lora: adapter dropout (default 0.05)."),
     target_modules: Optional[str] = typer.Option(None, help="lora: all-linear (default) or comma-separated module names."),
     max_length: Optional[int] = typer.Option(None, help="lora: max tokens per example (default 512)."),
-    gradient_accumulation_steps: Optional[int] = typer.Option(None, help="lora: gradient accumulation (default 1)."),
+    gradient_accumulation_steps: Optional[int] = typer.Option(None, "--grad-accum-steps", help="lora: gradient accumulation steps (default 1)."),
+    gradient_accumulation_steps_long: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", hidden=True),
     max_steps: Optional[int] = typer.Option(None, help="lora: stop after this many optimizer steps."),
     save_steps: Optional[int] = typer.Option(None, help="lora: checkpoint every N steps (resume point; default 50)."),
     merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="lora: also write the merged model."),
@@ -134,6 +136,10 @@ def start(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Start a fine-tune job."""
+    # The long names stay as hidden aliases: at 80 columns the help cut them off.
+    learning_rate_multiplier = learning_rate_multiplier if learning_rate_multiplier is not None else learning_rate_multiplier_long
+    if gradient_accumulation_steps is None:
+        gradient_accumulation_steps = gradient_accumulation_steps_long
     store = clikit.open_cli_store()
     hp: dict[str, Any] = {"n_epochs": _num(n_epochs), "batch_size": _num(batch_size), "learning_rate_multiplier": _num(learning_rate_multiplier), "beta": _num(beta)}
     hp.update(
