@@ -92,7 +92,8 @@ class _Progress:
             self.bar.__enter__()
         loss = result.get("train_loss")
         eta = result.get("eta_seconds")
-        self.bar.label = f"training step {step}/{total}" + (f" loss={loss:.4f}" if isinstance(loss, (int, float)) else "") + (f" ETA {eta:.0f}s" if isinstance(eta, (int, float)) else "")
+        phase = result.get("phase")
+        self.bar.label = f"training step {step}/{total}" + (f" ({phase})" if isinstance(phase, str) else "") + (f" loss={loss:.4f}" if isinstance(loss, (int, float)) else "") + (f" ETA {eta:.0f}s" if isinstance(eta, (int, float)) else "")
         if step > self.done:
             self.bar.update(step - self.done)
             self.done = step
@@ -170,7 +171,9 @@ def start(
             if not as_json and not wait:
                 typer.echo(f"{job['id']} started; training the local student in this process...", err=True)
             interval = min(poll_interval, 0.2) if backend == "local" else poll_interval
-            progress = _Progress() if wait and not as_json else None
+            # Local students (the classifier, LoRA) record steps: the bar shows them, also for a
+            # local job waited on without --wait.
+            progress = _Progress() if (wait or backend == "local") and not as_json else None
             try:
                 job = jobs.wait_job(store, job["id"], interval=interval, settings=clikit.settings(), on_update=progress)
             finally:
