@@ -350,6 +350,7 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
     c_req, c_resp, c_corr, c_scrub = cols["request"], cols["response"], cols["fb_correction"], cols["needs_scrub"]
     c_pt, c_ct = cols["prompt_tokens"], cols["completion_tokens"]
     out = _BatchResult(batch.num_rows)
+    label_cache: dict[str, str] = {}
     for i in range(batch.num_rows):
         req = loads(c_req[i])
         resp = loads(c_resp[i])
@@ -408,7 +409,15 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
             cols["metadata"][i] if cols["metadata"] is not None else None,
             last if isinstance(last, str) else "",
         ))
-        out.answer_labels.append(answer_label(answer))
+        content = answer.get("content")
+        if type(content) is str and len(answer) == 2:
+            # Label-like answers repeat: normalise each distinct text once per batch.
+            label = label_cache.get(content)
+            if label is None:
+                label = label_cache[content] = answer_label(answer)
+        else:
+            label = answer_label(answer)
+        out.answer_labels.append(label)
         out.seq.append(cols["seq"][i])
         out.ids.append(cols["id"][i])
         out.tokens.append(n_tok)
