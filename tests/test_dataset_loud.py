@@ -135,3 +135,23 @@ def test_progress_bar_on_a_terminal_only_and_json_untouched(tmp_path) -> None:
     assert rc == 0, err
     assert "building dataset" not in err and err == ""
     assert "bar v2" in out
+
+
+def test_free_form_batches_stop_reading_labels_but_label_like_ones_never_do(tmp_path) -> None:
+    from protege.distill.datasets.builder import LABEL_SAMPLE
+
+    store = Store(str(tmp_path / "ff.duckdb"))
+    n = LABEL_SAMPLE + 200
+    insert_records(store, [make_record(i, answer=f"Free answer {i}, long enough to be prose.") for i in range(n)])
+    dv = build_dataset(store, DatasetOptions(name="ff", validation_fraction=0.1))
+    dist = dv.stats["label_distribution"]
+    assert dist["examples"] == n and dist["free_form"] is True and dist["distinct_is_lower_bound"] is True
+    assert 0 < dist["not_read"] < n - LABEL_SAMPLE + 1 and dist["distinct"] == n - dist["not_read"]
+    assert dist["other"]["count"] == n - 50
+    store.close()
+    # A label-like dataset of the same size is read in full.
+    store = Store(str(tmp_path / "ll.duckdb"))
+    insert_records(store, [make_record(i, answer=ANSWERS[i % 6]) for i in range(n)])
+    dist = build_dataset(store, DatasetOptions(name="ll", validation_fraction=0.1)).stats["label_distribution"]
+    assert dist["not_read"] == 0 and dist["distinct"] == 2 and dist["free_form"] is False and dist["examples"] == n
+    store.close()

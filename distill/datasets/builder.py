@@ -326,7 +326,7 @@ class _BatchResult:
     seq: list[int] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
-    answer_labels: list[str] = field(default_factory=list)  # the answer's class, for the label distribution
+    answer_labels: list[str | None] = field(default_factory=list)  # the answer's class (None: not read), for the label distribution
     groups: list[str | None] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     exact: bytearray = field(default_factory=bytearray)
@@ -351,6 +351,7 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
     c_pt, c_ct = cols["prompt_tokens"], cols["completion_tokens"]
     out = _BatchResult(batch.num_rows)
     label_cache: dict[str, str] = {}
+    free_form = False
     for i in range(batch.num_rows):
         req = loads(c_req[i])
         resp = loads(c_resp[i])
@@ -411,10 +412,17 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
         ))
         content = answer.get("content")
         if type(content) is str and len(answer) == 2:
-            # Label-like answers repeat: normalise each distinct text once per batch.
+            # Label-like answers repeat: normalise each distinct text once per batch. Free-form
+            # answers do not: past LABEL_SAMPLE examples with mostly distinct answers, the rest
+            # of the batch is not read as labels (None), which costs nothing.
             label = label_cache.get(content)
             if label is None:
-                label = label_cache[content] = answer_label(answer)
+                if free_form:
+                    label = None
+                else:
+                    label = label_cache[content] = answer_label(answer)
+                    if len(label_cache) > LABEL_SAMPLE // 2 and len(out.answer_labels) >= LABEL_SAMPLE:
+                        free_form = True
         else:
             label = answer_label(answer)
         out.answer_labels.append(label)
@@ -432,6 +440,10 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
 
 
 _PLAIN_ROLES = frozenset(("system", "user", "assistant"))
+
+# Examples of a batch read as labels before deciding its answers are free-form (more than half
+# distinct): normalising a long free-form answer costs ~10 us, a third of converting the example.
+LABEL_SAMPLE = 512
 
 # Below this many rows a process pool costs more (start-up, imports) than it saves.
 PARALLEL_MIN_ROWS = 50_000
@@ -479,7 +491,7 @@ def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path,
     link_val = bytearray()
     # Two-pass bookkeeping (small per-example arrays).
     labels: list[str | None] = []
-    answer_labels: list[str] = []
+    answer_labels: list[str | None] = []
     groups: list[str | None] | None = [] if options.group_by else None
     tokens = array("q")
     exact = bytearray()

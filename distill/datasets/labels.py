@@ -8,7 +8,9 @@ class here exactly as they score as one class in ``label_accuracy``.
 
 Free-form answers have as many "labels" as examples; the tally stops adding classes after
 :data:`MAX_TRACKED` (counting the rest as ``other``) so that a million free-form answers cost no
-more memory than a thousand, and says the answers look free-form.
+more memory than a thousand, and says the answers look free-form. The builder stops reading a
+batch's answers as labels once they prove free-form (``None``, counted as ``not_read``), so
+free-form datasets pay almost nothing for a distribution they do not have.
 """
 
 from __future__ import annotations
@@ -34,8 +36,13 @@ class LabelTally:
         self.counts: dict[str, list[int]] = {}
         self.other = [0, 0]
         self.overflow = False
+        self.not_read = 0  # free-form answers the builder did not read as labels
 
-    def add(self, label: str, is_val: int) -> None:
+    def add(self, label: str | None, is_val: int) -> None:
+        if label is None:
+            self.not_read += 1
+            self.other[is_val] += 1
+            return
         c = self.counts.get(label)
         if c is None:
             if len(self.counts) >= MAX_TRACKED:
@@ -58,8 +65,9 @@ class LabelTally:
             "rule": "protege.store.messages.normalise_label",
             "examples": total,
             "distinct": distinct,
-            "distinct_is_lower_bound": self.overflow,
-            "free_form": total >= 20 and distinct > FREE_FORM_SHARE * total,
+            "distinct_is_lower_bound": self.overflow or self.not_read > 0,
+            "not_read": self.not_read,
+            "free_form": self.not_read > 0 or (total >= 20 and distinct > FREE_FORM_SHARE * total),
             "labels": [
                 {"label": label, "count": tr + va, "share": round((tr + va) / total, 4) if total else 0.0, "train": tr, "validation": va}
                 for label, (tr, va) in shown
@@ -67,7 +75,8 @@ class LabelTally:
             "other": None if not (other_train or other_val) else {
                 "labels": len(rest), "count": other_train + other_val,
                 "share": round((other_train + other_val) / total, 4) if total else 0.0, "train": other_train, "validation": other_val,
-                "note": "labels past the top ones" + (f", and answers past the first {MAX_TRACKED} distinct labels" if self.overflow else ""),
+                "note": "labels past the top ones" + (f", and answers past the first {MAX_TRACKED} distinct labels" if self.overflow else "")
+                        + (f", and {self.not_read} free-form answers not read as labels" if self.not_read else ""),
             },
         }
 
