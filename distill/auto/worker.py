@@ -319,7 +319,7 @@ def _too_few_items(policy: Policy, dataset: Any) -> dict[str, Any] | None:
     if held_out >= need:
         return None
     examples = int(dataset.counts.get("final", 0))
-    share = held_out / examples if held_out and examples else float(dataset.options.get("validation_fraction") or 0.2)
+    share = held_out / examples if held_out and examples else float(dataset.options.get("validation_fraction") or DEFAULT_VALIDATION_FRACTION)
     needed_examples = math.ceil(need / share) if share > 0 else need
     return {"held_out": held_out, "min_items": need, "examples": examples, "validation_share": round(share, 4),
             "needed_examples": needed_examples, "short_by": max(1, needed_examples - examples)}
@@ -433,7 +433,7 @@ class Worker:
         """Advance every policy and every live route by what can be done now; returns what was done
         (and leaves in :attr:`waiting` what each idle policy waits on)."""
         actions: list[str] = []
-        self.waiting = []
+        waiting: list[str] = []  # published whole at the end of the pass (the status API reads it)
         if self.policies_file and not self._synced:
             sync_policies_file(self.store, self.policies_file)
             self._synced = True
@@ -455,13 +455,14 @@ class Worker:
                 log.exception("policy %s: could not tell what it waits on", row.name)
                 w = None
             if w is not None:
-                self.waiting.append(f"{row.name}: {w['message']}")
+                waiting.append(f"{row.name}: {w['message']}")
         for route in store_auto.active_routes(self.store):
             try:
                 actions += self.step_route(route)
             except Exception as exc:
                 log.exception("route %s check failed", route.id)
                 actions.append(f"route {route.id}: error: {exc}")
+        self.waiting = waiting
         self.last_pass_at = self.clock()
         self.last_actions = actions
         return actions
