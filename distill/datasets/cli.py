@@ -72,6 +72,7 @@ def build(
     validation: float = typer.Option(0.1, "--validation", help="Validation fraction."),
     seed: int = typer.Option(0, help="Split seed."),
     stratify: bool = typer.Option(False, "--stratify", help="Stratify the split by label."),
+    no_stratify: bool = typer.Option(False, "--no-stratify", hidden=True),  # kept working; its help column cut long names
     label_source: str = typer.Option("feedback", "--label-source", help="feedback, output or metadata."),
     label_key: str | None = typer.Option(None, "--label-key", help="Metadata key holding the label."),
     group_by: str | None = typer.Option(None, "--group-by", help="Metadata key; a group never straddles the split."),
@@ -89,7 +90,7 @@ def build(
         refusal_phrases=list(refusal_phrase) if refusal_phrase else list(DEFAULT_REFUSAL_PHRASES),
         dedupe=not no_dedupe, near_dedupe=near_dedupe is not None, near_threshold=near_dedupe or 0.85,
         scrub=not no_scrub, prune_system_prompt=prune_system, prune_min_share=prune_share,
-        validation_fraction=validation, seed=seed, stratify=stratify, label_source=label_source, label_key=label_key,
+        validation_fraction=validation, seed=seed, stratify=stratify and not no_stratify, label_source=label_source, label_key=label_key,
         group_by=group_by, base_model=base_model, n_epochs=epochs, prices={base_model: price} if price is not None else {},
     )
     try:
