@@ -19,6 +19,7 @@ from protege.distill.auto import rollout
 from protege.distill.auto.policies import PolicyError, parse_policy, policy_object, save_policy
 from protege.distill.auto.status import decision_object, route_object
 from protege.distill.auto.status import policy_status as status
+from protege.distill.auto.worker import running_worker
 from protege.store import auto as store_auto
 
 router = APIRouter(dependencies=[apikit.admin_only("Policies and routes")])
@@ -145,6 +146,24 @@ async def rollback(request: Request, policy_id: str, store: Any = Depends(apikit
             raise ApiError(409, str(exc), code="no_live_route") from None
 
     return await _handle(store, run, policy_id)
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+
+@router.get("/protege/v1/worker")
+async def worker_status(request: Request, store: Any = Depends(apikit.store)) -> JSONResponse:
+    """Whether this server runs the loop (``serve --worker``), its last pass, and per enabled policy
+    why it is not acting (``waiting``: below the trigger, min_interval, a fine-tune running)."""
+
+    def run(store: Any) -> dict[str, Any]:
+        w = running_worker(store)
+        out = w.status() if w is not None else {"object": "protege.worker", "running": False, "interval": None,
+                                                 "last_pass_at": None, "last_actions": [], "waiting": []}
+        out["policies"] = [status(store, r) for r in store_auto.list_policies(store)]
+        return out
+
+    return await _handle(store, run)
 
 
 # -- routes -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import typer
 from protege import clikit
 from protege.distill.auto import rollout
 from protege.distill.auto.policies import PolicyError, load_policies_file, policy_object, save_policy
+from protege.distill.auto.waiting import reachability_warnings
 from protege.distill.auto.status import decision_object, policy_status, route_object
 from protege.distill.auto.worker import Worker
 from protege.store import auto as store_auto
@@ -43,6 +44,9 @@ def validate(file: str = typer.Argument(..., help="Policies TOML file ([[policy]
         policies = load_policies_file(file)
     except PolicyError as exc:
         clikit.fail(exc.message)
+    for p in policies:
+        for warning in reachability_warnings(p):
+            typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'} OK: {', '.join(p.name for p in policies)}")
 
 
@@ -150,6 +154,8 @@ def status(
     for s in data:
         typer.echo(f"{s['name']} ({s['id']}){'' if s['enabled'] else ' [disabled]'}")
         typer.echo(f"  eligible since last run: {s.get('eligible_since_last_run', '?')}")
+        w = s.get("waiting")
+        typer.echo(f"  worker: {w['message'] if w else 'acts on its next pass'}")
         c = s["cycle"]
         typer.echo(f"  cycle: {'-' if not c else c['id'] + ' ' + c['state'] + (' (' + c['error'] + ')' if c.get('error') else '')}")
         j = s["job"]
@@ -238,12 +244,20 @@ def routes(
         typer.echo(f"{r['id']}  {r['student_model']}  {r['stage']}  {r['percent']:g}%  {'live' if r['active'] else 'ended'}")
 
 
+_ONCE_MAX_PASSES = 20  # --once: passes after waiting for local training (best policies start several jobs)
+
+
 def worker(
     policies: str | None = typer.Option(None, "--policies", help="Policies TOML file to load (upserted by name)."),
     interval: float = typer.Option(5.0, "--interval", min=0.05, help="Seconds between passes."),
-    once: bool = typer.Option(False, "--once", help="Do one pass and exit."),
+    once: bool = typer.Option(False, "--once", help="Do what can be done now, then exit."),
 ) -> None:
-    """Run the automatic distillation loop (without the proxy)."""
+    """Run the automatic distillation loop (without the proxy).
+
+    Each pass prints what it did, and for each policy it leaves alone, why (below the trigger,
+    min_interval, a fine-tune still running). --once does one pass, and while a local student
+    trains in this process waits for it and passes again (so one --once goes from traffic to a
+    gated student and its route); a cloud fine-tune is polled, not waited for."""
     settings = clikit.settings()
     policies = policies or settings.policies_file
     if policies:
@@ -254,14 +268,31 @@ def worker(
     logging.getLogger("protege").setLevel(logging.INFO)
     store = _store()
     w = Worker(store, settings, interval=interval, policies_file=policies)
+    shown: list[str] = []
+
+    def one_pass() -> None:
+        nonlocal shown
+        for action in w.run_once():
+            typer.echo(action)
+        if not once:  # a waiting line is printed once, until it changes
+            for line in w.waiting:
+                if line not in shown:
+                    typer.echo(line)
+            shown = list(w.waiting)
+
     try:
         if once:
-            for action in w.run_once():
-                typer.echo(action)
+            one_pass()
+            for _ in range(_ONCE_MAX_PASSES):
+                if not w.local_jobs_training():
+                    break
+                w.wait_local_jobs()
+                one_pass()
+            for line in w.waiting:  # what is left to wait for when this run ends
+                typer.echo(line)
             return
         while True:
-            for action in w.run_once():
-                typer.echo(action)
+            one_pass()
             time.sleep(interval)
     except KeyboardInterrupt:
         pass

@@ -11,6 +11,7 @@ from protege.store import jobs as store_jobs
 
 from protege.distill.auto.agreement import online_agreement
 from protege.distill.auto.policies import Policy, PolicyError, stored_policy
+from protege.distill.auto.waiting import TOO_FEW, policy_waiting
 
 
 
@@ -25,6 +26,8 @@ def policy_status(store: Any, row: store_auto.AutoPolicy) -> dict[str, Any]:
     out: dict[str, Any] = {"id": row.id, "object": "protege.policy.status", "name": row.name, "enabled": row.enabled}
     if policy is not None:
         out["eligible_since_last_run"] = store_auto.eligible_count(store, policy.match.model, policy.match.metadata, last.until_seq if last else 0)
+    # Why the worker is not acting now (None: its next pass has something to do).
+    out["waiting"] = policy_waiting(store, row.id, policy, enabled=row.enabled)
     out["cycle"] = None if last is None else {
         "id": last.id, "state": last.state, "dataset_id": last.dataset_id, "job_id": last.job_id, "student_model": last.student_model,
         "created_at": int(last.created_at), "error": last.error,
@@ -38,8 +41,11 @@ def policy_status(store: Any, row: store_auto.AutoPolicy) -> dict[str, Any]:
     if evaluated is not None:
         ev = store_auto.loads(evaluated.evaluation, {})
         gate = ev.get("gate") or {}
-        out["last_evaluation"] = {"cycle_id": evaluated.id, "student_model": evaluated.student_model, "passed": gate.get("passed"),
-                                  "reason": gate.get("reason"), "n_items": ev.get("n_items"), "metrics": gate.get("metrics")}
+        reason = gate.get("reason")
+        if not gate and ev.get(TOO_FEW):
+            reason = (evaluated.error or "").removeprefix(f"{TOO_FEW}: ")  # rejected before training
+        out["last_evaluation"] = {"cycle_id": evaluated.id, "student_model": evaluated.student_model, "passed": bool(gate.get("passed")),
+                                  "reason": reason, "n_items": ev.get("n_items"), "metrics": gate.get("metrics")}
     else:
         out["last_evaluation"] = None
     routes = store_auto.active_routes(store, row.id)

@@ -20,6 +20,7 @@ back, once at least ``min_compared`` pairs exist.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from protege.distill.auto.agreement import AgreementResult, online_agreement, re
 from protege.distill.auto.gate import compare_metric, parse_metric_spec, run_gate
 from protege.distill.auto.policies import CandidateSpec, Policy, PolicyError, stored_policy, sync_policies_file
 from protege.distill.auto.rollout import next_stage, open_route, stage_params
+from protege.distill.auto.waiting import DEFAULT_VALIDATION_FRACTION, TOO_FEW, policy_waiting, trigger_state
 from protege.distill.auto.selection import CandidateResult, choose, latency_stats, split_for_selection, timed_answers
 from protege.distill.datasets.builder import DatasetOptions, build_dataset, get_dataset
 from protege.distill.finetune import jobs
@@ -65,7 +67,7 @@ def _build_dataset(store: Any, policy: Policy, cycle: store_auto.AutoCycle) -> d
         # the builder offers it).
         "exclude_students": True,
         # The validation split is the gate's held-out set: the student never trains on it.
-        "validation_fraction": 0.2,
+        "validation_fraction": DEFAULT_VALIDATION_FRACTION,
         "seed": 0,
     }
     for key, value in defaults.items():
@@ -155,6 +157,14 @@ def _revive_local_job(store: Any, settings: Any, job: dict[str, Any]) -> None:
     started = backend.start(spec)
     store_jobs.add_events(store, job["id"], [{"message": "Training restarted: the process running it had stopped"}])
     store_jobs.update_job(store, job["id"], provider_job_id=started.provider_job_id, status=started.status)
+
+
+_RUNNING: dict[int, Worker] = {}  # id(store) -> the worker started over it in this process
+
+
+def running_worker(store: Any) -> Worker | None:
+    """The worker running over ``store`` in this process (``protege serve --worker``), if any."""
+    return _RUNNING.get(id(store))
 
 
 def _poll_job(store: Any, settings: Any, job_id: str, backend_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -294,17 +304,25 @@ def _is_final(exc: Exception) -> bool:
 
 
 def due(store: Any, policy_id: str, policy: Policy, now: float | None = None) -> tuple[bool, dict[str, Any]]:
-    """Whether the policy should start a cycle now, and the numbers behind it."""
-    now = time.time() if now is None else now
-    last = store_auto.last_cycle(store, policy_id)
-    after_seq = last.until_seq if last else 0
-    new = store_auto.eligible_count(store, policy.match.model, policy.match.metadata, after_seq)
-    elapsed = (now - last.created_at) if last else float("inf")
-    t = policy.trigger
-    by_count = t.min_new_completions is not None and new >= t.min_new_completions
-    by_schedule = t.every is not None and elapsed >= t.every and new >= 1
-    interval_ok = t.min_interval is None or elapsed >= t.min_interval
-    return (by_count or by_schedule) and interval_ok, {"new_eligible": new, "since_seq": after_seq, "elapsed_s": elapsed}
+    """Whether the policy should start a cycle now, and the numbers behind it (``waiting``: why not,
+    see :mod:`protege.distill.auto.waiting`)."""
+    state = trigger_state(store, policy_id, policy, now)
+    return state.due, {"new_eligible": state.new_eligible, "since_seq": state.since_seq, "elapsed_s": state.elapsed_s,
+                       "waiting": None if state.due else state.message}
+
+
+def _too_few_items(policy: Policy, dataset: Any) -> dict[str, Any] | None:
+    """The shortfall when a dataset's held-out split is below the gate's ``min_items`` (no student
+    trained on it could pass the gate, so none is trained), else None."""
+    held_out = int(dataset.counts.get("validation", 0))
+    need = policy.gate.min_items
+    if held_out >= need:
+        return None
+    examples = int(dataset.counts.get("final", 0))
+    share = held_out / examples if held_out and examples else float(dataset.options.get("validation_fraction") or DEFAULT_VALIDATION_FRACTION)
+    needed_examples = math.ceil(need / share) if share > 0 else need
+    return {"held_out": held_out, "min_items": need, "examples": examples, "validation_share": round(share, 4),
+            "needed_examples": needed_examples, "short_by": max(1, needed_examples - examples)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +348,12 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._synced = False
+        # What the last pass found to wait on ("topics: waiting for traffic: 480 of 500 ..."), for the
+        # log, `protege worker --once` and the worker status API.
+        self.waiting: list[str] = []
+        self.last_pass_at: float | None = None
+        self.last_actions: list[str] = []
+        self._logged_waiting: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -339,6 +363,7 @@ class Worker:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="protege-auto-worker", daemon=True)
         self._thread.start()
+        _RUNNING[id(self.store)] = self
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -346,6 +371,25 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if _RUNNING.get(id(self.store)) is self:
+            del _RUNNING[id(self.store)]
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def local_jobs_training(self) -> bool:
+        """Whether a local student is training in a thread of this process (``--once`` waits for it)."""
+        from protege.distill.finetune.local_student import local_backend
+
+        return any(getattr(r, "thread", None) is not None and r.thread.is_alive()
+                   for r in getattr(local_backend(store=self.store), "runs", {}).values())
+
+    def status(self) -> dict[str, Any]:
+        """The worker as the status API shows it: running, its interval, the last pass and what it waits on."""
+        return {"object": "protege.worker", "running": self.running, "interval": self.interval,
+                "last_pass_at": None if self.last_pass_at is None else int(self.last_pass_at),
+                "last_actions": list(self.last_actions), "waiting": list(self.waiting)}
 
     def wait_local_jobs(self, timeout: float = 600.0) -> None:
         """Let local students training in this process finish (before the store is closed)."""
@@ -364,6 +408,7 @@ class Worker:
             try:
                 for action in self.run_once():
                     log.info("%s", action)
+                self._log_waiting()
             except Exception:
                 log.exception("automatic distillation pass failed")
             try:  # cloud fine-tunes advance even when no policy is waiting on them
@@ -372,11 +417,23 @@ class Worker:
                 log.exception("polling fine-tune jobs failed")
             self._stop.wait(self.interval)
 
+    def _log_waiting(self) -> None:
+        """One line per waiting policy each pass: INFO when it says something new, DEBUG when it
+        repeats the last pass word for word (an idle loop does not fill the log)."""
+        seen: dict[str, str] = {}
+        for line in self.waiting:
+            name = line.split(":", 1)[0]
+            seen[name] = line
+            log.log(logging.DEBUG if self._logged_waiting.get(name) == line else logging.INFO, "%s", line)
+        self._logged_waiting = seen
+
     # -- one pass ----------------------------------------------------------------------------
 
     def run_once(self) -> list[str]:
-        """Advance every policy and every live route by what can be done now; returns what was done."""
+        """Advance every policy and every live route by what can be done now; returns what was done
+        (and leaves in :attr:`waiting` what each idle policy waits on)."""
         actions: list[str] = []
+        waiting: list[str] = []  # published whole at the end of the pass (the status API reads it)
         if self.policies_file and not self._synced:
             sync_policies_file(self.store, self.policies_file)
             self._synced = True
@@ -392,12 +449,22 @@ class Worker:
             except Exception as exc:  # one policy's failure must not stop the others
                 log.exception("policy %s failed", row.name)
                 actions.append(f"{row.name}: error: {exc}")
+            try:  # what it waits on now, after this pass's step
+                w = policy_waiting(self.store, row.id, policy, now=self.clock())
+            except Exception:
+                log.exception("policy %s: could not tell what it waits on", row.name)
+                w = None
+            if w is not None:
+                waiting.append(f"{row.name}: {w['message']}")
         for route in store_auto.active_routes(self.store):
             try:
                 actions += self.step_route(route)
             except Exception as exc:
                 log.exception("route %s check failed", route.id)
                 actions.append(f"route {route.id}: error: {exc}")
+        self.waiting = waiting
+        self.last_pass_at = self.clock()
+        self.last_actions = actions
         return actions
 
     def step_policy(self, policy_id: str, policy: Policy) -> list[str]:
@@ -416,6 +483,9 @@ class Worker:
                 ds = _build_dataset(store, policy, cycle)
                 cycle = store_auto.update_cycle(store, cycle.id, dataset_id=ds["id"], state="dataset_built")
                 actions.append(f"{name}: dataset {ds['id']} built")
+                short = _too_few_items(policy, get_dataset(store, ds["id"]))
+                if short is not None:
+                    return actions + self._reject_too_few(policy_id, policy, cycle, short)
             if policy.student.backend == "best" and cycle.state in ("dataset_built", "launching", "training"):
                 cycle, more = self._step_best(policy_id, policy, cycle)
                 actions += more
@@ -465,6 +535,17 @@ class Worker:
                 return actions
             raise
         return actions
+
+    def _reject_too_few(self, policy_id: str, policy: Policy, cycle: store_auto.AutoCycle, short: dict[str, Any]) -> list[str]:
+        """End a cycle whose held-out split cannot reach ``min_items``, before any training. It does not
+        count for ``min_interval``: the next cycle starts once ``short_by`` more eligible completions are in."""
+        reason = (f"too few held-out items: {short['held_out']} (the gate needs {short['min_items']}); "
+                  f"about {short['needed_examples']} examples needed at this validation share, the dataset has {short['examples']}")
+        d = store_auto.record_decision(self.store, policy_id, "gate", "reject", reason,
+                                       {"dataset_id": cycle.dataset_id, TOO_FEW: short}, cycle_id=cycle.id)
+        store_auto.update_cycle(self.store, cycle.id, state="rejected", decision_id=d.id, error=f"{TOO_FEW}: {reason}",
+                                evaluation={"dataset_id": cycle.dataset_id, "n_items": short["held_out"], TOO_FEW: short})
+        return [f"{policy.name}: cycle {cycle.id} rejected: {reason}; it retries after {short['short_by']} more eligible completions"]
 
     # -- backend = "best": several candidates, one winner ----------------------------------------
 

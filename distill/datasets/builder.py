@@ -19,7 +19,7 @@ from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 import pyarrow as pa
@@ -31,6 +31,7 @@ from protege.distill.datasets.card import render_card
 from protege.distill.datasets.dedupe import near_duplicates
 from protege.distill.datasets.dpo import preference_pairs
 from protege.distill.datasets.examples import assistant_message, clean_input_messages
+from protege.distill.datasets.labels import LabelTally, answer_label
 from protege.distill.datasets.prune import choose_prompt, sha256_text, strip_prompt
 from protege.distill.datasets.scrub import scrub_messages
 from protege.distill.datasets.select import DEFAULT_REFUSAL_PHRASES, selection_from
@@ -180,9 +181,15 @@ class DatasetVersion:
         f = self.files.get("card")
         return Path(f["path"]) if f else None
 
+    @property
+    def problems(self) -> list[dict[str, Any]]:
+        """What validation found, one entry per kind of problem (see :func:`validation_problems`)."""
+        return validation_problems(self.stats)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["object"] = "dataset"
+        d["problems"] = self.problems
         return d
 
     @classmethod
@@ -192,6 +199,24 @@ class DatasetVersion:
             options=orjson.loads(row.options), counts=orjson.loads(row.counts), stats=orjson.loads(row.stats),
             files=orjson.loads(row.files), system_prompt=row.system_prompt, system_prompt_sha256=row.system_prompt_sha256,
         )
+
+
+def validation_problems(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per kind of problem validation found: a split that fails OpenAI's checks (too few
+    examples, ...) and each kind of invalid example the build dropped, with its count. A build that
+    found any is still recorded (its files are usable elsewhere), but must not read as plain success."""
+    out: list[dict[str, Any]] = []
+    for split, rep in (stats.get("validation") or {}).items():
+        for key, n in sorted((rep.get("error_counts") or {}).items()):
+            if key == "too_few_examples":
+                msg = f"{split}: {rep.get('examples', 0)} examples; fine-tuning needs at least {MIN_EXAMPLES}"
+            else:
+                msg = f"{split}: {n} example(s) with {key}"
+            out.append({"kind": key, "split": split, "count": int(n), "dropped": False, "message": msg})
+    for key, n in sorted((stats.get("invalid_dropped") or {}).items()):
+        out.append({"kind": key, "split": None, "count": int(n), "dropped": True,
+                    "message": f"{n} example{'' if n == 1 else 's'} dropped: {key}"})
+    return out
 
 
 def get_dataset(store: Store, dataset_id: str) -> DatasetVersion | None:
@@ -258,11 +283,15 @@ def _label_of(opts: DatasetOptions, fb_label: str | None, metadata: str | None, 
     return fb_label
 
 
-def build_dataset(store: Store, options: DatasetOptions, *, workers: int | None = None) -> DatasetVersion:
+def build_dataset(store: Store, options: DatasetOptions, *, workers: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> DatasetVersion:
     """Build, write and record the next version of ``options.name``.
 
     ``workers``: processes converting rows (default: the CPU count, for 50k rows or more; 0 = in
     this process). The output does not depend on it.
+
+    ``progress(rows_done, rows_total)``: called once the selection is counted (0 rows done) and
+    after each batch of rows converted (SFT builds; a progress bar in the CLI).
 
     On any failure the version's directory is removed and nothing is recorded, so a failed build
     leaves no half-written dataset behind.
@@ -273,7 +302,7 @@ def build_dataset(store: Store, options: DatasetOptions, *, workers: int | None 
     try:
         if options.kind == "dpo":
             return _build_dpo(store, options, ds_id, out_dir)
-        return _build_sft(store, options, ds_id, out_dir, workers)
+        return _build_sft(store, options, ds_id, out_dir, workers, progress)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
@@ -297,6 +326,7 @@ class _BatchResult:
     seq: list[int] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
+    answer_labels: list[str | None] = field(default_factory=list)  # the answer's class (None: not read), for the label distribution
     groups: list[str | None] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     exact: bytearray = field(default_factory=bytearray)
@@ -320,6 +350,8 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
     c_req, c_resp, c_corr, c_scrub = cols["request"], cols["response"], cols["fb_correction"], cols["needs_scrub"]
     c_pt, c_ct = cols["prompt_tokens"], cols["completion_tokens"]
     out = _BatchResult(batch.num_rows)
+    label_cache: dict[str, str] = {}
+    free_form = False
     for i in range(batch.num_rows):
         req = loads(c_req[i])
         resp = loads(c_resp[i])
@@ -378,6 +410,22 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
             cols["metadata"][i] if cols["metadata"] is not None else None,
             last if isinstance(last, str) else "",
         ))
+        content = answer.get("content")
+        if type(content) is str and len(answer) == 2:
+            # Label-like answers repeat: normalise each distinct text once per batch. Free-form
+            # answers do not: past LABEL_SAMPLE examples with mostly distinct answers, the rest
+            # of the batch is not read as labels (None), which costs nothing.
+            label = label_cache.get(content)
+            if label is None:
+                if free_form:
+                    label = None
+                else:
+                    label = label_cache[content] = answer_label(answer)
+                    if len(label_cache) > LABEL_SAMPLE // 2 and len(out.answer_labels) >= LABEL_SAMPLE:
+                        free_form = True
+        else:
+            label = answer_label(answer)
+        out.answer_labels.append(label)
         out.seq.append(cols["seq"][i])
         out.ids.append(cols["id"][i])
         out.tokens.append(n_tok)
@@ -392,6 +440,10 @@ def _convert_batch(batch: pa.RecordBatch, ctx: _Ctx) -> _BatchResult:
 
 
 _PLAIN_ROLES = frozenset(("system", "user", "assistant"))
+
+# Examples of a batch read as labels before deciding its answers are free-form (more than half
+# distinct): normalising a long free-form answer costs ~10 us, a third of converting the example.
+LABEL_SAMPLE = 512
 
 # Below this many rows a process pool costs more (start-up, imports) than it saves.
 PARALLEL_MIN_ROWS = 50_000
@@ -417,7 +469,8 @@ def _convert_all(batches: Iterator[pa.RecordBatch], ctx: _Ctx, workers: int | No
             yield pending.popleft().result()
 
 
-def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path, workers: int | None = None) -> DatasetVersion:
+def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path, workers: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> DatasetVersion:
     version = ds_store.next_version(store, options.name)
     max_tokens = options.max_tokens_per_example or max_tokens_for(options.base_model)
     # A plain random split is decided up front (the SQL count bounds the number of examples), so
@@ -432,11 +485,13 @@ def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path,
     val_w = _HashingWriter(out_dir / "validation.jsonl")
     train_stats, val_stats = TokenStats(), TokenStats()
     label_counts: dict[str, list[int]] = {}
+    tally = LabelTally()
     link_seq = array("q")
     link_id: list[str] = []
     link_val = bytearray()
     # Two-pass bookkeeping (small per-example arrays).
     labels: list[str | None] = []
+    answer_labels: list[str | None] = []
     groups: list[str | None] | None = [] if options.group_by else None
     tokens = array("q")
     exact = bytearray()
@@ -452,6 +507,9 @@ def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path,
         ctx = _Ctx(options, prompt, estimate_text(prompt) + 3 if prompt else 0, max_tokens)
         tmp = open(tmp_path, "wb", buffering=1 << 20) if two_pass else None
         base = 0
+        n_rows = step_counts["exact_dedupe"]
+        if progress is not None:
+            progress(0, n_rows)
         for res in _convert_all(ds_store.iter_kept_batches(cur), ctx, workers, step_counts["exact_dedupe"]):
             invalid.update(res.invalid)
             scrubbed += res.scrubbed
@@ -460,6 +518,7 @@ def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path,
             if tmp is not None:
                 tmp.write(b"".join(res.lines))
                 labels.extend(res.labels)
+                answer_labels.extend(res.answer_labels)
                 if groups is not None:
                     groups.extend(res.groups)
                 tokens.extend(res.tokens)
@@ -471,11 +530,14 @@ def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path,
                     is_val = pre_split[base + res.pos[k]]
                     (val_w if is_val else train_w).write(line)
                     (val_stats if is_val else train_stats).add(res.tokens[k], bool(res.exact[k]))
+                    tally.add(res.answer_labels[k], is_val)
                     label = res.labels[k]
                     if label is not None:
                         label_counts.setdefault(label, [0, 0])[is_val] += 1
                     link_val.append(is_val)
             base += res.n_rows
+            if progress is not None:
+                progress(base, n_rows)
         if tmp is not None:
             tmp.close()
     finally:
@@ -507,6 +569,7 @@ def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path,
                 pos += 1
                 (val_w if is_val else train_w).write(line)
                 (val_stats if is_val else train_stats).add(tokens[idx], bool(exact[idx]))
+                tally.add(answer_labels[idx], is_val)
                 if labels[idx] is not None:
                     label_counts.setdefault(labels[idx], [0, 0])[is_val] += 1
                 kept_seq.append(link_seq[idx])
@@ -540,6 +603,7 @@ def _build_sft(store: Store, options: DatasetOptions, ds_id: str, out_dir: Path,
         "tokens": {"train": train_summary, "validation": val_stats.summary()},
         "training": training_estimate(train_summary["total"], train_summary["examples"], options.base_model, options.n_epochs, options.prices),
         "labels": label_counts,
+        "label_distribution": tally.summary(),
         "invalid_dropped": dict(invalid),
         "validation": validation,
         "scrub": {"enabled": options.scrub, "examples_changed": scrubbed},
@@ -651,5 +715,6 @@ __all__ = [
     "build_dataset",
     "dataset_completion_ids",
     "get_dataset",
+    "validation_problems",
     "list_datasets",
 ]

@@ -26,6 +26,29 @@ STEP_TITLES = {
 }
 
 
+def _label_distribution(dist: dict[str, Any] | None) -> list[str]:
+    """The answers' classes, as the label metrics read them: count and share per label and split."""
+    if not dist or not dist.get("examples"):
+        return []
+    distinct = f"{dist['distinct']}{'+' if dist.get('distinct_is_lower_bound') else ''}"
+    lines = [
+        "",
+        "## Label distribution",
+        "",
+        f"The teacher's answers read as labels (normalised as `label_accuracy` reads them): {distinct} distinct in {dist['examples']} examples.",
+    ]
+    if dist.get("free_form"):
+        lines.append("The answers look free-form, not a label-like task: the table shows the most frequent answers only.")
+    lines += ["", "| Label | Count | Share | Train | Validation |", "|---|---:|---:|---:|---:|"]
+    for row in dist.get("labels", []):
+        label = str(row["label"]).replace("|", "\\|").replace("\n", " ") or "(empty)"
+        lines.append(f"| {label} | {row['count']} | {row['share']:.1%} | {row['train']} | {row['validation']} |")
+    other = dist.get("other")
+    if other:
+        lines.append(f"| ({other['labels']} more labels) | {other['count']} | {other['share']:.1%} | {other['train']} | {other['validation']} |")
+    return lines
+
+
 def render_card(info: dict[str, Any]) -> str:
     """Markdown for a dataset version (``info`` is :meth:`DatasetVersion.to_dict`)."""
     counts = info.get("counts", {})
@@ -63,9 +86,11 @@ def render_card(info: dict[str, Any]) -> str:
             sp if len(sp) <= 4000 else sp[:4000] + "\n...",
             "```",
         ]
+    lines += _label_distribution(stats.get("label_distribution"))
     labels = stats.get("labels") or {}
     if labels:
-        lines += ["", "## Label distribution", "", "| Label | Train | Validation |", "|---|---:|---:|"]
+        source = (info.get("options") or {}).get("label_source", "feedback")
+        lines += ["", f"## Split labels (label_source {source})", "", "| Label | Train | Validation |", "|---|---:|---:|"]
         for label, (tr, va) in sorted(labels.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:50]:
             lines.append(f"| {label} | {tr} | {va} |")
         if len(labels) > 50:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -29,10 +31,31 @@ def _summary(dv) -> str:
     )
 
 
+class _RowsBar:
+    """``progress(done, total)`` for :func:`build_dataset` as the one CLI progress bar
+    (:func:`protege.clikit.progress`: stderr, terminals only), opened once the total is known."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.stack = ExitStack()
+        self.advance: Any = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.advance is None:
+            self.advance = self.stack.enter_context(clikit.progress(total, self.description))
+        if done > self.done:
+            self.advance(done - self.done)
+            self.done = done
+
+    def close(self) -> None:
+        self.stack.close()
+
+
 @app.command()
 def build(
     name: str = typer.Option(..., "--name", help="Dataset name; each build adds a version."),
-    model: list[str] | None = typer.Option(None, "--model", help="Teacher model (repeatable)."),
+    model: list[str] | None = typer.Option(None, "--model", "-m", help="Teacher model (repeatable)."),
     metadata: list[str] | None = typer.Option(None, "--metadata", help="KEY=VALUE metadata filter (repeatable)."),
     since: str | None = typer.Option(None, help="Only captures created at/after (Unix seconds or ISO date)."),
     until: str | None = typer.Option(None, help="Only captures created before (Unix seconds or ISO date)."),
@@ -48,11 +71,13 @@ def build(
     prune_share: float = typer.Option(0.8, "--prune-share", help="Share of examples that must share it."),
     validation: float = typer.Option(0.1, "--validation", help="Validation fraction."),
     seed: int = typer.Option(0, help="Split seed."),
-    stratify: bool = typer.Option(False, help="Stratify the split by label."),
+    stratify: bool = typer.Option(False, "--stratify", help="Stratify the split by label."),
+    no_stratify: bool = typer.Option(False, "--no-stratify", hidden=True),  # kept working; its help column cut long names
     label_source: str = typer.Option("feedback", "--label-source", help="feedback, output or metadata."),
     label_key: str | None = typer.Option(None, "--label-key", help="Metadata key holding the label."),
     group_by: str | None = typer.Option(None, "--group-by", help="Metadata key; a group never straddles the split."),
-    base_model: str = typer.Option("gpt-4o-mini-2024-07-18", "--base-model", help="Model to fine-tune (token limit, price)."),
+    base_model: str = typer.Option("gpt-4o-mini-2024-07-18", "--base-model", show_default=False,
+                                   help="Model to fine-tune (token limit, price); default gpt-4o-mini-2024-07-18."),
     epochs: int | None = typer.Option(None, help="Epochs for the cost estimate (default: cookbook heuristic)."),
     price: float | None = typer.Option(None, help="Training price per 1M tokens for --base-model (overrides the table)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -65,7 +90,7 @@ def build(
         refusal_phrases=list(refusal_phrase) if refusal_phrase else list(DEFAULT_REFUSAL_PHRASES),
         dedupe=not no_dedupe, near_dedupe=near_dedupe is not None, near_threshold=near_dedupe or 0.85,
         scrub=not no_scrub, prune_system_prompt=prune_system, prune_min_share=prune_share,
-        validation_fraction=validation, seed=seed, stratify=stratify, label_source=label_source, label_key=label_key,
+        validation_fraction=validation, seed=seed, stratify=stratify and not no_stratify, label_source=label_source, label_key=label_key,
         group_by=group_by, base_model=base_model, n_epochs=epochs, prices={base_model: price} if price is not None else {},
     )
     try:
@@ -73,16 +98,22 @@ def build(
     except DatasetError as exc:
         clikit.fail(str(exc))
     store = clikit.open_cli_store()
+    bar = _RowsBar("building dataset")
     try:
-        dv = build_dataset(store, opts)
+        dv = build_dataset(store, opts, progress=bar)
     except DatasetError as exc:
+        bar.close()
         clikit.fail(str(exc))
     finally:
+        bar.close()
         store.close()
+    problems = dv.problems
+    for p in problems:
+        typer.echo(f"warning: {p['message']}", err=True)
     if json_out:
         clikit.print_json(dv.to_dict())
     else:
-        typer.echo(_summary(dv))
+        typer.echo(_summary(dv) + (f"  (validation found {len(problems)} kind{'' if len(problems) == 1 else 's'} of problem: see above)" if problems else ""))
         typer.echo(f"  train: {dv.train_path}")
         if dv.validation_path:
             typer.echo(f"  validation: {dv.validation_path}")
@@ -136,7 +167,8 @@ def show(
 @app.command()
 def validate(
     file: Path = typer.Argument(..., help="JSONL file in OpenAI's chat fine-tuning (or DPO) format."),
-    base_model: str = typer.Option("gpt-4o-mini-2024-07-18", "--base-model", help="For the per-example token limit."),
+    base_model: str = typer.Option("gpt-4o-mini-2024-07-18", "--base-model", show_default=False,
+                                   help="For the per-example token limit; default gpt-4o-mini-2024-07-18."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check a training file; exits non-zero with one line per error."""

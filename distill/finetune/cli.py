@@ -92,7 +92,8 @@ class _Progress:
             self.bar.__enter__()
         loss = result.get("train_loss")
         eta = result.get("eta_seconds")
-        self.bar.label = f"training step {step}/{total}" + (f" loss={loss:.4f}" if isinstance(loss, (int, float)) else "") + (f" ETA {eta:.0f}s" if isinstance(eta, (int, float)) else "")
+        phase = result.get("phase")
+        self.bar.label = f"training step {step}/{total}" + (f" ({phase})" if isinstance(phase, str) else "") + (f" loss={loss:.4f}" if isinstance(loss, (int, float)) else "") + (f" ETA {eta:.0f}s" if isinstance(eta, (int, float)) else "")
         if step > self.done:
             self.bar.update(step - self.done)
             self.done = step
@@ -112,7 +113,8 @@ def start(
     method: Optional[str] = typer.Option(None, help="supervised or dpo (default: the dataset's kind, else supervised)."),
     n_epochs: Optional[str] = typer.Option(None, help="1..50 or auto."),
     batch_size: Optional[str] = typer.Option(None, help="1..256 or auto."),
-    learning_rate_multiplier: Optional[str] = typer.Option(None, help="> 0 or auto."),
+    learning_rate_multiplier: Optional[str] = typer.Option(None, "--lr-multiplier", help="> 0 or auto (the learning rate multiplier)."),
+    learning_rate_multiplier_long: Optional[str] = typer.Option(None, "--learning-rate-multiplier", hidden=True),
     beta: Optional[str] = typer.Option(None, help="DPO only: (0, 2] or auto."),
     suffix: Optional[str] = typer.Option(None, help="Name part of the fine-tuned model (1..64 chars)."),
     seed: Optional[int] = typer.Option(None, help="Training seed."),
@@ -124,7 +126,8 @@ def start(
     lora_dropout: Optional[float] = typer.Option(None, help="lora: adapter dropout (default 0.05)."),
     target_modules: Optional[str] = typer.Option(None, help="lora: all-linear (default) or comma-separated module names."),
     max_length: Optional[int] = typer.Option(None, help="lora: max tokens per example (default 512)."),
-    gradient_accumulation_steps: Optional[int] = typer.Option(None, help="lora: gradient accumulation (default 1)."),
+    gradient_accumulation_steps: Optional[int] = typer.Option(None, "--grad-accum-steps", help="lora: gradient accumulation steps (default 1)."),
+    gradient_accumulation_steps_long: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", hidden=True),
     max_steps: Optional[int] = typer.Option(None, help="lora: stop after this many optimizer steps."),
     save_steps: Optional[int] = typer.Option(None, help="lora: checkpoint every N steps (resume point; default 50)."),
     merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="lora: also write the merged model."),
@@ -134,6 +137,10 @@ def start(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Start a fine-tune job."""
+    # The long names stay as hidden aliases: at 80 columns the help cut them off.
+    learning_rate_multiplier = learning_rate_multiplier if learning_rate_multiplier is not None else learning_rate_multiplier_long
+    if gradient_accumulation_steps is None:
+        gradient_accumulation_steps = gradient_accumulation_steps_long
     store = clikit.open_cli_store()
     hp: dict[str, Any] = {"n_epochs": _num(n_epochs), "batch_size": _num(batch_size), "learning_rate_multiplier": _num(learning_rate_multiplier), "beta": _num(beta)}
     hp.update(
@@ -164,7 +171,9 @@ def start(
             if not as_json and not wait:
                 typer.echo(f"{job['id']} started; training the local student in this process...", err=True)
             interval = min(poll_interval, 0.2) if backend == "local" else poll_interval
-            progress = _Progress() if wait and not as_json else None
+            # Local students (the classifier, LoRA) record steps: the bar shows them, also for a
+            # local job waited on without --wait.
+            progress = _Progress() if (wait or backend == "local") and not as_json else None
             try:
                 job = jobs.wait_job(store, job["id"], interval=interval, settings=clikit.settings(), on_update=progress)
             finally:

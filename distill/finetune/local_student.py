@@ -25,7 +25,7 @@ import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import joblib
 import numpy as np
@@ -345,6 +345,10 @@ def _metrics(y_true: list[str], y_pred: list[str]) -> dict[str, Any]:
     return {"validation_examples": total, "validation_accuracy": round(correct / total, 4) if total else None, "per_class": per}
 
 
+# A local job's steps: read the files, then train()'s phases, then save the student.
+TRAIN_STEPS = ("files", "features", "classifier", "metrics", "saved")
+
+
 def train(
     train_pairs: list[tuple[str, str]],
     validation_pairs: list[tuple[str, str]] | None = None,
@@ -355,8 +359,12 @@ def train(
     max_label_ratio: float = 0.5,
     select: bool = True,
     grid: list[dict[str, Any]] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> TrainedStudent:
     """Fit on (input text, teacher answer) pairs; without a validation set, hold out a random slice.
+
+    ``on_step(phase)``: called as each of the :data:`TRAIN_STEPS` phases ends (features, classifier,
+    metrics), so a job can report steps as a LoRA job does.
 
     ``select``: choose the classifier and its regularisation on the validation split
     (:func:`model_grid`, or ``grid``); the choice and every candidate's score go in the metrics."""
@@ -393,8 +401,10 @@ def train(
         v_texts = [texts[i] for i in sorted(val_idx)]
         v_labels = [labels[i] for i in sorted(val_idx)]
     t0 = time.perf_counter()
+    step = on_step or (lambda phase: None)
     features = make_features()
     x_fit = features.fit_transform(fit_texts)
+    step("features")
     selection: dict[str, Any] | None = None
     with warnings.catch_warnings():
         # A capped number of epochs is a deliberate speed/accuracy trade; not converging to tol is fine.
@@ -404,6 +414,7 @@ def train(
         else:
             clf = default_classifier(random_state).fit(x_fit, fit_labels)
     pipeline = Pipeline([("features", features), ("clf", clf)])
+    step("classifier")
     fit_s = time.perf_counter() - t0
     metrics = _metrics(v_labels, [str(x) for x in pipeline.predict(v_texts)]) if v_texts else {"validation_examples": 0, "validation_accuracy": None, "per_class": {}}
     majority = Counter(fit_labels).most_common(1)[0][0]
@@ -412,6 +423,7 @@ def train(
     if selection is not None:
         metrics["model_selection"] = selection
     metrics["answer_ms_p50"] = _answer_ms(pipeline, v_texts or fit_texts)
+    step("metrics")
     return TrainedStudent(
         pipeline=pipeline, classes=sorted(counts), templates=templates, include_system=include_system, metrics=metrics
     )
@@ -583,15 +595,21 @@ class LocalStudentBackend:
         return StartResult(provider_job_id=provider_id, status="validating_files")
 
     def _train(self, run: _Run, spec: JobSpec, name: str, seed: int) -> None:
+        def step(phase: str) -> None:
+            # The same progress fields as a LoRA job (step, total_steps), so `finetune start --wait`
+            # draws its bar and `finetune status` shows the step for either.
+            run.result = {**run.result, "step": TRAIN_STEPS.index(phase) + 1, "total_steps": len(TRAIN_STEPS), "phase": phase}
+
         try:
             train_pairs = examples_from_jsonl(spec.training_file, self.include_system)
             val_pairs = examples_from_jsonl(spec.validation_file, self.include_system) if spec.validation_file else None
+            step("files")
             run.event(f"Files validated: {len(train_pairs)} training, {len(val_pairs or [])} validation examples")
             if run.cancel.is_set():
                 return
             run.status = "running"
             run.event("Training the local student (TF-IDF word+char n-grams; linear classifier chosen on the validation split)")
-            student = train(train_pairs, val_pairs, include_system=self.include_system, random_state=seed)
+            student = train(train_pairs, val_pairs, include_system=self.include_system, random_state=seed, on_step=step)
             if run.cancel.is_set():
                 run.event("Training finished after cancellation; result discarded")
                 return
@@ -607,6 +625,7 @@ class LocalStudentBackend:
             row = save_student(self.store, name, student, job_id=spec.job_id, extra={"training_file": spec.training_file, "validation_file": spec.validation_file})
             run.fine_tuned_model = f"protege/{name}@v{row['version']}"
             run.result = {
+                "step": len(TRAIN_STEPS), "total_steps": len(TRAIN_STEPS), "phase": "saved",
                 "student": {"name": name, "version": row["version"], "path": str(store_jobs.resolve_artifact(self.store, row["path"])),
                             "sha256": row["sha256"], "manifest": str(store_jobs.resolve_artifact(self.store, row["manifest_path"]))},
                 "metrics": m,

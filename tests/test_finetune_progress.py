@@ -1,0 +1,72 @@
+"""A local student's fine-tune records its steps as a LoRA job does (step, total_steps, phase), and
+`finetune start` waiting on it draws a bar of those steps on stderr (never in --json output)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+from protege.distill.finetune import jobs
+from protege.store import Store
+from typer.testing import CliRunner
+
+from protege.cli import app
+from tests.fixtures.auto import corpus, teacher_answer
+
+
+def _train_file(path: Path) -> str:
+    with open(path, "w") as fh:
+        for q, label in corpus()[:120]:
+            fh.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": teacher_answer(label)}]}) + "\n")
+    return str(path)
+
+
+def test_local_job_records_its_steps(tmp_path) -> None:
+    store = Store(str(tmp_path / "s.duckdb"))
+    seen: list[tuple[int, int]] = []
+    job = jobs.start_job(store, backend="local", training_file=_train_file(tmp_path / "t.jsonl"), name="steps")
+    job = jobs.wait_job(store, job["id"], interval=0.01, timeout=120,
+                        on_update=lambda j: seen.append(((j.get("result") or {}).get("step", 0), (j.get("result") or {}).get("total_steps", 0))))
+    assert job["status"] == "succeeded"
+    assert job["result"]["step"] == job["result"]["total_steps"] == 5 and job["result"]["phase"] == "saved"
+    steps = [s for s, _ in seen]
+    assert steps == sorted(steps) and steps[-1] == 5  # steps only move forward, to the end
+    store.close()
+
+
+def test_cli_wait_shows_the_steps_and_json_stays_clean(tmp_path) -> None:
+    train = _train_file(tmp_path / "t.jsonl")
+    db = str(tmp_path / "c.duckdb")
+    r = CliRunner().invoke(app, ["--db", db, "finetune", "start", "--backend", "local", "-t", train, "--name", "a", "--wait"])
+    assert r.exit_code == 0, r.output
+    assert "training step 5/5 (saved)" in r.stderr and "protege/a@v1" in r.stdout
+    r = CliRunner().invoke(app, ["--db", db, "finetune", "start", "--backend", "local", "-t", train, "--name", "b", "--wait", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["fine_tuned_model"] == "protege/b@v1" and "training step" not in r.stderr
+
+
+def test_the_bar_is_drawn_on_a_terminal(tmp_path) -> None:
+    train = _train_file(tmp_path / "t.jsonl")
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "protege", "--db", str(tmp_path / "p.duckdb"), "finetune", "start", "--backend", "local",
+                          "-t", train, "--name", "tty", "--wait", "--poll-interval", "0.01"],
+                         stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "COLUMNS": "100"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = p.communicate(timeout=120)
+    os.close(master)
+    err = b"".join(chunks).decode(errors="replace")
+    assert p.returncode == 0, err
+    assert "training step 5/5" in err and "5/5" in err and "protege/tty@v1" in out.decode()
