@@ -151,8 +151,8 @@ def test_dataset_page_shows_steps_labels_and_serves_only_recorded_files(app: Tes
     _login(app)
     r = app.get(f"/ui/datasets/{dv.id}")
     assert r.status_code == 200
-    assert "Counts after each step" in r.text and "Label distribution" in r.text
-    assert 'aria-label="Label share"' in r.text  # the inline SVG chart
+    # Free-form answers ("answer 7"): no answer distribution, but the labels the split used.
+    assert "Counts after each step" in r.text and 'id="h-labels"' not in r.text and 'id="h-split"' in r.text
     train, val = dv.stats["labels"]["dev"]
     assert f"<td>dev</td><td class=\"n\">{train}</td><td class=\"n\">{val}</td>" in r.text
     r = app.get(f"/ui/datasets/{dv.id}/files/train")
@@ -160,3 +160,29 @@ def test_dataset_page_shows_steps_labels_and_serves_only_recorded_files(app: Tes
     assert 'filename="labelled-v1-train.jsonl"' in r.headers["content-disposition"]
     assert app.get(f"/ui/datasets/{dv.id}/files/..%2F..%2Fetc%2Fpasswd").status_code == 404
     assert app.get("/ui/datasets/ds_nope").status_code == 404
+
+
+def test_dataset_page_shows_the_answers_label_distribution(app: TestClient) -> None:
+    """Label-like answers: the card's distribution (the one label rule: "Spam" and {"label": "spam"}
+    are one class), with its chart."""
+    from protege.distill.datasets.builder import DatasetOptions, build_dataset
+
+    answers = ["spam", '{"label": "Spam"}', "ham", "ham ", "ham"]
+    recs = _records(10)
+    for i, rec in enumerate(recs):
+        rec["id"] = f"chatcmpl-lab{i}"
+        rec["metadata"] = '{"task": "spam"}'
+        resp = __import__("json").loads(rec["response"])
+        resp["id"] = rec["id"]
+        resp["choices"][0]["message"]["content"] = answers[i % 5]
+        rec["response"] = __import__("json").dumps(resp)
+        rec["request"] = rec["request"].replace("question", f"mail {i} question")
+    insert_records(app.store, recs)
+    dv = build_dataset(app.store, DatasetOptions(name="spam", metadata={"task": "spam"}, validation_fraction=0.2))
+    _login(app)
+    r = app.get(f"/ui/datasets/{dv.id}")
+    assert 'id="h-labels"' in r.text and 'aria-label="Label share"' in r.text
+    rows = {x["label"]: (x["train"], x["validation"]) for x in dv.stats["label_distribution"]["labels"]}
+    assert set(rows) == {"spam", "ham"} and sum(map(sum, rows.values())) == 10
+    for label, (train, val) in rows.items():
+        assert f"<td>{label}</td><td class=\"n\">{train}</td><td class=\"n\">{val}</td>" in r.text

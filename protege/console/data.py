@@ -96,14 +96,19 @@ def dataset_detail(store: Store, dataset_id: str) -> dict[str, Any] | None:
         return None
     d = dv.to_dict()
     steps = [(STEP_TITLES.get(k, k), v) for k, v in d["counts"].items()]
-    labels = d["stats"].get("labels") or {}
-    label_rows = sorted(((str(k), int(v[0]), int(v[1])) for k, v in labels.items()), key=lambda r: -(r[1] + r[2]))
+    # The answers' labels by the one label rule (the card's distribution; free-form answers have
+    # none), and apart from them the labels the split was stratified or grouped by.
+    dist = d["stats"].get("label_distribution") or {}
+    label_rows = [] if dist.get("free_form") else [(str(x["label"]), int(x["train"]), int(x["validation"])) for x in dist.get("labels") or []]
+    split = d["stats"].get("labels") or {}
+    split_rows = sorted(((str(k), int(v[0]), int(v[1])) for k, v in split.items()), key=lambda r: -(r[1] + r[2]))
     total = sum(tr + va for _, tr, va in label_rows) or 1
     chart = bar_chart([(lab, (tr + va) / total, None, None) for lab, tr, va in label_rows[:20]], "Label share", vmax=1.0) if label_rows else ""
     card = ""
     if dv.card_path is not None and dv.card_path.exists():
         card = dv.card_path.read_text(encoding="utf-8")
-    return {"ds": d, "steps": steps, "labels": label_rows, "label_chart": chart, "card": card}
+    return {"ds": d, "steps": steps, "labels": label_rows, "label_chart": chart, "split_labels": split_rows,
+            "split_source": d["stats"].get("label_source") or d.get("options", {}).get("label_source"), "card": card}
 
 
 def dataset_file(store: Store, dataset_id: str, which: str) -> tuple[str, str] | None:
