@@ -57,7 +57,7 @@ NORMALISERS: list[tuple[str, re.Pattern[str], str]] = [
     ("completion id", re.compile(r"\bchatcmpl-[0-9A-Za-z]{20,}"), "chatcmpl-<id>"),
     ("prefixed id", re.compile(r"\b[a-z]+_[0-9a-f]{16,}\b"), "<id>"),
     ("hex digest", re.compile(r"\b[0-9a-f]{16,64}\b"), "<hex>"),
-    ("date and time", re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"), "<date>"),
+    ("date and time", re.compile(r"(?<![\w-])\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"), "<date>"),
     ("unix time", re.compile(r"\b1[6-9]\d{8}\b"), "<time>"),
     ("duration", re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|s)\b"), "<duration>"),
     ("seconds field", re.compile(r"(\w*seconds)=\d+(?:\.\d+)?"), r"\1=<duration>"),
@@ -238,7 +238,11 @@ def substitute(command: str, mapping: dict[str, str]) -> str:
 # -- running ---------------------------------------------------------------------------------------
 
 class Shell:
-    """One bash with job control, fed the commands one at a time; it and all it started are stopped at the end."""
+    """One bash fed the commands one at a time; it and all it started are stopped at the end.
+
+    Job specs (``kill %2``) work without job control, and without it bash prints no job notices
+    ("[2]+ Terminated ...") into the next command's output.
+    """
 
     def __init__(self, workdir: Path, ctl: Path, env: dict[str, str]) -> None:
         self.ctl = ctl
@@ -248,7 +252,6 @@ class Shell:
             ["bash", "--noprofile", "--norc"], stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
             cwd=workdir, env=env, start_new_session=True,
         )
-        self._send("set -m\n")  # job control: `cmd &` gets its own process group; `kill %1` works
 
     def _send(self, text: str) -> None:
         assert self.proc.stdin is not None
@@ -261,7 +264,9 @@ class Shell:
         out, rc = self.ctl / f"{self.n}.out", self.ctl / f"{self.n}.rc"
         if background:
             body = _BACKGROUND.sub("", command.rstrip())
-            self._send(f"{{ {body}\n}} < /dev/null > '{out}' 2>&1 &\necho 0 > '{rc}.tmp'; mv '{rc}.tmp' '{rc}'\n")
+            # Not in a { } group: bash would fork a subshell for it, and `kill %2` would stop that
+            # subshell while the server it started keeps the database.
+            self._send(f"{body} < /dev/null > '{out}' 2>&1 &\necho 0 > '{rc}.tmp'; mv '{rc}.tmp' '{rc}'\n")
         else:
             self._send(f"{{ {command}\n}} < /dev/null > '{out}' 2>&1; echo $? > '{rc}.tmp'; mv '{rc}.tmp' '{rc}'\n")
         deadline = time.monotonic() + timeout
