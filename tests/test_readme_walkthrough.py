@@ -10,16 +10,18 @@ and asserts that no command failed. It is skipped unless ``PROTEGE_WALKTHROUGH=1
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("walkthrough_run", ROOT / "docs" / "walkthrough" / "run.py")
+RUN = ROOT / "docs" / "walkthrough" / "run.py"
+_spec = importlib.util.spec_from_file_location("walkthrough_run", RUN)
 run = importlib.util.module_from_spec(_spec)
 sys.modules["walkthrough_run"] = run  # dataclasses look their module up by name
 _spec.loader.exec_module(run)
@@ -127,6 +129,9 @@ def test_ids_and_times_a_later_command_quotes_are_mapped_to_this_runs():
     cmd = run.substitute('protege finetune events ftjob_18ea44de80f88b177c59b2cb; curl -d \'{"since": 1795323127}\'', mapping)
     assert cmd == 'protege finetune events ftjob_18f0000000000000000000aa; curl -d \'{"since": 1796167668}\''
     assert run.substitute("x17953231270", mapping) == "x17953231270"  # only whole values
+    # a value the README shows twice means what the latest output printed
+    run.learn(mapping, ["since 1795323127"], ["since 1796168000"])
+    assert run.substitute('"since": 1795323127', mapping) == '"since": 1796168000'
     # where the counts disagree nothing is guessed
     again: dict[str, str] = {}
     run.learn(again, ["ds_18ea44dd847531c41a908c97"], ["ds_18f0a1b2c3d4e5f6a7b8c9d0 ds_18f0a1b2c3d4e5f6a7b8c9d1"])
@@ -163,7 +168,7 @@ def test_the_shell_runs_in_order_waits_for_ports_and_stops_what_it_started(tmp_p
 $ export GREETING=hello && mkdir sub && cd sub
 $ echo "$GREETING from $(basename $PWD)" && cd ..
 hello from sub
-$ sleep 300 &
+$ sleep 987 &
 $ python teacher.py --port {port} &
 $ curl -s localhost:{port}/v1/models | python -c 'import json, sys; print([m["id"] for m in json.load(sys.stdin)["data"]])'
 ['gpt-4o-mini', 'gpt-4o']
@@ -176,17 +181,28 @@ unchanged
 $ (exit 3)
 ```
 """)
-    lines: list[str] = []
-    results, _ = run.run_steps(run.select(run.parse(readme.read_text()), None), timeout=30, port_timeout=30, echo=lines.append)
+    out = tmp_path / "results.json"
+    # run.py in its own process, as a user runs it (it makes itself the subreaper of what it starts)
+    proc = subprocess.run([sys.executable, str(RUN), "--readme", str(readme), "--json", str(out), "--timeout", "30",
+                           "--port-timeout", "30"], capture_output=True, text=True, timeout=120)
+    results = json.loads(out.read_text())
     # `kill %2` stops the server itself (not a subshell around it): its port is closed once `wait` returns
-    assert [r.status for r in results] == ["ok", "ok", "started", "started", "ok", "ok", "ok", "differs", "failed"]
-    assert results[-1].exit_code == 3 and results[-2].diff and "[differs]" in lines[-2]
-    deadline = time.monotonic() + 10
-    while run._descendants(os.getpid()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert run._descendants(os.getpid()) == []  # the server and the sleep are gone
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0
+    assert [r["status"] for r in results] == ["ok", "ok", "started", "started", "ok", "ok", "ok", "differs", "failed"], proc.stdout
+    assert results[-1]["exit_code"] == 3 and results[-2]["diff"] and "[differs]" in proc.stdout
+    assert proc.returncode == 2  # a command failed
+    assert not _processes_with("sleep\0" + "987"), "the background sleep outlived run.py"
+
+
+def _processes_with(cmdline: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").startswith(cmdline):
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
 
 
 @pytest.mark.skipif(os.environ.get("PROTEGE_WALKTHROUGH") != "1", reason="minutes long: set PROTEGE_WALKTHROUGH=1 to run the README walkthrough")
@@ -195,9 +211,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     args = ["--json", str(out)]
     if os.environ.get("PROTEGE_WALKTHROUGH_SECTIONS"):
         args += ["--sections", os.environ["PROTEGE_WALKTHROUGH_SECTIONS"]]
-    run.main(args)
-    import json
-
+    subprocess.run([sys.executable, str(RUN), *args], check=False)
     results = json.loads(out.read_text())
     failed = [f"§{r['section']} line {r['line']}: $ {r['command']} (exit {r['exit_code']}) {r['note']}" for r in results if r["status"] == "failed"]
     assert results and not failed, "\n".join(failed)

@@ -3,10 +3,13 @@
 The walkthrough is every ```` ```text ```` block of README.md that has lines starting with ``$ ``:
 each such line is a shell command (a line ending in ``\\`` continues on the next), and the lines
 after it, up to the next ``$ `` line or the end of the block, are the output the README shows for
-it. ```` ```bash ```` blocks are illustrations and are not run. Commands run in order, in one bash
-(so ``cd``, ``export`` and ``kill %1`` work as in a terminal), in a new temporary directory that
-holds a copy of this folder's ``teacher.py``, ``app.py`` and ``corpus.py``; ``protege`` and
-``python`` are this interpreter's (run it from the virtual environment Protege is installed in).
+it; a command also goes on while a quote is open (a JSON body over several lines) and up to the
+end of a heredoc (``cat > policies.toml <<'EOF'``). ```` ```bash ```` blocks are illustrations and
+are not run, and so are ``text`` blocks with no ``$ `` line and blocks outside the numbered
+sections. Commands run in order, in one bash (so ``cd``, ``export`` and ``kill %1`` work as in a
+terminal), in a new temporary directory that holds a copy of this folder's ``teacher.py``,
+``app.py`` and ``corpus.py``; ``protege`` and ``python`` are this interpreter's (run it from the
+virtual environment Protege is installed in), and ``PROTEGE_*`` variables are not passed on.
 
     python docs/walkthrough/run.py                  # sections 1 to 6; --sections 1-5 for fewer
     python docs/walkthrough/run.py --update         # and rewrite README.md's shown output
@@ -221,12 +224,16 @@ def mapped_values(lines: list[str]) -> dict[str, list[str]]:
 
 
 def learn(mapping: dict[str, str], shown: list[str], real: list[str]) -> None:
-    """Pair the README's ids (and times) with this run's, kind by kind, where their counts agree."""
+    """Pair the README's ids (and times) with this run's, kind by kind, where their counts agree.
+
+    A value shown twice means what its latest output printed: a command quotes the output just
+    above it (two Unix times in the README that happen to be equal are two different times here).
+    """
     a, b = mapped_values(shown), mapped_values(real)
     for kind, values in a.items():
         if len(values) == len(b.get(kind, [])):
             for old, new in zip(values, b[kind]):
-                mapping.setdefault(old, new)
+                mapping[old] = new
 
 
 def substitute(command: str, mapping: dict[str, str]) -> str:
@@ -248,6 +255,7 @@ class Shell:
         self.ctl = ctl
         self.n = 0
         self.log = open(ctl / "bash.log", "wb")
+        self.before = set(_descendants(os.getpid()))  # not ours to stop (when imported by a program with children)
         self.proc = subprocess.Popen(
             ["bash", "--noprofile", "--norc"], stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
             cwd=workdir, env=env, start_new_session=True,
@@ -283,21 +291,32 @@ class Shell:
         """SIGTERM every process the walkthrough started (servers drain), then SIGKILL what is left."""
         with contextlib.suppress(OSError):
             self.proc.stdin.close()  # type: ignore[union-attr]
-        pids = _descendants(os.getpid())
+        pids = self._started()
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            _reap()
+            self._reap(pids)
             time.sleep(0.1)
-        for pid in _descendants(os.getpid()):
+        for pid in self._started():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
-        _reap()
+        self._reap(pids)
         self.log.close()
+
+
+    def _started(self) -> list[int]:
+        return [p for p in _descendants(os.getpid()) if p not in self.before]
+
+    def _reap(self, pids: list[int]) -> None:
+        """Collect the exit of processes re-parented to us (bash itself is Popen's to wait for)."""
+        for pid in pids:
+            if pid != self.proc.pid:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
 
 
 def _read(path: Path) -> str:
@@ -337,12 +356,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def _reap() -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
 
 
 def _become_subreaper() -> None:
