@@ -215,3 +215,29 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     results = json.loads(out.read_text())
     failed = [f"§{r['section']} line {r['line']}: $ {r['command']} (exit {r['exit_code']}) {r['note']}" for r in results if r["status"] == "failed"]
     assert results and not failed, "\n".join(failed)
+
+
+def _run_readme(tmp_path, text: str, *args: str) -> tuple[list[dict], subprocess.CompletedProcess]:
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(RUN), "--readme", str(readme), "--json", str(out), *args],
+                          capture_output=True, text=True, timeout=120)
+    return json.loads(out.read_text()), proc
+
+
+def test_a_command_that_does_not_end_fails_and_ends_the_run(tmp_path):
+    results, proc = _run_readme(tmp_path, "## 1. Slow\n```text\n$ sleep 60\n$ echo after\nafter\n```\n", "--timeout", "2")
+    assert [r["status"] for r in results] == ["failed", "not run"] and proc.returncode == 2
+    assert "no exit after 2 s" in results[0]["note"]
+
+
+def test_a_server_port_already_in_use_fails_instead_of_talking_to_the_old_server(tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        results, proc = _run_readme(tmp_path, f"## 1. Serve\n```text\n$ python teacher.py --port {port} &\n"
+                                              f"$ curl -s localhost:{port}/v1/models\n```\n")
+    assert [r["status"] for r in results] == ["failed", "not run"] and proc.returncode == 2
+    assert "already in use" in results[0]["note"]

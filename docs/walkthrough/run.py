@@ -27,7 +27,8 @@ with the values). Ids and Unix times in a command that the README took from an e
 (``finetune events ftjob_...``, ``"since": 1795...``) are replaced by the ones this run printed at
 the same place, so the walkthrough runs on its own ids; ``--update`` writes those too.
 
-Exit status: 0 when every command is ok, 1 when some differ, 2 when one failed.
+A command that does not end within ``--timeout`` fails and ends the run (the shell is still busy
+with it). Exit status: 0 when every command is ok, 1 when some differ, 2 when one failed.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Step:
 @dataclass
 class Result:
     step: Step
-    status: str  # ok | differs | failed | started
+    status: str  # ok | differs | failed | started | not run (after a command that did not end)
     command: str  # as run (ids mapped)
     output: list[str] = field(default_factory=list)
     exit_code: int | None = None
@@ -368,14 +369,18 @@ def _become_subreaper() -> None:
         pass
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_port(port: int, shell: Shell, n: int, timeout: float) -> str | None:
     """None once 127.0.0.1:port accepts connections; else why not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(1)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return None
+        if _listening(port):
+            return None
         if shell.proc.poll() is not None:
             return "the shell exited"
         time.sleep(0.2)
@@ -401,15 +406,22 @@ def run_steps(steps: list[Step], *, timeout: float, port_timeout: float, keep: b
     mapping: dict[str, str] = {SHOWN_WORKDIR: str(workdir)}
     results: list[Result] = []
     try:
-        for step in steps:
+        for index, step in enumerate(steps):
             command = substitute(step.command, mapping)
+            port = _PORT.search(command) if step.background else None
+            if port and _listening(int(port.group(1))):
+                # the new server would fail to bind while the next commands talk to the old one
+                results.append(Result(step, "failed", command, note=f"127.0.0.1:{port.group(1)} is already in use "
+                                      "(a server left from an earlier run?)"))
+                echo(report_line(results[-1]))
+                results += [Result(s, "not run", s.command) for s in steps[index + 1:]]
+                break
             started = time.monotonic()
             code, raw = shell.run(command, step.background, timeout)
             output = raw.replace(str(workdir), SHOWN_WORKDIR).rstrip("\n").split("\n") if raw else []
             output = [line.rstrip() for line in output]
             took = time.monotonic() - started
             if step.background:
-                port = _PORT.search(command)
                 why = _wait_port(int(port.group(1)), shell, shell.n, port_timeout) if port and code == 0 else None
                 status = "failed" if code != 0 or why else "started"
                 result = Result(step, status, command, exit_code=code, note=why or "")
@@ -427,6 +439,9 @@ def run_steps(steps: list[Step], *, timeout: float, port_timeout: float, keep: b
             result.command = command.replace(str(workdir), SHOWN_WORKDIR)
             results.append(result)
             echo(report_line(result, took))
+            if code is None:  # the shell is still busy with it: what follows would queue behind it
+                results += [Result(s, "not run", s.command) for s in steps[index + 1:]]
+                break
     finally:
         shell.stop()
         if not keep:
@@ -499,10 +514,15 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    results, workdir = run_steps(steps, timeout=args.timeout, port_timeout=args.port_timeout, keep=args.keep)
-    counts = {k: sum(r.status == k for r in results) for k in ("ok", "differs", "failed", "started")}
+    try:
+        results, workdir = run_steps(steps, timeout=args.timeout, port_timeout=args.port_timeout, keep=args.keep)
+    except KeyboardInterrupt:
+        print("interrupted: every process the walkthrough started was stopped", file=sys.stderr)
+        return 130
+    counts = {k: sum(r.status == k for r in results) for k in ("ok", "differs", "failed", "started", "not run")}
     print(f"{len(results)} commands: {counts['ok']} ok, {counts['differs']} differ, {counts['failed']} failed, "
-          f"{counts['started']} started in the background" + (f"; kept {workdir}" if args.keep else ""))
+          f"{counts['started']} started in the background" + (f", {counts['not run']} not run" if counts["not run"] else "")
+          + (f"; kept {workdir}" if args.keep else ""))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps([
             {"section": r.step.section, "line": r.step.start + 1, "command": r.command, "status": r.status,
