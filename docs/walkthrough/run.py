@@ -296,6 +296,8 @@ class Shell:
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(OSError):  # without job control every job is in bash's process group (and
+            os.killpg(self.proc.pid, signal.SIGTERM)  # without /proc that is all we can find)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             self._reap(pids)
@@ -329,6 +331,8 @@ def _read(path: Path) -> str:
 
 def _children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
+    if not os.path.isdir("/proc"):
+        return kids
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
