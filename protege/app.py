@@ -25,6 +25,7 @@ _ROUTERS = (
     "protege.distill.auto.api:router",
     "protege.distill.finetune.students_api:router",
     "protege.console:router",  # the web console at /ui
+    "protege.cli_api:router",  # POST /protege/v1/cli: the CLI's commands while this server holds the store
 )
 
 
@@ -79,7 +80,14 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
 
 def serve(settings: Settings) -> None:
     """Run the proxy until SIGTERM/SIGINT; uvicorn lets in-flight requests finish, then the
-    lifespan drains the capture queue to the store before the process exits."""
+    lifespan drains the capture queue to the store before the process exits.
+
+    Once it listens, the server records its real address beside the database (``store.served``:
+    port 0 gives the port the OS chose), so the CLI sends its commands here while this process
+    holds the file; the record goes when the server has stopped (a SIGKILL leaves it, and the
+    dead PID makes readers ignore it)."""
+    import sys
+
     import uvicorn
 
     from .startup import check_exposure
@@ -87,8 +95,7 @@ def serve(settings: Settings) -> None:
     check_exposure(settings)  # raises StartupError: the CLI shows it as one line
     logging.getLogger().setLevel(settings.log_level.upper())
     app, _store, _writer = build_app(settings)
-    log.info("protege listening on http://%s:%d (store %s)", settings.host, settings.port, settings.db)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -98,6 +105,15 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    server = _RecordedServer(config, settings.db)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.forget()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE (it logged why)
     if _writer.closed_clean is False:
         # The drain hit its time limit with an insert still running: what the database lacks is in
         # the journal, and DuckDB replays its own WAL on the next open. Exiting now skips the
@@ -105,3 +121,63 @@ def serve(settings: Settings) -> None:
         # same slow disk (measured: 10 s past the limit).
         logging.shutdown()
         os._exit(0)
+
+
+def _listen_url(sockets: list[Any]) -> str | None:
+    """``http://host:port`` a client on this machine can reach (a wildcard bind is reached on loopback)."""
+    import socket
+
+    for sock in sockets:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        host, port = sock.getsockname()[:2]
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return None
+
+
+def _recorded_server_class() -> type:
+    import uvicorn
+
+    class RecordedServer(uvicorn.Server):
+        """uvicorn's server, recording where it listens once it does (``store.served``) and
+        removing the record once it has shut down (before uvicorn re-raises the stop signal)."""
+
+        def __init__(self, config: Any, db: str) -> None:
+            super().__init__(config)
+            self._db = db
+            self._recorded = False
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.should_exit or not self.started:
+                return
+            from protege.store import served
+
+            url = _listen_url([s for server in self.servers for s in server.sockets])
+            if url is not None:
+                served.write_record(self._db, url)
+                self._recorded = True
+                log.info("protege listening on %s (store %s)", url, self._db)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:
+                self.forget()
+
+        def forget(self) -> None:
+            if self._recorded:
+                from protege.store import served
+
+                served.remove_record(self._db)
+                self._recorded = False
+
+    return RecordedServer
+
+
+def _RecordedServer(config: Any, db: str) -> Any:  # noqa: N802 - a class made on first use (uvicorn imports lazily)
+    return _recorded_server_class()(config, db)

@@ -72,6 +72,7 @@ def _mount_groups() -> None:
 
     for module, name in (
         ("protege.store.cli", "completions"),
+        ("protege.store.backup_cli", "store"),
         ("protege.distill.datasets.cli", "dataset"),
         ("protege.distill.finetune.cli", "finetune"),
         ("protege.distill.feedback.cli", "feedback"),
