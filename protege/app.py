@@ -155,11 +155,11 @@ def _recorded_server_class() -> type:
             await super().startup(sockets=sockets)
             if self.should_exit or not self.started:
                 return
-            from protege.store import served
+            from protege.store.served import write_record
 
             url = _listen_url([s for server in self.servers for s in server.sockets])
             if url is not None:
-                served.write_record(self._db, url)
+                write_record(self._db, url)
                 self._recorded = True
                 log.info("protege listening on %s (store %s)", url, self._db)
 
@@ -171,9 +171,9 @@ def _recorded_server_class() -> type:
 
         def forget(self) -> None:
             if self._recorded:
-                from protege.store import served
+                from protege.store.served import remove_record
 
-                served.remove_record(self._db)
+                remove_record(self._db)
                 self._recorded = False
 
     return RecordedServer

@@ -47,12 +47,13 @@ def serve(
     settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if settings.capture not in ("all", "store", "none"):
         clikit.fail(f"--capture must be all, store or none, not {settings.capture!r}")
-    from protege.store import StoreLockedError, served
+    from protege.store import StoreLockedError
+    from protege.store.served import read_record
 
     from .app import serve as run
     from .startup import StartupError, check_exposure, split_upstream
 
-    running = served.read_record(settings.db)
+    running = read_record(settings.db)
     if running is not None:
         clikit.fail(f"{settings.db} is already served by PID {running['pid']} at {running['url']}; "
                     "stop that server first, or pass another --db")
@@ -102,13 +103,13 @@ def main(argv: list[str] | None = None) -> None:
     """``protege ...``: run the command here, or, when a live ``protege serve`` holds the selected
     database and the command opens the store, in that server (protege/remote.py)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from protege.store import served
+    from protege.store.served import read_record
 
     from . import cli_tree
 
     args = cli_tree.hoist_root_options(command(), list(sys.argv[1:] if argv is None else argv))
     root, rest = cli_tree.split_root_options(command(), args)
-    record = served.read_record(load_settings(db=root.get("db"), data_dir=root.get("data_dir")).db)
+    record = read_record(load_settings(db=root.get("db"), data_dir=root.get("data_dir")).db)
     clikit.forward_to(record)
     columns = shutil.get_terminal_size().columns
     try:
