@@ -256,21 +256,24 @@ def test_bad_bodies_get_openai_errors(open_server, tmp_path):
         assert status == 400 and answer["error"]["param"] == param, answer
 
 
-def test_a_keyed_server_needs_the_admin_key(keyed_server, tmp_path):
+def test_a_keyed_server_needs_the_admin_key(keyed_server, tmp_path, in_process, monkeypatch):
     db = str(keyed_server.db)
     denied = cli("completions", "stats", "--db", db, cwd=tmp_path)
     assert denied.returncode == 1 and denied.stdout == ""
     assert denied.stderr.count("\n") == 1 and "401" in denied.stderr and "PROTEGE_ADMIN_KEY" in denied.stderr
-    proxy_key = cli("completions", "stats", "--db", db, cwd=tmp_path, env=_env(PROTEGE_ADMIN_KEY="pk-client"))
-    assert proxy_key.returncode == 1 and proxy_key.stderr.count("\n") == 1 and "403" in proxy_key.stderr
     status, body = _post_cli(keyed_server.url, {"argv": ["completions", "stats"], "cwd": str(tmp_path)})
     assert status == 401 and body["error"]["type"] == "authentication_error"
-    allowed = cli("completions", "stats", "--db", db, cwd=tmp_path, env=_env(PROTEGE_ADMIN_KEY=ADMIN))
-    assert allowed.returncode == 0, allowed.stderr
-    assert allowed.stdout.startswith("captures     0 (0 ok")
+    monkeypatch.setenv("PROTEGE_ADMIN_KEY", "pk-client")  # a proxy key: 403
+    code, out, err = in_process("completions", "stats", "--db", db, cwd=tmp_path)
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "403" in err
+    monkeypatch.setenv("PROTEGE_ADMIN_KEY", ADMIN)
+    allowed = in_process("completions", "stats", "--db", db, cwd=tmp_path)
+    assert allowed[0] == 0 and allowed[2] == "", allowed
+    assert allowed[1].startswith("captures     0 (0 ok")
     # the first configured admin key serves too (PROTEGE_ADMIN_KEYS, as in protege.toml)
-    configured = cli("completions", "stats", "--db", db, cwd=tmp_path, env=_env(PROTEGE_ADMIN_KEYS=json.dumps([ADMIN])))
-    assert configured.stdout == allowed.stdout
+    monkeypatch.delenv("PROTEGE_ADMIN_KEY")
+    monkeypatch.setenv("PROTEGE_ADMIN_KEYS", json.dumps([ADMIN]))
+    assert in_process("completions", "stats", "--db", db, cwd=tmp_path) == allowed
 
 
 def test_sigterm_removes_the_record_and_the_cli_runs_locally(keyed_server, tmp_path):
@@ -291,9 +294,11 @@ def test_sigkill_leaves_a_record_that_is_ignored(open_server, tmp_path):
     assert local.stdout.startswith("captures     4 (4 ok")
 
 
-def test_read_commands_on_a_missing_store_say_so(tmp_path):
-    for args in (("completions", "stats"), ("auto", "status")):
-        out = cli(*args, "--db", "nothing.duckdb", cwd=tmp_path)
-        assert out.returncode == 1 and out.stdout == ""
-        assert out.stderr == "error: no store at nothing.duckdb: start `protege serve` or pass --db\n", args
+def test_read_commands_on_a_missing_store_say_so(tmp_path, in_process):
+    out = cli("completions", "stats", "--db", "nothing.duckdb", cwd=tmp_path)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == "error: no store at nothing.duckdb: start `protege serve` or pass --db\n"
+    for args in (("auto", "status"), ("eval", "list"), ("dataset", "list"), ("store", "backup", "b.duckdb")):
+        assert in_process(*args, "--db", "nothing.duckdb", cwd=tmp_path) == \
+            (1, "", "error: no store at nothing.duckdb: start `protege serve` or pass --db\n"), args
     assert not (tmp_path / "nothing.duckdb").exists()
