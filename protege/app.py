@@ -90,6 +90,7 @@ def serve(settings: Settings) -> None:
 
     import uvicorn
 
+    from .serving import RecordedServer
     from .startup import check_exposure
 
     check_exposure(settings)  # raises StartupError: the CLI shows it as one line
@@ -105,7 +106,7 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
-    server = _RecordedServer(config, settings.db)
+    server = RecordedServer(config, settings.db)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -122,62 +123,3 @@ def serve(settings: Settings) -> None:
         logging.shutdown()
         os._exit(0)
 
-
-def _listen_url(sockets: list[Any]) -> str | None:
-    """``http://host:port`` a client on this machine can reach (a wildcard bind is reached on loopback)."""
-    import socket
-
-    for sock in sockets:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        host, port = sock.getsockname()[:2]
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    return None
-
-
-def _recorded_server_class() -> type:
-    import uvicorn
-
-    class RecordedServer(uvicorn.Server):
-        """uvicorn's server, recording where it listens once it does (``store.served``) and
-        removing the record once it has shut down (before uvicorn re-raises the stop signal)."""
-
-        def __init__(self, config: Any, db: str) -> None:
-            super().__init__(config)
-            self._db = db
-            self._recorded = False
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets=sockets)
-            if self.should_exit or not self.started:
-                return
-            from protege.store.served import write_record
-
-            url = _listen_url([s for server in self.servers for s in server.sockets])
-            if url is not None:
-                write_record(self._db, url)
-                self._recorded = True
-                log.info("protege listening on %s (store %s)", url, self._db)
-
-        async def shutdown(self, sockets: Any = None) -> None:
-            try:
-                await super().shutdown(sockets=sockets)
-            finally:
-                self.forget()
-
-        def forget(self) -> None:
-            if self._recorded:
-                from protege.store.served import remove_record
-
-                remove_record(self._db)
-                self._recorded = False
-
-    return RecordedServer
-
-
-def _RecordedServer(config: Any, db: str) -> Any:  # noqa: N802 - a class made on first use (uvicorn imports lazily)
-    return _recorded_server_class()(config, db)
