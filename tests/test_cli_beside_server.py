@@ -223,7 +223,7 @@ def test_commands_through_the_server_match_local_runs(open_server, tmp_path, in_
     assert (caller / "again.jsonl").read_text() == (caller / "relative.jsonl").read_text()
 
 
-def test_remote_help_and_usage_errors_read_as_local(open_server, tmp_path):
+def test_a_command_error_comes_back_as_it_is(open_server, tmp_path):
     """A usage error inside a command, and the exit codes, come back as they are."""
     status, lines = _post_cli(open_server.url, {"argv": ["completions", "list", "--order", "sideways"], "cwd": str(tmp_path)})
     assert status == 200
