@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> None:
 
     args = cli_tree.hoist_root_options(command(), list(sys.argv[1:] if argv is None else argv))
     root, rest = cli_tree.split_root_options(command(), args)
-    record = read_record(load_settings(db=root.get("db"), data_dir=root.get("data_dir")).db)
+    try:
+        record = read_record(load_settings(db=root.get("db"), data_dir=root.get("data_dir")).db)
+    except Exception:  # noqa: BLE001 - bad settings: the command itself reports them, as before
+        record = None
     clikit.forward_to(record)
     columns = shutil.get_terminal_size().columns
     try:

@@ -302,3 +302,23 @@ def test_read_commands_on_a_missing_store_say_so(tmp_path, in_process):
         assert in_process(*args, "--db", "nothing.duckdb", cwd=tmp_path) == \
             (1, "", "error: no store at nothing.duckdb: start `protege serve` or pass --db\n"), args
     assert not (tmp_path / "nothing.duckdb").exists()
+
+
+def test_a_server_that_does_not_answer_is_one_line(tmp_path, in_process):
+    """A record whose process lives but does not listen (stuck, or a reused PID): say which server
+    and what to do, in one line; nothing runs locally behind its back."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    db = tmp_path / "held.duckdb"
+    served.write_record(db, f"http://127.0.0.1:{port}")  # this (live) process's PID
+    try:
+        code, out, err = in_process("completions", "stats", "--db", str(db), cwd=tmp_path)
+    finally:
+        served.remove_record(db)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot reach the server holding {db} at http://127.0.0.1:{port}")
+    assert not db.exists()
