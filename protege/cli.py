@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Capture LLM 
 
 @app.callback()
 def _root(
-    db: Optional[str] = typer.Option(None, "--db", help="DuckDB file (default protege.duckdb)."),
+    db: Optional[str] = typer.Option(None, "--db", help="DuckDB file (default protege.duckdb); also accepted after the subcommand."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Artifacts directory (default beside the db)."),
 ) -> None:
     clikit.set_settings(load_settings(db=db, data_dir=data_dir))
