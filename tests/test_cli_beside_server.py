@@ -232,6 +232,15 @@ def test_a_command_error_comes_back_as_it_is(open_server, tmp_path):
     assert local.stderr == lines[0]["err"] and local.returncode == 1
 
 
+def test_help_is_formatted_at_the_callers_width(open_server, tmp_path, in_process, monkeypatch):
+    status, lines = _post_cli(open_server.url, {"argv": ["dataset", "build", "--help"], "cwd": str(tmp_path), "columns": 60})
+    assert status == 200 and lines[-1] == {"exit": 0}
+    remote = "".join(line.get("out", "") for line in lines)
+    monkeypatch.setenv("COLUMNS", "60")
+    assert in_process("dataset", "build", "--help", cwd=tmp_path) == (0, remote, "")
+    assert max(len(line) for line in remote.splitlines()) <= 60 and "--prune-system-prompt" in remote
+
+
 def test_serve_and_worker_are_refused_remotely(open_server, tmp_path):
     for argv, word in ((["serve"], "serve"), (["worker", "--once"], "worker")):
         status, body = _post_cli(open_server.url, {"argv": argv, "cwd": str(tmp_path)})
