@@ -166,7 +166,10 @@ def in_process(monkeypatch, capfd):
         out, err = capfd.readouterr()
         return code, out, err
 
-    return run
+    yield run
+    from protege import clikit
+
+    clikit.forward_to(None)  # main() left the last command's server: later tests in this process run locally
 
 
 def test_commands_through_the_server_match_local_runs(open_server, tmp_path, in_process):

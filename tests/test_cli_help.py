@@ -28,9 +28,14 @@ def _every_command() -> list[list[str]]:
 
 
 def _help(path: list[str], monkeypatch, capsys) -> str:
+    from protege import clikit
+
     monkeypatch.setenv("COLUMNS", "80")
     with pytest.raises(SystemExit) as done:
-        main([*path, "--help"])
+        try:
+            main([*path, "--help"])
+        finally:
+            clikit.forward_to(None)
     assert done.value.code in (0, None), path
     out, err = capsys.readouterr()
     assert err == "", path
