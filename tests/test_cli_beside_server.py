@@ -92,8 +92,15 @@ class Served:
                 ids.append(next(iter(client.chat.completions.create(stream=True, **kwargs))).id)
             else:
                 ids.append(client.chat.completions.create(**kwargs).id)
-        for cid in ids:  # the Stored API waits for the writer: then every capture is in the database
-            assert client.chat.completions.retrieve(cid).id == cid
+        deadline = time.monotonic() + 30
+        for cid in ids:  # the Stored API waits (2 s) for the writer; a loaded machine may need more
+            while True:
+                try:
+                    assert client.chat.completions.retrieve(cid).id == cid
+                    break
+                except openai.NotFoundError:
+                    assert time.monotonic() < deadline, f"{cid} never reached the store"
+                    time.sleep(0.2)
         return ids
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
