@@ -25,6 +25,7 @@ _ROUTERS = (
     "protege.distill.auto.api:router",
     "protege.distill.finetune.students_api:router",
     "protege.console:router",  # the web console at /ui
+    "protege.cli_api:router",  # POST /protege/v1/cli: the CLI's commands while this server holds the store
 )
 
 
@@ -79,16 +80,23 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
 
 def serve(settings: Settings) -> None:
     """Run the proxy until SIGTERM/SIGINT; uvicorn lets in-flight requests finish, then the
-    lifespan drains the capture queue to the store before the process exits."""
+    lifespan drains the capture queue to the store before the process exits.
+
+    Once it listens, the server records its real address beside the database (``store.served``:
+    port 0 gives the port the OS chose), so the CLI sends its commands here while this process
+    holds the file; the record goes when the server has stopped (a SIGKILL leaves it, and the
+    dead PID makes readers ignore it)."""
+    import sys
+
     import uvicorn
 
+    from .serving import RecordedServer
     from .startup import check_exposure
 
     check_exposure(settings)  # raises StartupError: the CLI shows it as one line
     logging.getLogger().setLevel(settings.log_level.upper())
     app, _store, _writer = build_app(settings)
-    log.info("protege listening on http://%s:%d (store %s)", settings.host, settings.port, settings.db)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -98,6 +106,15 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    server = RecordedServer(config, settings.db)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.forget()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE (it logged why)
     if _writer.closed_clean is False:
         # The drain hit its time limit with an insert still running: what the database lacks is in
         # the journal, and DuckDB replays its own WAL on the next open. Exiting now skips the
@@ -105,3 +122,4 @@ def serve(settings: Settings) -> None:
         # same slow disk (measured: 10 s past the limit).
         logging.shutdown()
         os._exit(0)
+

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import shutil
+import sys
+from typing import Any, Optional
 
 import typer
 
@@ -15,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Capture LLM 
 
 @app.callback()
 def _root(
-    db: Optional[str] = typer.Option(None, "--db", help="DuckDB file (default protege.duckdb)."),
+    db: Optional[str] = typer.Option(None, "--db", help="DuckDB file (default protege.duckdb); also accepted after the subcommand."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Artifacts directory (default beside the db)."),
 ) -> None:
     clikit.set_settings(load_settings(db=db, data_dir=data_dir))
@@ -45,15 +47,24 @@ def serve(
     settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if settings.capture not in ("all", "store", "none"):
         clikit.fail(f"--capture must be all, store or none, not {settings.capture!r}")
+    from protege.store import StoreLockedError
+    from protege.store.served import read_record
+
     from .app import serve as run
     from .startup import StartupError, check_exposure, split_upstream
 
+    running = read_record(settings.db)
+    if running is not None:
+        clikit.fail(f"{settings.db} is already served by PID {running['pid']} at {running['url']}; "
+                    "stop that server first, or pass another --db")
     try:
         check_exposure(settings)
         split_upstream(settings)
+        run(settings)
     except StartupError as exc:
         clikit.fail(str(exc))
-    run(settings)
+    except StoreLockedError as exc:  # held by a process that is not a server (a CLI command, a worker)
+        clikit.fail(str(exc))
 
 
 def _mount_groups() -> None:
@@ -62,6 +73,7 @@ def _mount_groups() -> None:
 
     for module, name in (
         ("protege.store.cli", "completions"),
+        ("protege.store.backup_cli", "store"),
         ("protege.distill.datasets.cli", "dataset"),
         ("protege.distill.finetune.cli", "finetune"),
         ("protege.distill.feedback.cli", "feedback"),
@@ -87,6 +99,40 @@ def _mount_groups() -> None:
 _mount_groups()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``protege ...``: run the command here, or, when a live ``protege serve`` holds the selected
+    database and the command opens the store, in that server (protege/remote.py)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    from protege.store.served import read_record
+
+    from . import cli_tree
+
+    args = cli_tree.hoist_root_options(command(), list(sys.argv[1:] if argv is None else argv))
+    root, rest = cli_tree.split_root_options(command(), args)
+    try:
+        record = read_record(load_settings(db=root.get("db"), data_dir=root.get("data_dir")).db)
+    except Exception:  # noqa: BLE001 - bad settings: the command itself reports them, as before
+        record = None
+    clikit.forward_to(record)
+    columns = shutil.get_terminal_size().columns
+    try:
+        command().main(args, prog_name=PROG, terminal_width=cli_tree.help_width(columns))
+    except clikit.ServedElsewhere as exc:
+        from . import remote
+
+        sys.exit(remote.run(exc.record, rest, columns=columns))
+
+
+PROG = "protege"
+_command: Any = None
+
+
+def command() -> Any:
+    """The whole CLI as one click command tree, built once and made to read well at any width
+    (protege/cli_tree.py): what ``main()`` runs and what the server runs for POST /protege/v1/cli."""
+    global _command
+    if _command is None:
+        from . import cli_tree
+
+        _command = cli_tree.prepare(typer.main.get_command(app))
+    return _command

@@ -94,7 +94,7 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
 # Commands
 
 _MODEL = typer.Option(None, "--model", help="Only this model (as answered or as requested).")
-_METADATA = typer.Option(None, "--metadata", "-m", help="key=value; repeat to require several pairs.")
+_METADATA = typer.Option(None, "--metadata", help="key=value; repeat to require several pairs.")
 _SINCE = typer.Option(None, "--since", help="Created at or after: ISO date/date-time (UTC) or Unix seconds.")
 _UNTIL = typer.Option(None, "--until", help="Created before: ISO date/date-time (UTC) or Unix seconds.")
 

@@ -83,7 +83,7 @@ def test_list_filters(db):
 
     assert listed("--model", "gpt-4o") == ["chatcmpl-3", "chatcmpl-2"]
     assert listed("--metadata", "env=prod") == ["chatcmpl-1", "chatcmpl-0"]
-    assert listed("-m", "env=prod", "-m", "team=b") == ["chatcmpl-1"]
+    assert listed("--metadata", "env=prod", "--metadata", "team=b") == ["chatcmpl-1"]
     assert listed("--metadata", "env=x' OR 1=1 --") == []
     assert listed("--since", "2025-01-02") == ["chatcmpl-3", "chatcmpl-2"]
     assert listed("--until", "2025-01-02") == ["chatcmpl-1", "chatcmpl-0"]
