@@ -241,3 +241,17 @@ def test_a_server_port_already_in_use_fails_instead_of_talking_to_the_old_server
                                               f"$ curl -s localhost:{port}/v1/models\n```\n")
     assert [r["status"] for r in results] == ["failed", "not run"] and proc.returncode == 2
     assert "already in use" in results[0]["note"]
+
+
+def test_a_file_block_is_written_and_kept_by_update():
+    """``<!-- walkthrough: file NAME -->`` before a block: the walkthrough writes the block to NAME
+    (the reader's "save this as policies.toml"), and --update leaves the block as written."""
+    text = "\n".join([
+        "## 6. Auto", "<!-- walkthrough: file policies.toml -->", "<!-- another marker -->", "```toml",
+        "[[policy]]", 'name = "topics"', "```", "", "```text", "$ cat policies.toml", "[[policy]]", 'name = "topics"', "```",
+    ])
+    steps = run.parse(text)
+    assert [s.writes for s in steps] == ["policies.toml", None]
+    assert steps[0].command.splitlines()[1:3] == ["[[policy]]", 'name = "topics"'] and steps[0].shown == []
+    results = [run.Result(steps[0], "ok", steps[0].command), run.Result(steps[1], "ok", "cat policies.toml", ["[[policy]]", 'name = "topics"'])]
+    assert run.updated(text, results) == text

@@ -4,7 +4,9 @@ The walkthrough is every ```` ```text ```` block of README.md that has lines sta
 each such line is a shell command (a line ending in ``\\`` continues on the next), and the lines
 after it, up to the next ``$ `` line or the end of the block, are the output the README shows for
 it; a command also goes on while a quote is open (a JSON body over several lines) and up to the
-end of a heredoc (``cat > policies.toml <<'EOF'``). ```` ```bash ```` blocks are illustrations and
+end of a heredoc (``cat > policies.toml <<'EOF'``). A block right after
+``<!-- walkthrough: file NAME -->`` is a file the reader writes (``policies.toml``): the
+walkthrough writes it, as shown, before the commands after it. ```` ```bash ```` blocks are illustrations and
 are not run, and so are ``text`` blocks with no ``$ `` line and blocks outside the numbered
 sections. Commands run in order, in one bash (so ``cd``, ``export`` and ``kill %1`` work as in a
 terminal), in a new temporary directory that holds a copy of this folder's ``teacher.py``,
@@ -82,6 +84,7 @@ class Step:
     command: str  # without the ``$ ``; continuation lines joined with newlines
     shown: list[str]
     command_lines: int = 1
+    writes: str | None = None  # a file block (``<!-- walkthrough: file NAME -->``), never rewritten by --update
 
     @property
     def background(self) -> bool:
@@ -102,6 +105,7 @@ class Result:
 # -- parsing -------------------------------------------------------------------------------------
 
 _HEADING = re.compile(r"^##\s+(\d+)\.\s")
+_FILE = re.compile(r"^<!-- walkthrough: file (\S+) -->$")
 _HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 
 
@@ -110,19 +114,27 @@ def parse(text: str) -> list[Step]:
     lines = text.split("\n")
     steps: list[Step] = []
     section: int | None = None
+    write_to: str | None = None  # set by `<!-- walkthrough: file NAME -->`: the next block is that file
     i = 0
     while i < len(lines):
         line = lines[i]
         if line.startswith("## "):
             m = _HEADING.match(line)
             section = int(m.group(1)) if m else None
+        if (f := _FILE.match(line.strip())) is not None:
+            write_to = f.group(1)
         fence = line.strip()
         if fence.startswith("```"):
             lang = fence[3:].strip()
             j = i + 1
             while j < len(lines) and not lines[j].strip().startswith("```"):
                 j += 1
-            if lang == "text":
+            if write_to is not None:  # the user writes this file (shown as a block): a step that writes it
+                body = "\n".join(lines[i + 1 : j])
+                steps.append(Step(section, i, j + 1, f"cat > {write_to} <<'WALKTHROUGH_EOF'\n{body}\nWALKTHROUGH_EOF", [],
+                                  command_lines=j + 1 - i, writes=write_to))
+                write_to = None
+            elif lang == "text":
                 steps += _block_steps(lines, i + 1, j, section)
             i = j + 1
             continue
@@ -473,6 +485,8 @@ def updated(text: str, results: list[Result]) -> str:
     lines = text.split("\n")
     for r in sorted(results, key=lambda r: r.step.start, reverse=True):
         step = r.step
+        if step.writes is not None:  # the README's file block stays as written
+            continue
         command = r.command
         new = ["$ " + command.split("\n")[0], *command.split("\n")[1:]]
         if r.status in ("ok", "differs"):
