@@ -44,9 +44,14 @@ def block_after(marker: str) -> str:
 def commands_and_outputs(block: str) -> list[tuple[str, list[str]]]:
     """``$ command`` lines and the lines shown under each."""
     out: list[tuple[str, list[str]]] = []
+    skipping = False
     for line in block.splitlines():
         if line.startswith("$ kill %"):
-            continue  # the README's walkthrough stops its server here; this test's harness already has
+            skipping = True  # the README's walkthrough stops its server here; this test's harness already has
+            continue
+        if skipping and not line.startswith("$ "):
+            continue
+        skipping = False
         if line.startswith("$ "):
             out.append((line[2:], []))
         elif out:
