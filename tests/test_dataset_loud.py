@@ -3,10 +3,6 @@ rule), validation problems on `dataset build` (stderr and --json), and a progres
 
 from __future__ import annotations
 
-import os
-import pty
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -17,6 +13,7 @@ from typer.testing import CliRunner
 
 from protege.cli import app
 from tests.fixtures.records import make_record
+from tests.fixtures.terminal import run_protege
 
 # Six spellings of two classes: the label metrics read them as spam (4) and ham (2).
 ANSWERS = ['{"label": "Spam"}', "spam", "Category: spam.", ' "SPAM" ', '{"label": "ham"}', "label=Ham"]
@@ -100,26 +97,7 @@ def test_build_says_what_validation_found_on_stderr_and_in_json(tmp_path) -> Non
 
 def _build_process(db: Path, *extra: str, tty: bool) -> tuple[int, str, str]:
     """`protege dataset build` as its own process, stderr a pseudo-terminal when ``tty``."""
-    cmd = [sys.executable, "-m", "protege", "--db", str(db), "dataset", "build", "--name", "bar", *extra]
-    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
-    if not tty:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-        return p.returncode, p.stdout, p.stderr
-    master, slave = pty.openpty()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not data:
-            break
-        chunks.append(data)
-    out, _ = p.communicate(timeout=120)
-    os.close(master)
-    return p.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+    return run_protege(["--db", str(db), "dataset", "build", "--name", "bar", *extra], tty=tty)
 
 
 def test_progress_bar_on_a_terminal_only_and_json_untouched(tmp_path) -> None:

@@ -8,10 +8,6 @@ against a DuckDB file and the fake OpenAI server on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ import pytest
 from protege.store import Store
 from tests.fakes.openai_upstream import start_fake_openai
 from tests.fixtures.evals import seed_completions, student_reply
+from tests.fixtures.terminal import run_protege
 
 
 @pytest.fixture
@@ -34,28 +31,7 @@ def setup(tmp_path: Path):
 
 def run_on_terminal(args: list[str], tty: bool = True) -> tuple[int, str, str]:
     """(exit code, stdout, stderr as the terminal saw it) of ``protege ARGS``."""
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"}
-    env.pop("NO_COLOR", None)
-    cmd = [sys.executable, "-m", "protege", *args]
-    if not tty:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-        return done.returncode, done.stdout, done.stderr
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=env)
-    os.close(slave)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    out = proc.stdout.read().decode()
-    proc.wait(60)
-    os.close(master)
-    return proc.returncode, out, seen.decode(errors="replace")
+    return run_protege(args, tty=tty)
 
 
 def test_bars_for_generation_and_scoring_on_a_terminal(setup) -> None:

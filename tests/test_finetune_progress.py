@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
-import sys
 from pathlib import Path
 
 from protege.distill.finetune import jobs
@@ -16,6 +12,7 @@ from typer.testing import CliRunner
 
 from protege.cli import app
 from tests.fixtures.auto import corpus, teacher_answer
+from tests.fixtures.terminal import run_protege
 
 
 def _train_file(path: Path) -> str:
@@ -51,22 +48,7 @@ def test_cli_wait_shows_the_steps_and_json_stays_clean(tmp_path) -> None:
 
 def test_the_bar_is_drawn_on_a_terminal(tmp_path) -> None:
     train = _train_file(tmp_path / "t.jsonl")
-    master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "protege", "--db", str(tmp_path / "p.duckdb"), "finetune", "start", "--backend", "local",
-                          "-t", train, "--name", "tty", "--wait", "--poll-interval", "0.01"],
-                         stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "COLUMNS": "100"})
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    out, _ = p.communicate(timeout=120)
-    os.close(master)
-    err = b"".join(chunks).decode(errors="replace")
-    assert p.returncode == 0, err
-    assert "training step 5/5" in err and "5/5" in err and "protege/tty@v1" in out.decode()
+    code, out, err = run_protege(["--db", str(tmp_path / "p.duckdb"), "finetune", "start", "--backend", "local",
+                                  "-t", train, "--name", "tty", "--wait", "--poll-interval", "0.01"])
+    assert code == 0, err
+    assert "training step 5/5" in err and "5/5" in err and "protege/tty@v1" in out
