@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 
 import httpx2 as httpx
 import orjson
-import uvicorn
 from protege.distill.auto.policies import parse_policy, save_policy
 from protege.distill.auto.waiting import iso
 from protege.distill.auto.worker import Worker
@@ -22,6 +20,7 @@ from typer.testing import CliRunner
 
 from protege.cli import app
 from tests.fixtures.auto import TEACHER, corpus, run_until, teacher_answer
+from tests.fixtures.http import Served
 
 POLICY = {
     "name": "topic",
@@ -111,15 +110,10 @@ def test_a_running_fine_tune_is_said_and_the_worker_api_shows_it(tmp_path) -> No
 
     srv_settings = Settings(db=str(db), upstream=ft.base_url, upstream_api_key="sk-test-ft", finetune_poll_interval=0.01, run_worker=True)
     served, sstore, writer = build_app(srv_settings)
-    server = uvicorn.Server(uvicorn.Config(served, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = Served(served, fast=False)
     try:
         deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        with httpx.Client(base_url=server.url) as client:
             body = None
             while time.monotonic() < deadline:
                 body = client.get("/protege/v1/worker").json()
@@ -133,8 +127,7 @@ def test_a_running_fine_tune_is_said_and_the_worker_api_shows_it(tmp_path) -> No
             one = client.get(f"/protege/v1/policies/{pid}/status").json()
             assert one["waiting"]["kind"] == "job_running"
     finally:
-        server.should_exit = True
-        thread.join(20)
+        server.stop(20)
         ft.stop()
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from protege import apikit
 from fastapi.testclient import TestClient
@@ -20,6 +18,7 @@ from protege.evals.runs import RunSpec, create_run
 from protege.settings import load_settings
 from protege.store import Store
 from tests.fakes.openai_upstream import start_fake_openai
+from tests.fixtures.http import Served
 from tests.fixtures.evals import CAPITALS, WatchedStore, seed_completions, student_reply
 
 ITEMS = [{"messages": [{"role": "user", "content": f"Capital of {c}?"}], "reference": city} for c, city in CAPITALS[:4]]
@@ -142,15 +141,9 @@ def test_real_server_runs_an_eval_over_captured_completions(tmp_path: Path, fake
     s.close()
     settings = load_settings(db=str(dbfile), upstream=fake.base_url, admin_keys=["admin-test-key"])
     app, _store, _writer = build_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = Served(app, fast=False)
     try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        base = f"http://127.0.0.1:{port}/protege/v1/evals"
+        base = f"{server.url}/protege/v1/evals"
         spec = {"candidates": [{"name": "mini", "model": "gpt-4o-mini", "base_url": fake.base_url}],
                 "model": "gpt-4o", "metrics": ["exact_match", "chrf"], "n_resamples": 100}
         status, denied = _http("POST", base, spec)
@@ -162,8 +155,7 @@ def test_real_server_runs_an_eval_over_captured_completions(tmp_path: Path, fake
         status, page = _http("GET", f"{base}/{run['id']}/report?format=md", key="admin-test-key")
         assert status == 200 and "mini (gpt-4o-mini): exact_match 0.875 vs teacher 1.000" in page
     finally:
-        server.should_exit = True
-        thread.join(20)
+        server.stop(20)
 
 
 def test_run_cut_off_by_a_restart_shows_interrupted_and_resumes(client: TestClient, fake) -> None:
