@@ -101,7 +101,11 @@ def test_promote_rollback_decisions_and_routes(api) -> None:
     # a finished cycle with a student (as the worker leaves it)
     cyc = store_auto.create_cycle(store, pol["id"], 0)
     store_auto.update_cycle(store, cyc.id, state="rejected", student_model="protege/intent@v1")
-    r = client.post(f"/protege/v1/policies/{pol['id']}/promote", json={"stage": "canary"})
+    # its gate rejected it: going live takes an explicit force (issue 11)
+    e = _err(client.post(f"/protege/v1/policies/{pol['id']}/promote", json={"stage": "canary"}), 409)
+    assert "rejected by its gate" in e["message"] and "--force" in e["message"]
+    _err(client.post(f"/protege/v1/policies/{pol['id']}/promote", json={"force": "yes"}), 400)
+    r = client.post(f"/protege/v1/policies/{pol['id']}/promote", json={"stage": "canary", "force": True})
     assert r.status_code == 200, r.text
     route = r.json()
     assert route["object"] == "protege.route" and route["stage"] == "canary" and route["percent"] == 25.0

@@ -50,6 +50,20 @@ def test_apply_list_status_decisions_promote_rollback(tmp_path) -> None:
     assert r.exit_code == 1 and "has no live route" in r.output
     r = _run(db, "auto", "promote", "intent", "--stage", "sideways")
     assert r.exit_code == 1 and "stage must be shadow, canary or full" in r.output
+    # A student its gate rejected goes live only with --force.
+    from protege.store import Store
+    from protege.store import auto as store_auto
+
+    store = Store(str(db))
+    cyc = store_auto.create_cycle(store, pid, 0)
+    store_auto.update_cycle(store, cyc.id, state="rejected", student_model="protege/intent@v1")
+    store.close()
+    r = _run(db, "auto", "promote", "intent")
+    assert r.exit_code == 1 and r.output.strip().startswith("error: protege/intent@v1 was rejected by its gate")
+    r = _run(db, "auto", "promote", "intent", "--force")
+    assert r.exit_code == 0 and "protege/intent@v1 is now at stage shadow" in r.output
+    r = _run(db, "auto", "rollback", "intent")
+    assert r.exit_code == 0
     r = _run(db, "auto", "disable", "intent")
     assert r.exit_code == 0 and "intent disabled" in r.output
     r = _run(db, "auto", "show", "intent")

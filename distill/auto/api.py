@@ -113,6 +113,7 @@ async def policy_decisions(request: Request, policy_id: str, store: Any = Depend
 async def promote(request: Request, policy_id: str, store: Any = Depends(apikit.store)) -> JSONResponse:
     raw = await request.body()
     stage = None
+    force = False
     if raw.strip():
         try:
             import orjson
@@ -125,11 +126,14 @@ async def promote(request: Request, policy_id: str, store: Any = Depends(apikit.
         stage = body.get("stage")
         if stage is not None and stage not in ("shadow", "canary", "full"):
             raise ApiError(400, f"stage must be shadow, canary or full, not {stage!r}", param="stage")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise ApiError(400, "force must be true or false", param="force")
 
     def run(store: Any, ref: str) -> dict[str, Any]:
         row = _policy(store, ref)
         try:
-            return route_object(rollout.promote(store, row.id, stage))
+            return route_object(rollout.promote(store, row.id, stage, force=force))
         except rollout.AutoError as exc:
             raise ApiError(409, str(exc), code="cannot_promote") from None
 

@@ -201,11 +201,12 @@ def decisions(
 def promote(
     policy: str = typer.Argument(..., help="Policy id or name."),
     stage: str | None = typer.Option(None, "--stage", help="shadow, canary or full (default: the next stage)."),
+    force: bool = typer.Option(False, "--force", help="Also a student its gate rejected."),
 ) -> None:
     """Move the policy's student to the next (or given) stage now."""
     store = _store()
     try:
-        route = rollout.promote(store, policy, stage)
+        route = rollout.promote(store, policy, stage, force=force)
     except rollout.AutoError as exc:
         clikit.fail(str(exc))
     finally:

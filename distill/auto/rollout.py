@@ -45,9 +45,10 @@ def next_stage(policy: Policy, stage: str) -> str | None:
     return later[0] if later else None
 
 
-def promote(store: Any, policy_ref: str, stage: str | None = None) -> store_auto.AutoRoute:
+def promote(store: Any, policy_ref: str, stage: str | None = None, force: bool = False) -> store_auto.AutoRoute:
     """Manual promote: move the live route to ``stage`` (default: its next stage), or start one for
-    the policy's latest trained student."""
+    the policy's latest trained student. A student its gate rejected goes live only with ``force``
+    (the same rule as ``students promote``): a bare promote never serves what failed its gate."""
     row = store_auto.get_policy(store, policy_ref)
     if row is None:
         raise AutoError(f"no policy {policy_ref!r}")
@@ -68,10 +69,16 @@ def promote(store: Any, policy_ref: str, stage: str | None = None) -> store_auto
     students = [c for c in store_auto.list_cycles(store, row.id, limit=50) if c.student_model]
     if not students:
         raise AutoError(f"policy {row.name!r} has no trained student to promote")
+    if students[0].state == "rejected" and not force:
+        raise AutoError(
+            f"{students[0].student_model} was rejected by its gate (cycle {students[0].id}); "
+            "promote it anyway with --force (API: \"force\": true)"
+        )
     target = stage or policy.rollout.stages[0]
     route = open_route(store, row.id, policy, students[0].student_model, target, students[0].id)  # type: ignore[arg-type]
     store_auto.record_decision(store, row.id, "promote", "promote", f"manual promote of {students[0].student_model} to {target}",
-                               {"to": target, "student_model": students[0].student_model, "cycle_id": students[0].id, "manual": True},
+                               {"to": target, "student_model": students[0].student_model, "cycle_id": students[0].id, "manual": True,
+                                "forced": students[0].state == "rejected"},
                                cycle_id=students[0].id, route_id=route.id)
     return route
 
