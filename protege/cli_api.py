@@ -14,7 +14,9 @@ loop, with:
 - help formatted at the caller's terminal width (``columns``).
 
 One command runs at a time (a lock; a second waits, with one line on stderr saying for what):
-the commands were written for a process of their own. ``serve`` and ``worker`` are refused
+the commands were written for a process of their own. A caller that goes away (Ctrl-C, a killed
+CLI) interrupts its command as Ctrl-C interrupts a local one (KeyboardInterrupt in its thread), so
+an abandoned ``--wait`` never holds the lock. ``serve`` and ``worker`` are refused
 (they would start a second server or loop inside this one). With no key configured, only a
 client on this machine may use it: the endpoint writes files wherever the caller names.
 """
@@ -22,6 +24,7 @@ client on this machine may use it: the endpoint writes files wherever the caller
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import threading
@@ -72,11 +75,40 @@ async def run_cli(request: Request) -> StreamingResponse:
         except RuntimeError:  # the server stopped: nobody is reading any more
             pass
 
+    call = _Call()
     thread = threading.Thread(
-        target=_run, args=(root, argv, cwd, columns, settings, store, emit, path), name="protege-cli", daemon=True
+        target=_run, args=(root, argv, cwd, columns, settings, store, emit, path, call), name="protege-cli", daemon=True
     )
     thread.start()
-    return StreamingResponse(_stream(queue), media_type="application/x-ndjson")
+    return StreamingResponse(_stream(queue, call), media_type="application/x-ndjson")
+
+
+class _Call:
+    """One remote command's thread, interruptible while (and only while) the command runs."""
+
+    def __init__(self) -> None:
+        self._state = threading.Lock()
+        self._thread_id: int | None = None
+        self.gone = False
+
+    def started(self) -> None:
+        with self._state:
+            self._thread_id = threading.get_ident()
+        if self.gone:  # the caller left while the command waited for the lock
+            raise KeyboardInterrupt
+
+    def ended(self) -> None:
+        with self._state:
+            tid, self._thread_id = self._thread_id, None
+            if tid is not None:  # an interrupt set but not yet delivered must not land after the command
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+
+    def interrupt(self) -> None:
+        """The caller went away: Ctrl-C for the command's thread."""
+        with self._state:
+            self.gone = True
+            if self._thread_id is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), ctypes.py_object(KeyboardInterrupt))
 
 
 def _check_local_when_open(request: Request, settings: Any) -> None:
@@ -108,22 +140,27 @@ def _parse(body: dict[str, Any]) -> tuple[list[str], str, int]:
     return argv, cwd, columns
 
 
-async def _stream(queue: asyncio.Queue[tuple[str, Any]]) -> AsyncIterator[bytes]:
-    """NDJSON lines as output arrives; consecutive chunks of one stream go out as one line."""
+async def _stream(queue: asyncio.Queue[tuple[str, Any]], call: _Call) -> AsyncIterator[bytes]:
+    """NDJSON lines as output arrives; consecutive chunks of one stream go out as one line. When
+    the client disconnects, Starlette cancels this generator: the command is interrupted."""
     done = False
-    while not done:
-        items = [await queue.get()]
-        while not queue.empty():
-            items.append(queue.get_nowait())
-        lines: list[bytes] = []
-        for kind, value in items:
-            if kind == "exit":
-                done = True
-            lines.append(orjson.dumps({kind: value}))
-        yield b"\n".join(lines) + b"\n"
+    try:
+        while not done:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            lines: list[bytes] = []
+            for kind, value in items:
+                if kind == "exit":
+                    done = True
+                lines.append(orjson.dumps({kind: value}))
+            yield b"\n".join(lines) + b"\n"
+    finally:
+        if not done:
+            call.interrupt()
 
 
-def _run(root: Any, argv: list[str], cwd: str, columns: int, settings: Any, store: Any, emit: Any, path: str) -> None:
+def _run(root: Any, argv: list[str], cwd: str, columns: int, settings: Any, store: Any, emit: Any, path: str, call: _Call) -> None:
     """The worker thread: wait for the lock, run the command captured, report its exit code."""
     from protege import cli, cli_tree
 
@@ -144,7 +181,15 @@ def _run(root: Any, argv: list[str], cwd: str, columns: int, settings: Any, stor
                 return write
 
             with clikit.served_by(settings, store), streams.captured(sink("out"), sink("err")):
-                code = _invoke(root, argv, columns, cli.PROG)
+                try:
+                    call.started()
+                    code = _invoke(root, argv, columns, cli.PROG)
+                except KeyboardInterrupt:  # the caller went away
+                    code = 130
+                finally:
+                    call.ended()
+                if call.gone:
+                    log.info("the caller of `protege %s` went away: the command was interrupted (exit %d)", path, code)
     except BaseException:  # noqa: BLE001 - the client still gets an exit status
         log.exception("CLI command failed inside the server: protege %s", path)
     finally:

@@ -341,3 +341,33 @@ def test_a_server_that_does_not_answer_is_one_line(tmp_path, in_process):
     assert (code, out) == (1, "")
     assert err.count("\n") == 1 and err.startswith(f"error: cannot reach the server holding {db} at http://127.0.0.1:{port}")
     assert not db.exists()
+
+
+def test_a_caller_that_goes_away_interrupts_its_command(open_server, tmp_path):
+    """Ctrl-C (here: SIGKILL) on a long command run through the server interrupts it there, as
+    Ctrl-C does locally: the next command does not wait behind an abandoned one (before, it
+    waited for the whole eval run: 4 answers of 8 s each)."""
+    slow = start_fake_openai(delay=8.0)
+    try:
+        caller = tmp_path / "gone"
+        caller.mkdir()
+        db = str(open_server.db)
+        with open(caller / "eval.err", "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "protege", "--db", db, "eval", "run", "--model", "gpt-4o-mini",
+                                     "--candidate", f"name=slow,model=m,base_url={slow.base_url}", "--concurrency", "1",
+                                     "--metric", "exact_match"], cwd=caller, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 60
+        while not slow.chat_requests:  # the command runs in the server and has asked the candidate
+            assert proc.poll() is None and time.monotonic() < deadline, (caller / "eval.err").read_text()
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait(10)
+        t0 = time.monotonic()
+        stats = cli("completions", "stats", "--db", db, cwd=caller)
+        took = time.monotonic() - t0
+        assert stats.returncode == 0 and "captures" in stats.stdout, stats.stderr
+        assert took < 16, (took, stats.stderr)  # at most the answer in flight (8 s) and a CLI start
+        runs = cli("eval", "list", "--db", db, cwd=caller)
+        assert "completed" not in runs.stdout.splitlines()[-1], runs.stdout
+    finally:
+        slow.stop()
