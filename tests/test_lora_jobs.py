@@ -175,3 +175,27 @@ def test_smollm2_gguf_trains_on_traffic_captured_through_the_proxy(tmp_path, lor
         server.should_exit = True
         thread.join(20)
         fake.stop()
+
+
+def test_a_poll_before_the_first_launch_starts_no_second_process(tmp_path, tiny_chat_model):
+    """A poller (the server's job sync, `--wait`) that looks at a job between its files being
+    written and its process being launched must not take it for a job whose process died: before,
+    it launched a second training process ("exited before finishing (attempt 1)"), seen as
+    `attempt == 2` in test_cancel_stops_the_job_process on a loaded machine."""
+    from protege.distill.finetune.interface import JobSpec
+
+    store = Store(str(tmp_path / "db.duckdb"))
+    train = write_jsonl(tmp_path / "t.jsonl", sft_examples(4))
+    backend = LoraBackend(store=store)
+    job_dir = backend.prepare(JobSpec(model=str(tiny_chat_model), training_file=train, name="early", job_id="ftjob_early"))
+    provider_id = f"lora-{job_dir.name}"
+    assert backend.status(provider_id).status == "validating_files"
+    assert jobfiles.read_json(job_dir / jobfiles.PROCESS)["attempt"] == 0  # nothing launched by the poll
+    assert not any("exited before finishing" in e["message"] for e in jobfiles.read_events(job_dir))
+    # A prepared job whose launch never came (the process that prepared it died) is launched by a later poll.
+    info = jobfiles.read_json(job_dir / jobfiles.PROCESS)
+    jobfiles.write_json(job_dir / jobfiles.PROCESS, dict(info, launching_at=info["launching_at"] - 120))
+    backend.status(provider_id)
+    assert jobfiles.read_json(job_dir / jobfiles.PROCESS)["attempt"] == 2 and jobfiles.process_alive(job_dir)
+    jobfiles.signal_group(job_dir, signal.SIGKILL)
+    store.close()

@@ -91,7 +91,8 @@ class LoraBackend:
 
     def start(self, spec: JobSpec) -> StartResult:
         job_dir = self.prepare(spec)
-        self._launch(job_dir, attempt=1)
+        with _locked(job_dir):  # a poller's _resume waits for this launch instead of making a second
+            self._launch(job_dir, attempt=1)
         return StartResult(provider_job_id=f"lora-{job_dir.name}", status="validating_files")
 
     def prepare(self, spec: JobSpec) -> Path:
@@ -122,6 +123,9 @@ class LoraBackend:
                 "dataset": dataset,
             },
         )
+        # Before the status a poller reads: "being launched", so a poll before the launch does not
+        # take the job for one whose process died (it would start a second one).
+        write_json(job_dir / jobfiles.PROCESS, {"attempt": 0, "launching_at": time.time()})
         write_json(job_dir / jobfiles.STATUS, {"status": "validating_files", "updated_at": time.time()})
         jobfiles.EventLog(job_dir, job_id.removeprefix("ftjob_")).add(
             f"Starting the training process for protege/{name} on {spec.model} ({self.threads} threads)"
@@ -200,7 +204,9 @@ class LoraBackend:
             if status in TERMINAL or jobfiles.process_alive(job_dir):
                 return state, status
             info = read_json(job_dir / jobfiles.PROCESS) or {}
-            attempt = int(info.get("attempt") or 1)
+            if info.get("attempt") == 0 and time.time() - float(info.get("launching_at") or 0) < LAUNCH_GRACE_S:
+                return state, status  # prepared, its first launch is on its way
+            attempt = max(int(info.get("attempt") or 1), 1)
             spec = read_json(job_dir / jobfiles.SPEC) or {}
             events = jobfiles.EventLog(job_dir, spec.get("job_key", "job"))
             if attempt > MAX_RESTARTS:
@@ -310,6 +316,9 @@ class LoraBackend:
         proc = self._procs.get(str(self.job_dir(provider_job_id)))
         if proc is not None:
             proc.wait(timeout)
+
+
+LAUNCH_GRACE_S = 60.0  # a prepared job not launched by then is launched by the next poll
 
 
 class _locked:
