@@ -255,3 +255,9 @@ def test_a_file_block_is_written_and_kept_by_update():
     assert steps[0].command.splitlines()[1:3] == ["[[policy]]", 'name = "topics"'] and steps[0].shown == []
     results = [run.Result(steps[0], "ok", steps[0].command), run.Result(steps[1], "ok", "cat policies.toml", ["[[policy]]", 'name = "topics"'])]
     assert run.updated(text, results) == text
+
+
+def test_a_block_marked_not_run_is_not_part_of_the_walkthrough():
+    text = "\n".join(["## 2. Look", "<!-- walkthrough: not run (another setup) -->", "```text", "$ protege stats", "error: key", "```",
+                      "```text", "$ echo hi", "hi", "```"])
+    assert [s.command for s in run.parse(text)] == ["echo hi"]

@@ -6,7 +6,9 @@ after it, up to the next ``$ `` line or the end of the block, are the output the
 it; a command also goes on while a quote is open (a JSON body over several lines) and up to the
 end of a heredoc (``cat > policies.toml <<'EOF'``). A block right after
 ``<!-- walkthrough: file NAME -->`` is a file the reader writes (``policies.toml``): the
-walkthrough writes it, as shown, before the commands after it. ```` ```bash ```` blocks are illustrations and
+walkthrough writes it, as shown, before the commands after it; a block right after
+``<!-- walkthrough: not run ... -->`` is real output of another setup (a server with keys) and is
+not run. ```` ```bash ```` blocks are illustrations and
 are not run, and so are ``text`` blocks with no ``$ `` line and blocks outside the numbered
 sections. Commands run in order, in one bash (so ``cd``, ``export`` and ``kill %1`` work as in a
 terminal), in a new temporary directory that holds a copy of this folder's ``teacher.py``,
@@ -106,6 +108,7 @@ class Result:
 
 _HEADING = re.compile(r"^##\s+(\d+)\.\s")
 _FILE = re.compile(r"^<!-- walkthrough: file (\S+) -->$")
+_NOT_RUN = re.compile(r"^<!-- walkthrough: not run\b.*-->$")
 _HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 
 
@@ -115,6 +118,7 @@ def parse(text: str) -> list[Step]:
     steps: list[Step] = []
     section: int | None = None
     write_to: str | None = None  # set by `<!-- walkthrough: file NAME -->`: the next block is that file
+    skip = False  # set by `<!-- walkthrough: not run ... -->`: the next block is an example of another setup
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -123,13 +127,17 @@ def parse(text: str) -> list[Step]:
             section = int(m.group(1)) if m else None
         if (f := _FILE.match(line.strip())) is not None:
             write_to = f.group(1)
+        if _NOT_RUN.match(line.strip()):
+            skip = True
         fence = line.strip()
         if fence.startswith("```"):
             lang = fence[3:].strip()
             j = i + 1
             while j < len(lines) and not lines[j].strip().startswith("```"):
                 j += 1
-            if write_to is not None:  # the user writes this file (shown as a block): a step that writes it
+            if skip:
+                skip = False
+            elif write_to is not None:  # the user writes this file (shown as a block): a step that writes it
                 body = "\n".join(lines[i + 1 : j])
                 steps.append(Step(section, i, j + 1, f"cat > {write_to} <<'WALKTHROUGH_EOF'\n{body}\nWALKTHROUGH_EOF", [],
                                   command_lines=j + 1 - i, writes=write_to))
