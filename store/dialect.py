@@ -1,0 +1,48 @@
+"""The SQL that differs between DuckDB and PostgreSQL, in one place.
+
+The store's statements are written once, in the SQL both databases share (``?`` placeholders;
+:mod:`store.pg` translates them for psycopg). Where the two differ, a module asks its store's
+:class:`Dialect` for the fragment instead of spelling it: metadata is a ``VARCHAR`` of JSON plus a
+``meta_pairs`` list on DuckDB, a ``jsonb`` column with a GIN index on PostgreSQL; "one of these
+values" is ``IN (SELECT unnest(?))`` on DuckDB and ``= ANY(?)`` on PostgreSQL. Each method returns
+SQL text with ``?`` placeholders and says which parameters it binds; no value is ever put into SQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class Dialect:
+    """DuckDB's spelling (the default: the embedded store)."""
+
+    name = "duckdb"
+
+    def metadata_has(self, a: str, key: str, value: str) -> tuple[str, list[Any]]:
+        """Captures whose metadata holds the pair ``key: value`` (``a`` is the table's alias and a
+        dot, or empty). DuckDB tests the row's ``meta_pairs`` list (see store/completions.py)."""
+        return f"list_contains({a}meta_pairs, json_array(?, ?)::VARCHAR)", [key, value]
+
+    def in_list(self, col: str) -> str:
+        """``col`` is one of the values of a list bound as one parameter."""
+        return f"{col} IN (SELECT unnest(?))"
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL's spelling: ``jsonb`` containment (``@>``) on the metadata with every value as a
+    string (as DuckDB compares them), served by the GIN expression index of migration 1's
+    PostgreSQL variant."""
+
+    name = "postgresql"
+
+    def metadata_has(self, a: str, key: str, value: str) -> tuple[str, list[Any]]:
+        return f"protege_metadata_strings({a}metadata) @> ?::jsonb", [orjson.dumps({key: value}).decode()]
+
+    def in_list(self, col: str) -> str:
+        return f"{col} = ANY(?)"
+
+
+DUCKDB = Dialect()
+POSTGRESQL = PostgresDialect()
