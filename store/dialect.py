@@ -29,6 +29,14 @@ class Dialect:
         """``col`` is one of the values of a list bound as one parameter."""
         return f"{col} IN (SELECT unnest(?))"
 
+    def arg_max(self, col: str, by: str, where: str | None = None) -> str:
+        """An aggregate: ``col`` of the row with the greatest ``by`` (among rows where ``where``)."""
+        return f"arg_max({col}, {by})" + (f" FILTER (WHERE {where})" if where else "")
+
+    def quantile(self, col: str, q: float) -> str:
+        """The continuous (interpolated) ``q`` quantile of ``col``, an aggregate."""
+        return f"quantile_cont({col}, {float(q)!r})"
+
 
 class PostgresDialect(Dialect):
     """PostgreSQL's spelling: ``jsonb`` containment (``@>``) on the metadata with every value as a
@@ -42,6 +50,13 @@ class PostgresDialect(Dialect):
 
     def in_list(self, col: str) -> str:
         return f"{col} = ANY(?)"
+
+    def arg_max(self, col: str, by: str, where: str | None = None) -> str:
+        flt = f" FILTER (WHERE {where})" if where else ""
+        return f"(array_agg({col} ORDER BY {by} DESC){flt})[1]"
+
+    def quantile(self, col: str, q: float) -> str:
+        return f"percentile_cont({float(q)!r}) WITHIN GROUP (ORDER BY {col})"
 
 
 DUCKDB = Dialect()

@@ -130,8 +130,11 @@ class PgConnections:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[psycopg.Connection] = []
+        self._closed = False
 
     def get(self) -> psycopg.Connection:
+        if self._closed:  # as a closed DuckDB connection: every later use fails
+            raise psycopg.OperationalError("the store is closed")
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
             conn = connect(self.url, self.read_only)
@@ -146,6 +149,7 @@ class PgConnections:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             conns, self._all = self._all, []
         for conn in conns:
             try:

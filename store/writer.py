@@ -367,7 +367,12 @@ class CaptureWriter:
     def _journal_group(self, group: list[tuple[Any, int]]) -> None:
         records, failed = self._convert([cap for cap, _ in group])
         nbytes = sum(size for _, size in group)
-        for rec, seq in zip(records, self.store.next_seqs(len(records))):
+        try:
+            seqs: list[int | None] = list(self.store.next_seqs(len(records)))
+        except Exception as exc:  # PostgreSQL unreachable: journal them unnumbered, never lose them
+            log.warning("no capture numbers from the database (%s): the insert numbers them", exc)
+            seqs = [None] * len(records)
+        for rec, seq in zip(records, seqs):
             rec["seq"] = seq
         lines = [orjson.dumps(r) + b"\n" for r in records]
         seg: int | None = None
