@@ -485,7 +485,9 @@ class CaptureWriter:
         if not records:
             return True
         try:
-            if cursor is None:
+            if self.store.dialect.name == "postgresql":
+                cursor = None  # this thread's connection, which the store replaces when the server dropped it
+            elif cursor is None:
                 raise StoreUnavailable("no database connection")
             insert_records(self.store, records, cursor)
             self.captured += len(records)

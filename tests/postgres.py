@@ -56,15 +56,27 @@ class PostgresServer:
         self._databases = 0
         for _ in range(5):  # another process may take the free port before the server binds it
             self.port = _free_port()
-            opts = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off "
-                    "-c full_page_writes=off -c max_connections=200")
-            proc = self._run([find_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
-                              "-t", "30", "-o", opts, "start"], check=False)
-            if proc.returncode == 0:
+            if self._start():
                 break
         else:
             raise RuntimeError(f"PostgreSQL did not start: {(self.root / 'log').read_text()[-2000:]}")
         self.url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}"
+
+    def _start(self) -> bool:
+        opts = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off -c max_connections=200")
+        proc = self._run([find_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
+                          "-t", "30", "-o", opts, "start"], check=False)
+        return proc.returncode == 0
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: connections are cut), keeping its data."""
+        self._run([find_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def resume(self) -> None:
+        """Start it again on the same port."""
+        if not self._start():
+            raise RuntimeError(f"PostgreSQL did not restart: {(self.root / 'log').read_text()[-2000:]}")
 
     def _run(self, cmd: list[str | None], check: bool = True) -> subprocess.CompletedProcess:
         env = dict(os.environ, HOME=str(self.root), LC_ALL="C")
