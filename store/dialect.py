@@ -39,14 +39,23 @@ class Dialect:
 
 
 class PostgresDialect(Dialect):
-    """PostgreSQL's spelling: ``jsonb`` containment (``@>``) on the metadata with every value as a
-    string (as DuckDB compares them), served by the GIN expression index of migration 1's
-    PostgreSQL variant."""
+    """PostgreSQL's spelling: ``jsonb`` containment (``@>``) on the metadata, served by the GIN
+    index of migration 1's PostgreSQL variant."""
 
     name = "postgresql"
 
     def metadata_has(self, a: str, key: str, value: str) -> tuple[str, list[Any]]:
-        return f"protege_metadata_strings({a}metadata) @> ?::jsonb", [orjson.dumps({key: value}).decode()]
+        # DuckDB compares values as strings (it reads metadata as MAP(VARCHAR, VARCHAR)), so an
+        # imported {"n": 3} matches n=3: a value that reads as a JSON number, true, false or null
+        # also matches that scalar. Both forms are containment tests, which the index serves.
+        forms = [orjson.dumps({key: value}).decode()]
+        try:
+            scalar = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            scalar = ""
+        if scalar is None or isinstance(scalar, (bool, int, float)):
+            forms.append(orjson.dumps({key: scalar}).decode())
+        return "(" + " OR ".join(f"{a}metadata @> ?::jsonb" for _ in forms) + ")", forms
 
     def in_list(self, col: str) -> str:
         return f"{col} = ANY(?)"

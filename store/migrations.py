@@ -487,15 +487,7 @@ def _pg_v1_completions(conn: Any) -> None:
     )
     conn.execute("CREATE INDEX completions_id ON completions(id)")
     conn.execute("CREATE INDEX completions_created_seq ON completions(created, seq)")
-    # The filter compares values as strings (DuckDB reads metadata as MAP(VARCHAR, VARCHAR), so an
-    # imported {"n": 3} matches n=3): the index is on the all-strings form of the object.
-    conn.execute(
-        "CREATE FUNCTION protege_metadata_strings(jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE "
-        "AS $$ SELECT coalesce(jsonb_object_agg(key, value), '{}'::jsonb) FROM jsonb_each_text($1) $$"
-    )
-    conn.execute(
-        "CREATE INDEX completions_metadata ON completions USING gin (protege_metadata_strings(metadata) jsonb_path_ops)"
-    )
+    conn.execute("CREATE INDEX completions_metadata ON completions USING gin (metadata jsonb_path_ops)")
     conn.execute("CREATE TABLE completion_metadata (seq BIGINT NOT NULL, key VARCHAR NOT NULL, value VARCHAR NOT NULL)")
 
 
