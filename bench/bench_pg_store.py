@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protege.store import Store, insert_records, list_stored, record_from_completion  # noqa: E402
-from protege.store.copy import copy_store  # noqa: E402
+from protege.store import Store, copy_store, insert_records, list_stored, record_from_completion  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from protege.store import Store, count, get_stored, insert_records, list_stored, record_from_completion
+from protege.store import Store, copy_store, count, get_stored, insert_records, list_stored, record_from_completion
 from protege.store import auto as store_auto
 from protege.store import datasets as store_datasets
 from protege.store import feedback as store_feedback
-from protege.store.copy import copy_store
 from tests import postgres
 
 pytestmark = pytest.mark.skipif(not postgres.available(), reason="no PostgreSQL server binaries")
