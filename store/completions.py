@@ -17,6 +17,7 @@ from sqlmodel import Field, SQLModel
 
 from .db import Store
 from .dialect import DUCKDB, Dialect
+from .pg import jsonb_safe
 
 # Column name -> Arrow type, in table order.
 COLUMNS: dict[str, pa.DataType] = {
@@ -172,6 +173,8 @@ def insert_records(store: Store, records: Sequence[dict[str, Any]], cursor: Any 
         # (metadata text is parsed into jsonb by the server; no meta_pairs on PostgreSQL).
         cur = cursor or store.cursor()
         names = list(COLUMNS)
+        for rec in records:
+            rec["metadata"] = jsonb_safe(rec["metadata"])
         cur.copy_rows("completions", names, ([rec.get(name) for name in names] for rec in records))
         return len(records)
     arrays = [pa.array(seqs, pa.int64())]
@@ -389,7 +392,7 @@ def update_metadata(store: Store, completion_id: str, metadata: dict[str, str] |
     seq = pos[1]
     md = orjson.dumps({str(k): str(v) for k, v in (metadata or {}).items()}).decode()
     if store.dialect.name == "postgresql":  # jsonb: the GIN index follows the column
-        cur.execute("UPDATE completions SET metadata = ?::jsonb WHERE seq = ?", [md, seq])
+        cur.execute("UPDATE completions SET metadata = ?::jsonb WHERE seq = ?", [jsonb_safe(md), seq])
         return get_stored(store, completion_id)
     cur.execute("BEGIN TRANSACTION")
     try:

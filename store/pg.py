@@ -60,6 +60,16 @@ def translate(sql: str) -> str:
     return _TOKENS.sub(sub, sql)
 
 
+# A JSON \u0000 escape (preceded by an even number of backslashes, so not itself escaped text).
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def jsonb_safe(text: str) -> str:
+    """JSON text that ``jsonb`` accepts: PostgreSQL text cannot hold U+0000, so an escaped NUL in a
+    string becomes U+FFFD (the replacement character) instead of failing the whole batch."""
+    return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text) if "\\u0000" in text else text
+
+
 def connect(url: str, read_only: bool = False) -> psycopg.Connection:
     """One autocommit connection whose ``jsonb``/``json`` columns read back as text."""
     options = "-c default_transaction_read_only=on" if read_only else None

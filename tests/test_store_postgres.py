@@ -141,6 +141,16 @@ def test_credentials_come_from_libpq_variables(postgres_server, tmp_path, monkey
         Store(bare, data_dir=tmp_path)
 
 
+def test_a_nul_in_metadata_does_not_fail_the_batch(db, tmp_path):
+    # jsonb cannot hold U+0000 (DuckDB's VARCHAR can): the capture is kept, the NUL replaced by
+    # U+FFFD, and the rest of its batch goes in with it.
+    store = Store(db, data_dir=tmp_path)
+    insert_records(store, [rec(1, {"k": "a\x00b"}), rec(2)])
+    assert count(store) == 2
+    assert [r["id"] for r in list_stored(store, metadata={"k": "a\ufffdb"}).data] == ["chatcmpl-1"]
+    store.close()
+
+
 def test_read_only_store_refuses_writes(db, tmp_path):
     Store(db, data_dir=tmp_path).close()
     ro = Store(db, data_dir=tmp_path, read_only=True)
