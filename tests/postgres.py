@@ -43,10 +43,12 @@ class PostgresServer:
     """One cluster in a temporary directory; :meth:`database` makes a fresh database for a test."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="protege-pg-"))
+        root = os.geteuid() == 0
+        # As root, under /tmp (world-traversable) whatever TMPDIR says: nobody must reach the directory.
+        self.root = Path(tempfile.mkdtemp(prefix="protege-pg-", dir="/tmp" if root else None))
         self.data = self.root / "data"
         self._prefix: list[str] = []
-        if os.geteuid() == 0:  # initdb and postgres refuse root: run them as nobody
+        if root:  # initdb and postgres refuse root: run them as nobody
             user = pwd.getpwnam("nobody")
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
