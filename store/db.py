@@ -26,6 +26,7 @@ Credentials come from the URL the user gave or libpq's own variables and passwor
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import threading
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import psycopg
 from duckdb_engine import ConnectionWrapper
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session, create_engine
@@ -40,6 +42,9 @@ from sqlmodel import Session, create_engine
 from .dialect import DUCKDB, POSTGRESQL, Dialect
 from .migrations import SCHEMA_VERSION, SchemaTooNewError, migrate
 from .pg import PgConnections, PgCursor, is_url, sqlalchemy_url
+
+
+log = logging.getLogger(__name__)
 
 
 class StoreLockedError(RuntimeError):
@@ -145,12 +150,16 @@ class Store:
         process had already given to captures that are reloaded from its journal).
 
         On PostgreSQL those numbers came from the sequence itself, so it is already past them
-        unless the database was replaced; the sequence is moved forward only in that case."""
+        unless the database was replaced; the sequence is moved forward only in that case (and
+        not at all while the server is unreachable: the capture writer must start regardless)."""
         if self._pg is not None:
-            self.cursor().execute(
-                "SELECT CASE WHEN nextval(?::regclass) < ? THEN setval(?::regclass, ?) END",
-                [self._seq_name, int(seq), self._seq_name, int(seq)],
-            )
+            try:
+                self.cursor().execute(
+                    "SELECT CASE WHEN nextval(?::regclass) < ? THEN setval(?::regclass, ?) END",
+                    [self._seq_name, int(seq), self._seq_name, int(seq)],
+                )
+            except psycopg.Error as exc:
+                log.warning("could not check the capture sequence against the journal (%s)", exc)
             return
         with self._seq_lock:
             nxt = next(self._seq)
