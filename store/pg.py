@@ -127,6 +127,10 @@ class PgCursor:
     def unregister(self, name: str) -> None:
         self._cur.execute(f"DROP TABLE IF EXISTS pg_temp.{name}")
 
+    def interrupt(self) -> None:
+        """Cancel the statement running on this connection (DuckDB's ``interrupt``), from another thread."""
+        self.connection.cancel_safe(timeout=5.0)
+
     def close(self) -> None:
         self._cur.close()
 
