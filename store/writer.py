@@ -367,11 +367,13 @@ class CaptureWriter:
     def _journal_group(self, group: list[tuple[Any, int]]) -> None:
         records, failed = self._convert([cap for cap, _ in group])
         nbytes = sum(size for _, size in group)
-        try:
-            seqs: list[int | None] = list(self.store.next_seqs(len(records)))
-        except Exception as exc:  # PostgreSQL unreachable: journal them unnumbered, never lose them
-            log.warning("no capture numbers from the database (%s): the insert numbers them", exc)
-            seqs = [None] * len(records)
+        if self.store.dialect.name == "postgresql":
+            # Several replicas number captures from the database's sequence, which this thread must
+            # never wait on (a slow or unreachable server would fill memory): the insert numbers
+            # them, and a reload knows an unnumbered record by its id (store/journal.py).
+            seqs: list[int | None] = [None] * len(records)
+        else:
+            seqs = list(self.store.next_seqs(len(records)))
         for rec, seq in zip(records, seqs):
             rec["seq"] = seq
         lines = [orjson.dumps(r) + b"\n" for r in records]

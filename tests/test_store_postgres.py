@@ -6,6 +6,7 @@ parameterised over ``store_db``."""
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
@@ -191,3 +192,28 @@ def test_server_gone_captures_are_journaled_and_stored_once(tmp_path):
         store.close()
     finally:
         server.stop()
+
+
+def test_a_stuck_database_never_holds_up_the_journal(db, tmp_path):
+    # Another session holds the capture sequence locked (nextval waits): the journal thread must
+    # not wait on it (it used to number captures there, so memory filled and captures were dropped);
+    # captures are journaled and let go from memory, and stored once the lock goes.
+    store = Store(db, data_dir=tmp_path / "data")
+    seq_name = store.cursor().execute("SELECT pg_get_serial_sequence('completions', 'seq')").fetchone()[0]
+    blocker = psycopg.connect(db)
+    blocker.execute(f"ALTER SEQUENCE {seq_name} CACHE 1")  # takes the sequence's lock until commit
+    try:
+        w = CaptureWriter(store, max_queue=5, batch_size=2, flush_interval=0.01).start()
+        most_in_memory = 0
+        for i in range(30):
+            w.submit(Cap(i))
+            time.sleep(0.02)
+            most_in_memory = max(most_in_memory, w._mem_count)
+        assert w.dropped == 0 and w.spooled == 0
+        assert most_in_memory <= 5 and count(store) == 0
+    finally:
+        blocker.commit()
+        blocker.close()
+    assert w.close(timeout=20)
+    assert sorted(int(r["id"].split("-")[1]) for r in iter_records(store)) == list(range(30))
+    store.close()
