@@ -1,4 +1,4 @@
-"""The embedded store: every part of Protege persists through here (DuckDB via SQLModel).
+"""The store: every part of Protege persists through here (DuckDB, or PostgreSQL, via SQLModel).
 
 This module is the store's whole public surface. Other packages import the names below from
 ``protege.store``, or one of the table modules listed after them as a namespace
@@ -6,9 +6,12 @@ This module is the store's whole public surface. Other packages import the names
 checks it).
 
 Opening and schema
-    :class:`Store` / :func:`open_store` (one writer process per file; :class:`StoreLockedError`
-    when another holds it), :func:`migrate`, :data:`SCHEMA_VERSION`, :class:`SchemaTooNewError`
-    (the file is newer than this release). Migrations are literal SQL (``store/migrations.py``).
+    :class:`Store` / :func:`open_store` (a DuckDB file: one writer process per file,
+    :class:`StoreLockedError` when another holds it; or ``postgresql://...``: several processes on
+    one database, see store/db.py), :func:`migrate`, :data:`SCHEMA_VERSION`,
+    :class:`SchemaTooNewError` (the file is newer than this release). Migrations are literal SQL,
+    with PostgreSQL variants beside them (``store/migrations.py``). :func:`copy_store` /
+    :class:`CopyResult` copy a whole store to another (DuckDB into PostgreSQL and back).
 
 Captured completions (``completions``)
     :data:`COLUMNS` (the record shape), :class:`Completion`, :func:`record_from_completion`,
@@ -60,6 +63,7 @@ from .completions import (
     update_metadata,
 )
 from .completions import completion_filter, count, count_records, select_records
+from .copy import CopyResult, copy_store
 from .db import Store, StoreLockedError, open_store
 from .ids import new_completion_id
 from .migrations import SCHEMA_VERSION, SchemaTooNewError, migrate
@@ -76,6 +80,7 @@ __all__ = [
     "Capture",
     "CaptureWriter",
     "Completion",
+    "CopyResult",
     "Page",
     "SCHEMA_VERSION",
     "SchemaTooNewError",
@@ -102,6 +107,7 @@ __all__ = [
     "record_from_completion",
     "update_metadata",
     "completion_filter",
+    "copy_store",
     "count",
     "count_records",
     "select_records",

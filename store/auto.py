@@ -396,21 +396,21 @@ def list_routes(store: Store, policy_id: str | None = None, include_ended: bool 
 # Traffic queries (read the completions table with bound parameters)
 
 
-def _traffic_filter(alias: str, model: str | None, metadata: dict[str, str] | None, **flags: Any) -> tuple[str, list[Any]]:
+def _traffic_filter(store: Store, alias: str, model: str | None, metadata: dict[str, str] | None, **flags: Any) -> tuple[str, list[Any]]:
     """The policy's match (model, metadata pairs) through the store's one completion filter."""
-    return completion_filter(model=model, metadata=metadata, alias=alias, **flags)
+    return completion_filter(model=model, metadata=metadata, alias=alias, dialect=store.dialect, **flags)
 
 
 def eligible_count(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> int:
     """Teacher traffic matching the policy captured after ``after_seq``: what a new cycle's dataset
     gains (a student's answers, canary/full or shadow, must never train a student)."""
-    where, params = _traffic_filter("c", model, metadata, stored_only=True, teacher_only=True, after_seq=after_seq)
+    where, params = _traffic_filter(store, "c", model, metadata, stored_only=True, teacher_only=True, after_seq=after_seq)
     sql = f"SELECT count(*) FROM completions c WHERE {where}"
     return int(store.cursor().execute(sql, params).fetchone()[0])
 
 
 def eligible_ids(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> list[str]:
-    where, params = _traffic_filter("c", model, metadata, stored_only=True, teacher_only=True, after_seq=after_seq)
+    where, params = _traffic_filter(store, "c", model, metadata, stored_only=True, teacher_only=True, after_seq=after_seq)
     sql = f"SELECT c.id FROM completions c WHERE {where} ORDER BY c.seq"
     return [r[0] for r in store.cursor().execute(sql, params).fetchall()]
 
@@ -424,7 +424,7 @@ def paired_answers(
 ) -> list[tuple[str, str, str | None, str | None]]:
     """(primary response JSON, paired response JSON, primary served_by, paired served_by) for each
     second answer (shadow student, or teacher sampled behind a student) to traffic matching the route."""
-    where, params = _traffic_filter("p", model, metadata, stored_only=True, first_answers_only=True)
+    where, params = _traffic_filter(store, "p", model, metadata, stored_only=True, first_answers_only=True)
     sql = (
         "SELECT p.response, s.response, p.served_by, s.served_by FROM completions s "
         "JOIN completions p ON p.id = s.paired_with "
@@ -436,7 +436,7 @@ def paired_answers(
 
 def served_counts(store: Store, model: str | None, metadata: dict[str, str] | None, after_seq: int = 0) -> dict[str, int]:
     """How many matching requests each side answered since ``after_seq`` (for status)."""
-    where, params = _traffic_filter("c", model, metadata, live_only=True, after_seq=after_seq)
+    where, params = _traffic_filter(store, "c", model, metadata, live_only=True, after_seq=after_seq)
     sql = f"SELECT coalesce(c.served_by, 'teacher'), count(*) FROM completions c WHERE {where} GROUP BY 1"
     return {r[0]: int(r[1]) for r in store.cursor().execute(sql, params).fetchall()}
 

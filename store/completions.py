@@ -16,6 +16,8 @@ import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
 from .db import Store
+from .dialect import DUCKDB, Dialect
+from .pg import jsonb_safe
 
 # Column name -> Arrow type, in table order.
 COLUMNS: dict[str, pa.DataType] = {
@@ -166,6 +168,15 @@ def insert_records(store: Store, records: Sequence[dict[str, Any]], cursor: Any 
             rec["metadata"] = "{}"
         elif not isinstance(md, str):
             rec["metadata"] = dumps(md).decode()
+    if store.dialect.name == "postgresql":
+        # COPY straight into the table: one round trip, one transaction, no temporary table
+        # (metadata text is parsed into jsonb by the server; no meta_pairs on PostgreSQL).
+        cur = cursor or store.cursor()
+        names = list(COLUMNS)
+        for rec in records:
+            rec["metadata"] = jsonb_safe(rec["metadata"])
+        cur.copy_rows("completions", names, ([rec.get(name) for name in names] for rec in records))
+        return len(records)
     arrays = [pa.array(seqs, pa.int64())]
     for name, typ in _TYPES:
         arrays.append(pa.array([rec.get(name) for rec in records], type=typ))
@@ -227,6 +238,7 @@ def completion_filter(
     first_answers_only: bool = False,
     after_seq: int | None = None,
     alias: str = "c",
+    dialect: Dialect = DUCKDB,
 ) -> tuple[str, list[Any]]:
     """A WHERE fragment over ``completions`` (aliased ``alias``) and its bound parameters: the one
     definition of "which completions" for the Stored API, exports, evals, datasets and auto.
@@ -248,6 +260,9 @@ def completion_filter(
     row groups by their ``created`` zone maps, so a page costs ~10 ms, ~40 ms for a rare pair
     (a full scan of one list column). Values are always bound parameters, never SQL text.
     ``since`` is inclusive and ``until`` exclusive, in Unix seconds on ``created``.
+
+    ``dialect`` is the store's (``store.dialect``): on PostgreSQL a metadata pair is
+    ``metadata @> '{"k": "v"}'`` on the jsonb column, which its GIN index serves.
     """
     a = f"{alias}." if alias else ""
     where: list[str] = []
@@ -270,11 +285,12 @@ def completion_filter(
         where.append(f"({a}model = ? OR {a}model_requested = ?)")
         params += [model, model]
     if models:
-        where.append(f"({a}model IN (SELECT unnest(?)) OR {a}model_requested IN (SELECT unnest(?)))")
+        where.append(f"({dialect.in_list(a + 'model')} OR {dialect.in_list(a + 'model_requested')})")
         params += [list(models), list(models)]
     for key, value in (metadata or {}).items():
-        where.append(f"list_contains({a}meta_pairs, {PAIR_SQL})")
-        params += [str(key), str(value)]
+        sql, bound = dialect.metadata_has(a, str(key), str(value))
+        where.append(sql)
+        params += bound
     if since is not None:
         where.append(f"{a}created >= ?")
         params.append(int(since))
@@ -284,8 +300,8 @@ def completion_filter(
     return (" AND ".join(where) or "TRUE"), params
 
 
-def _stored_filter(model: str | None, metadata: dict[str, str] | None) -> tuple[str, list[Any]]:
-    return completion_filter(model=model, metadata=metadata, stored_only=True)
+def _stored_filter(store: Store, model: str | None, metadata: dict[str, str] | None) -> tuple[str, list[Any]]:
+    return completion_filter(model=model, metadata=metadata, stored_only=True, dialect=store.dialect)
 
 
 def _by_id(columns: str, where: str = "TRUE") -> str:
@@ -319,7 +335,7 @@ def list_stored(
 ) -> Page:
     """A page of stored completions ordered by creation time (then capture order)."""
     cur = store.cursor()
-    where, params = _stored_filter(model, metadata)
+    where, params = _stored_filter(store, model, metadata)
     direction = "DESC" if order == "desc" else "ASC"
     if after:
         pos = _locate(cur, after)
@@ -375,6 +391,9 @@ def update_metadata(store: Store, completion_id: str, metadata: dict[str, str] |
         return None
     seq = pos[1]
     md = orjson.dumps({str(k): str(v) for k, v in (metadata or {}).items()}).decode()
+    if store.dialect.name == "postgresql":  # jsonb: the GIN index follows the column
+        cur.execute("UPDATE completions SET metadata = ?::jsonb WHERE seq = ?", [jsonb_safe(md), seq])
+        return get_stored(store, completion_id)
     cur.execute("BEGIN TRANSACTION")
     try:
         cur.execute(
@@ -465,7 +484,8 @@ def select_records(
 ) -> Iterable[dict[str, Any]]:
     """Records (every column) matching the filters, by creation time then capture order; streamed."""
     where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, outcome=outcome, stored_only=stored_only
+        model=model, metadata=metadata, since=since, until=until, outcome=outcome, stored_only=stored_only,
+        dialect=store.dialect,
     )
     direction = "DESC" if order == "desc" else "ASC"
     sql = f"SELECT {_COLS} FROM completions c WHERE {where} ORDER BY c.created {direction}, c.seq {direction}"
@@ -488,6 +508,7 @@ def count_records(
     stored_only: bool = False,
 ) -> int:
     where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, outcome=outcome, stored_only=stored_only
+        model=model, metadata=metadata, since=since, until=until, outcome=outcome, stored_only=stored_only,
+        dialect=store.dialect,
     )
     return int(store.cursor().execute(f"SELECT count(*) FROM completions c WHERE {where}", params).fetchone()[0])

@@ -22,7 +22,8 @@ from sqlmodel import Field, SQLModel
 
 from .completions import completion_filter
 from .db import Store
-from .feedback import LATEST_FEEDBACK
+from .feedback import latest_feedback
+from .pg import PgCursor
 
 
 class DatasetVersionRow(SQLModel, table=True):
@@ -90,11 +91,12 @@ _TOOLS = "json_extract_string(c.response, '$.choices[0].message.tool_calls')"
 _REFUSAL = "json_extract_string(c.response, '$.choices[0].message.refusal')"
 
 
-def _scope(sel: Selection) -> tuple[str, list[Any]]:
+def _scope(store: Store, sel: Selection) -> tuple[str, list[Any]]:
     """The selection's scope through the store's one completion filter (``exclude_students`` is
     teacher traffic only: no student's answer, no shadow)."""
     return completion_filter(
-        models=sel.models, metadata=sel.metadata, since=sel.since, until=sel.until, teacher_only=sel.exclude_students
+        models=sel.models, metadata=sel.metadata, since=sel.since, until=sel.until, teacher_only=sel.exclude_students,
+        dialect=store.dialect,
     )
 
 
@@ -115,18 +117,22 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
     near-identical strings (two digit changes can cancel out).
     """
     cur = store.cursor()
-    scope, params = _scope(sel)
+    scope, params = _scope(store, sel)
+    pg = store.dialect.name == "postgresql"
+    # PostgreSQL: x/y are the same extracts as columns (no multi-path extract, no lists), `~` for
+    # regexp_matches (the patterns keep to the syntax both engines read), md5 text for md5_number.
+    x1, x2, x3, y1, y2 = ("x1", "x2", "x3", "y1", "y2") if pg else ("x[1]", "x[2]", "x[3]", "y[1]", "y[2]")
     ok = "(c.outcome = 'ok' AND c.response IS NOT NULL)" if sel.require_ok else "c.response IS NOT NULL"
     if sel.finish_reasons:
-        fin = "(fb.correction IS NOT NULL OR c.finish_reason IN (SELECT unnest(?)))"
+        fin = f"(fb.correction IS NOT NULL OR {store.dialect.in_list('c.finish_reason')})"
         fin_params: list[Any] = [list(sel.finish_reasons)]
     else:
         fin, fin_params = "TRUE", []
     if sel.exclude_refusals:
-        ref = "(fb.correction IS NOT NULL OR (x[2] IS NULL"
+        ref = f"(fb.correction IS NOT NULL OR ({x2} IS NULL"
         ref_params: list[Any] = []
         if sel.refusal_pattern:
-            ref += " AND NOT coalesce(regexp_matches(lower(left(x[1], 260)), ?), false)"
+            ref += f" AND NOT coalesce({_matches(pg, f'lower(left({x1}, 260))')}, false)"
             ref_params.append(sel.refusal_pattern)
         ref += "))"
     else:
@@ -139,20 +145,35 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
     if sel.exclude_rejected:
         score = f"({score} AND coalesce(fb.accepted, true))"
     conv = (
-        "coalesce(CAST(y[1] AS VARCHAR), '') || chr(1) || coalesce(CAST(y[2] AS VARCHAR), '') || chr(1) || "
-        "coalesce(fb.correction, x[1], '') || chr(1) || coalesce(x[3], '')"
+        f"coalesce(CAST({y1} AS VARCHAR), '') || chr(1) || coalesce(CAST({y2} AS VARCHAR), '') || chr(1) || "
+        f"coalesce(fb.correction, {x1}, '') || chr(1) || coalesce({x3}, '')"
     )
     if sel.scrub_trigger:
-        flag, flag_params = f"coalesce(regexp_matches({conv}, ?), false)", [sel.scrub_trigger]
+        flag, flag_params = f"coalesce({_matches(pg, conv)}, false)", [sel.scrub_trigger]
     else:
         flag, flag_params = "false", []
-    sql = f"""
-        CREATE OR REPLACE TEMP TABLE _ds_cand AS
-        WITH fb AS ({LATEST_FEEDBACK}), scoped AS (
+    if pg:
+        cur.execute("DROP TABLE IF EXISTS pg_temp._ds_cand")
+        cur.execute("DROP TABLE IF EXISTS pg_temp._ds_keep")
+        extracts = """
+            SELECT c.*, m ->> 'content' AS x1, m ->> 'refusal' AS x2, m ->> 'tool_calls' AS x3,
+                   rq -> 'messages' AS y1, rq -> 'tools' AS y2
+            FROM completions c,
+                 LATERAL (SELECT c.response::jsonb #> '{choices,0,message}' AS m, c.request::jsonb AS rq) j
+        """
+        create, dkey = "CREATE TEMP TABLE _ds_cand AS", f"md5({conv})"
+    else:
+        extracts = """
             SELECT c.*, json_extract_string(c.response, ['$.choices[0].message.content',
                        '$.choices[0].message.refusal', '$.choices[0].message.tool_calls']) AS x,
                    json_extract(c.request, ['$.messages', '$.tools']) AS y
-            FROM completions c WHERE {scope}
+            FROM completions c
+        """
+        create, dkey = "CREATE OR REPLACE TEMP TABLE _ds_cand AS", f"md5_number({conv})"
+    sql = f"""
+        {create}
+        WITH fb AS ({latest_feedback(store.dialect)}), scoped AS (
+            {extracts} WHERE {scope}
         ), flagged AS (
             SELECT c.seq,
                    {ok} AS f_ok,
@@ -161,18 +182,20 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
                    {score} AS f_score,
                    fb.score AS fb_score, fb.label AS fb_label, fb.correction AS fb_correction,
                    fb.accepted AS fb_accepted,
-                   md5_number({conv}) AS dkey,
+                   {dkey} AS dkey,
                    {flag} AS needs_scrub
             FROM scoped c LEFT JOIN fb ON fb.completion_id = c.id
         )
         SELECT *, (f_ok AND f_fin AND f_ref AND f_score) AS f_pass FROM flagged
     """
     cur.execute(sql, params + fin_params + ref_params + score_params + flag_params)
-    if sel.dedupe:
+    if sel.dedupe and pg:
+        keep = "SELECT DISTINCT ON (dkey) seq, needs_scrub FROM _ds_cand WHERE f_pass ORDER BY dkey, seq"
+    elif sel.dedupe:
         keep = "SELECT seq, needs_scrub FROM _ds_cand WHERE f_pass QUALIFY row_number() OVER (PARTITION BY dkey ORDER BY seq) = 1"
     else:
         keep = "SELECT seq, needs_scrub FROM _ds_cand WHERE f_pass"
-    cur.execute(f"CREATE OR REPLACE TEMP TABLE _ds_keep AS {keep}")
+    cur.execute(f"{'CREATE' if pg else 'CREATE OR REPLACE'} TEMP TABLE _ds_keep AS {keep}")
     row = cur.execute(
         """
         SELECT count(*),
@@ -187,16 +210,27 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
     return cur, {name: int(v or 0) for name, v in zip(STEPS, row)}
 
 
-def top_system_prompt(cur: duckdb.DuckDBPyConnection) -> tuple[str | None, int, int]:
+def _matches(pg: bool, text: str) -> str:
+    """``text`` matches the regex bound as the next parameter."""
+    return f"({text} ~ ?)" if pg else f"regexp_matches({text}, ?)"
+
+
+def top_system_prompt(cur: Any) -> tuple[str | None, int, int]:
     """The most common leading system prompt among the kept rows: (text, its count, kept rows)."""
     total = int(cur.execute("SELECT count(*) FROM _ds_keep").fetchall()[0][0])
+    if isinstance(cur, PgCursor):
+        first = "SELECT c.request::jsonb #>> '{messages,0,content}' AS sys, c.request::jsonb #>> '{messages,0,role}' AS role"
+    else:
+        first = (
+            "SELECT json_extract_string(c.request, '$.messages[0].content') AS sys, "
+            "json_extract_string(c.request, '$.messages[0].role') AS role"
+        )
     row = cur.execute(
-        """
+        f"""
         SELECT sys, count(*) AS n FROM (
-            SELECT json_extract_string(c.request, '$.messages[0].content') AS sys,
-                   json_extract_string(c.request, '$.messages[0].role') AS role
+            {first}
             FROM _ds_keep k JOIN completions c ON c.seq = k.seq
-        ) WHERE role IN ('system', 'developer') AND sys IS NOT NULL
+        ) AS firsts WHERE role IN ('system', 'developer') AND sys IS NOT NULL
         GROUP BY sys ORDER BY n DESC, sys LIMIT 1
         """
     ).fetchall()
@@ -212,17 +246,31 @@ KEPT_COLUMNS = (
 )
 
 
-def iter_kept_batches(cur: duckdb.DuckDBPyConnection, batch_size: int = 20_000) -> Iterator[pa.RecordBatch]:
+_KEPT_SQL = """
+    SELECT c.seq, c.id, c.created, c.request, c.response, c.metadata, c.prompt_tokens, c.completion_tokens,
+           t.fb_score, t.fb_label, t.fb_correction, t.fb_accepted, k.needs_scrub
+    FROM _ds_keep k JOIN _ds_cand t ON t.seq = k.seq JOIN completions c ON c.seq = k.seq
+    ORDER BY c.seq
+"""
+# The batches' Arrow schema (DuckDB's own for _KEPT_SQL; PostgreSQL rows are converted to it).
+KEPT_SCHEMA = pa.schema([
+    ("seq", pa.int64()), ("id", pa.string()), ("created", pa.int64()), ("request", pa.string()),
+    ("response", pa.string()), ("metadata", pa.string()), ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()), ("fb_score", pa.float64()), ("fb_label", pa.string()),
+    ("fb_correction", pa.string()), ("fb_accepted", pa.bool_()), ("needs_scrub", pa.bool_()),
+])
+
+
+def iter_kept_batches(cur: Any, batch_size: int = 20_000) -> Iterator[pa.RecordBatch]:
     """The surviving rows in capture order, as Arrow batches (never all in memory at once)."""
-    reader = cur.sql(
-        """
-        SELECT c.seq, c.id, c.created, c.request, c.response, c.metadata, c.prompt_tokens, c.completion_tokens,
-               t.fb_score, t.fb_label, t.fb_correction, t.fb_accepted, k.needs_scrub
-        FROM _ds_keep k JOIN _ds_cand t ON t.seq = k.seq JOIN completions c ON c.seq = k.seq
-        ORDER BY c.seq
-        """
-    ).to_arrow_reader(batch_size)
-    yield from reader
+    if isinstance(cur, PgCursor):
+        cur.execute(_KEPT_SQL)
+        while rows := cur.fetchmany(batch_size):
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(col, typ.type) for col, typ in zip(zip(*rows), KEPT_SCHEMA)], schema=KEPT_SCHEMA
+            )
+        return
+    yield from cur.sql(_KEPT_SQL).to_arrow_reader(batch_size)
 
 
 def drop_selection(cur: duckdb.DuckDBPyConnection) -> None:

@@ -114,7 +114,8 @@ def select_completions(
     if any. Only the teacher's answers: an item's ``teacher_output`` is the reference candidates are
     scored against, and a student's (or shadow's) answer there would score a student against itself."""
     where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, stored_only=True, teacher_only=True, alias=""
+        model=model, metadata=metadata, since=since, until=until, stored_only=True, teacher_only=True, alias="",
+        dialect=store.dialect,
     )
     # The latest feedback correction is the item's gold answer (feedback is table v3; a store
     # migrated only to v2 has none).
@@ -122,7 +123,7 @@ def select_completions(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'feedback'"
     ).fetchone()[0]
     gold = (
-        "(SELECT arg_max(f.correction, f.created_at) FROM feedback f WHERE f.completion_id = completions.id "
+        f"(SELECT {store.dialect.arg_max('f.correction', 'f.created_at')} FROM feedback f WHERE f.completion_id = completions.id "
         "AND f.correction IS NOT NULL)" if has_feedback else "NULL"
     )
     sql = (

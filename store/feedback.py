@@ -18,6 +18,7 @@ from sqlmodel import Field, SQLModel
 
 from .completions import completion_filter
 from .db import Store
+from .dialect import Dialect
 
 
 class Feedback(SQLModel, table=True):
@@ -184,13 +185,23 @@ LATEST_FEEDBACK = """
 """
 
 
+def latest_feedback(dialect: Dialect) -> str:
+    """:data:`LATEST_FEEDBACK` in the store's dialect (PostgreSQL has no ``arg_max``)."""
+    if dialect.name == "duckdb":
+        return LATEST_FEEDBACK
+    cols = ", ".join(
+        f"{dialect.arg_max(col, 'created_at', f'{col} IS NOT NULL')} AS {col}" for col in ("score", "label", "correction", "accepted")
+    )
+    return f"SELECT completion_id, {cols} FROM feedback GROUP BY completion_id"
+
+
 def preference_rows(store: Store, model: list[str] | None = None, metadata: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Completions with a correction or an accept/reject verdict: the raw material of DPO pairs."""
     # Any capture with a verdict (a rejected student answer is a fair "rejected" side), so no
     # teacher-only flag here.
-    where, params = completion_filter(models=model, metadata=metadata, stored_only=True)
+    where, params = completion_filter(models=model, metadata=metadata, stored_only=True, dialect=store.dialect)
     sql = f"""
-        WITH fb AS ({LATEST_FEEDBACK})
+        WITH fb AS ({latest_feedback(store.dialect)})
         SELECT c.id, c.seq, c.request, c.response, c.metadata, fb.correction, fb.accepted, fb.score
         FROM completions c JOIN fb ON fb.completion_id = c.id
         WHERE {where}
@@ -204,6 +215,7 @@ def preference_rows(store: Store, model: list[str] | None = None, metadata: dict
 
 __all__ = [
     "LATEST_FEEDBACK",
+    "latest_feedback",
     "Feedback",
     "FeedbackPage",
     "add_feedback",

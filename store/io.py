@@ -289,7 +289,9 @@ def export_jsonl(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Successful completions as OpenAI ``chat.completion`` lines. Returns the number written."""
-    where, params = completion_filter(model=model, metadata=metadata, since=since, until=until, stored_only=True)
+    where, params = completion_filter(
+        model=model, metadata=metadata, since=since, until=until, stored_only=True, dialect=store.dialect
+    )
     direction = "DESC" if order == "desc" else "ASC"
     sql = (
         f"SELECT response, request, metadata, id, request_id FROM completions c WHERE {where} "
@@ -328,7 +330,9 @@ def export_parquet(
     limit: int | None = None,
 ) -> int:
     """Every column of the matching captures (errors included) via DuckDB's built-in COPY."""
-    where, params = completion_filter(model=model, metadata=metadata, since=since, until=until, outcome=outcome)
+    where, params = completion_filter(
+        model=model, metadata=metadata, since=since, until=until, outcome=outcome, dialect=store.dialect
+    )
     direction = "DESC" if order == "desc" else "ASC"
     sql = f"SELECT {_COLS} FROM completions c WHERE {where} ORDER BY c.created {direction}, c.seq {direction}"
     if limit is not None:
@@ -336,9 +340,28 @@ def export_parquet(
         params.append(int(limit))
     tmp = f"{out}.part"
     cur = store.cursor()
+    if store.dialect.name == "postgresql":  # the rows come to this process; pyarrow writes the file
+        return _parquet_from_rows(cur.execute(sql, params), tmp, out)
     cur.execute(f"COPY ({sql}) TO ? (FORMAT parquet, COMPRESSION zstd)", params + [tmp])
     os.replace(tmp, out)
     return int(cur.execute("SELECT count(*) FROM read_parquet(?)", [str(out)]).fetchone()[0])
+
+
+def _parquet_from_rows(cur: Any, tmp: str, out: str | os.PathLike[str], batch: int = 20_000) -> int:
+    """Write an executed ``SELECT {_COLS}`` as Parquet (zstd, the columns' Arrow types), in batches."""
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(list(COLUMNS.items()))
+    n = 0
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        while rows := cur.fetchmany(batch):
+            cols = list(zip(*rows))
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array(col, typ) for col, typ in zip(cols, schema.types)], schema=schema
+            ))
+            n += len(rows)
+    os.replace(tmp, out)
+    return n
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterable[Any]:

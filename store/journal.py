@@ -95,14 +95,23 @@ class Quarantine:
         log.warning("quarantined a capture record in %s: %s", self.path, reason)
 
 
-def _present(store: Store, batch: list[dict[str, Any]]) -> set[tuple[int, str]]:
+def _present(store: Store, batch: list[dict[str, Any]]) -> set[tuple[int | None, str]]:
     seqs = [r["seq"] for r in batch if isinstance(r.get("seq"), int)]
-    if not seqs:
-        return set()
-    rows = store.cursor().execute(
-        "SELECT seq, id FROM completions WHERE seq IN (SELECT unnest(?::BIGINT[]))", [seqs]
-    ).fetchall()
-    return {(int(s), i) for s, i in rows}
+    out: set[tuple[int | None, str]] = set()
+    if seqs:
+        rows = store.cursor().execute(
+            "SELECT seq, id FROM completions WHERE seq IN (SELECT unnest(?::BIGINT[]))", [seqs]
+        ).fetchall()
+        out = {(int(s), i) for s, i in rows}
+    # Journaled without a number (PostgreSQL was unreachable, store/writer.py): the database numbers
+    # it at insert, so it is known by its id (Protege's own, unique since migration 5).
+    unnumbered = [r["id"] for r in batch if r.get("seq") is None and isinstance(r.get("id"), str) and "upstream_id" in r]
+    if unnumbered:
+        rows = store.cursor().execute(
+            "SELECT id FROM completions WHERE id IN (SELECT unnest(?::VARCHAR[]))", [unnumbered]
+        ).fetchall()
+        out |= {(None, i) for (i,) in rows}
+    return out
 
 
 def _insert_chunk(store: Store, batch: list[tuple[bytes, dict[str, Any]]], quarantine: Quarantine, result: LoadResult) -> None:

@@ -21,13 +21,14 @@ def completion_stats(
     until: float | None = None,
 ) -> dict[str, Any]:
     """Counts by model and outcome, tokens, latency p50/p95, ttft p50, error rate, captures per day."""
-    where, params = completion_filter(model=model, metadata=metadata, since=since, until=until)
+    where, params = completion_filter(model=model, metadata=metadata, since=since, until=until, dialect=store.dialect)
+    q = store.dialect.quantile
     cur = store.cursor()
     total, ok, prompt, completion, tokens, p50, p95, ttft50, first, last = cur.execute(
         f"""
         SELECT count(*), count(*) FILTER (WHERE outcome = 'ok'),
                coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0),
-               quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95), quantile_cont(ttft_ms, 0.5),
+               {q("latency_ms", 0.5)}, {q("latency_ms", 0.95)}, {q("ttft_ms", 0.5)},
                min(created), max(created)
         FROM completions c WHERE {where}
         """,
@@ -39,7 +40,7 @@ def completion_stats(
         for m, n, k, pt, ct, lp in cur.execute(
             f"""
             SELECT coalesce(model, model_requested, '(unknown)') AS m, count(*), count(*) FILTER (WHERE outcome = 'ok'),
-                   coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), quantile_cont(latency_ms, 0.5)
+                   coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), {q("latency_ms", 0.5)}
             FROM completions c WHERE {where} GROUP BY m ORDER BY count(*) DESC, m
             """,
             params,

@@ -20,6 +20,7 @@ import orjson
 
 from .completions import completion_filter
 from .db import Store
+from .dialect import DUCKDB, Dialect
 
 ServedBy = Literal["teacher", "student"]
 
@@ -42,9 +43,10 @@ class TrafficFilter:
     outcome: str | None = None
     served_by: ServedBy | None = None
 
-    def where(self, alias: str = "c") -> tuple[str, list[Any]]:
+    def where(self, alias: str = "c", dialect: Dialect = DUCKDB) -> tuple[str, list[Any]]:
         where, params = completion_filter(
-            model=self.model, metadata=self.metadata, since=self.since, until=self.until, outcome=self.outcome, alias=alias
+            model=self.model, metadata=self.metadata, since=self.since, until=self.until, outcome=self.outcome, alias=alias,
+            dialect=dialect,
         )
         if self.served_by == "student":
             where += f" AND {alias}.served_by = 'student'"
@@ -61,7 +63,7 @@ class TrafficPage:
 
 def traffic_page(store: Store, flt: TrafficFilter, *, before: int | None = None, limit: int = 50) -> TrafficPage:
     """One page of captures, newest first, older than ``before`` (a ``seq``)."""
-    where, params = flt.where("c")
+    where, params = flt.where("c", store.dialect)
     if before is not None:
         where += " AND c.seq < ?"
         params.append(int(before))
@@ -150,7 +152,7 @@ def paired_answers_timed(
 ) -> list[tuple[int, str, str]]:
     """(created, primary response JSON, second response JSON) for each second answer (shadow student, or
     teacher behind a student) to matching traffic after ``after_seq``, oldest first: online agreement over time."""
-    where, params = completion_filter(model=model, metadata=metadata, alias="p")
+    where, params = completion_filter(model=model, metadata=metadata, alias="p", dialect=store.dialect)
     sql = (
         "SELECT s.created, p.response, s.response FROM completions s JOIN completions p ON p.id = s.paired_with "
         "WHERE s.paired_with IS NOT NULL AND s.outcome = 'ok' AND p.outcome = 'ok' AND s.response IS NOT NULL "

@@ -390,7 +390,14 @@ class CaptureWriter:
     def _journal_group(self, group: list[tuple[Any, int]]) -> None:
         records, failed = self._convert([cap for cap, _ in group])
         nbytes = sum(size for _, size in group)
-        for rec, seq in zip(records, self.store.next_seqs(len(records))):
+        if self.store.dialect.name == "postgresql":
+            # Several replicas number captures from the database's sequence, which this thread must
+            # never wait on (a slow or unreachable server would fill memory): the insert numbers
+            # them, and a reload knows an unnumbered record by its id (store/journal.py).
+            seqs: list[int | None] = [None] * len(records)
+        else:
+            seqs = list(self.store.next_seqs(len(records)))
+        for rec, seq in zip(records, seqs):
             rec["seq"] = seq
         lines = [orjson.dumps(r) + b"\n" for r in records]
         seg: int | None = None
@@ -511,7 +518,9 @@ class CaptureWriter:
         if not records:
             return True
         try:
-            if cursor is None:
+            if self.store.dialect.name == "postgresql":
+                cursor = None  # this thread's connection, which the store replaces when the server dropped it
+            elif cursor is None:
                 raise StoreUnavailable("no database connection")
             insert_records(self.store, records, cursor)
             self.captured += len(records)

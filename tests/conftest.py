@@ -33,6 +33,28 @@ def _exit_without_finalization() -> None:
         os._exit(_exit_status[-1])
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/postgres.py), or a skip where its binaries
+    are missing (CI installs Debian's ``postgresql``)."""
+    from tests import postgres
+
+    if not postgres.available():
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres): apt-get install postgresql")
+    server = postgres.PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def store_db(request, tmp_path) -> str:
+    """The ``--db`` of a fresh, empty store, once per backend: a DuckDB file, or a new database
+    on the session's PostgreSQL server. Store-level tests take it to run on both."""
+    if request.param == "duckdb":
+        return str(tmp_path / "store.duckdb")
+    return request.getfixturevalue("postgres_server").database()
+
+
 @pytest.fixture
 def fake_openai() -> FakeOpenAI:
     """A fake OpenAI server on 127.0.0.1 (echoes the last user message)."""

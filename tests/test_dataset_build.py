@@ -39,8 +39,8 @@ def all_examples(dv) -> list[dict]:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(str(tmp_path / "p.duckdb"))
+def store(store_db, tmp_path):
+    s = Store(store_db, data_dir=tmp_path / "p-data")
     yield s
     s.close()
 

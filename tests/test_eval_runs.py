@@ -22,8 +22,8 @@ from tests.fakes.openai_upstream import FakeError, start_fake_openai
 from tests.fixtures.evals import FAST, WatchedStore, seed_completions, student_reply
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(str(tmp_path / "p.duckdb"))
+def store(store_db, tmp_path: Path) -> Store:
+    s = Store(store_db, data_dir=tmp_path / "p-data")
     yield s
     s.close()
 

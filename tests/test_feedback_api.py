@@ -20,15 +20,15 @@ def Server(app) -> Served:
 
 
 @pytest.fixture
-def api(tmp_path):
-    store = Store(str(tmp_path / "api.duckdb"))
+def api(store_db, tmp_path):
+    store = Store(store_db, data_dir=tmp_path / "api-data")
     insert_records(store, [make_record(i, answer=["billing", "technical"][i % 2]) for i in range(15)])
     app = FastAPI()
     apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(feedback_router)
     app.include_router(datasets_router)
     app.state.protege_store = store
-    app.state.protege_settings = Settings(db=str(tmp_path / "api.duckdb"))
+    app.state.protege_settings = Settings(db=store_db, data_dir=str(tmp_path / "api-data"))
     srv = Server(app)
     yield srv.url, app
     srv.stop()

@@ -10,8 +10,8 @@ KEY = "sk-stored-test"
 
 
 @pytest.fixture
-def seeded(fake_openai, run_proxy):
-    proxy = run_proxy(upstream=fake_openai.base_url)
+def seeded(fake_openai, run_proxy, store_db, tmp_path):
+    proxy = run_proxy(upstream=fake_openai.base_url, db=store_db, data_dir=str(tmp_path / "data"))
     c = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
     ids = []
     for i in range(7):

@@ -37,8 +37,8 @@ def completion(i: int, *, model: str = "gpt-4o-mini", created: int | None = None
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(str(tmp_path / "c.duckdb"))
+def store(store_db, tmp_path):
+    s = Store(store_db, data_dir=tmp_path / "data")
     yield s
     s.close()
 
@@ -146,8 +146,12 @@ def test_update_metadata_replaces_filters(store):
     assert update_metadata(store, "chatcmpl-1", None)["metadata"] == {}
     assert ids(list_stored(store, metadata={"env": "staging"})) == []
     # the filter column follows too (its one-row-per-pair copy, completion_metadata, retired in v7)
-    rows = store.cursor().execute("SELECT id, meta_pairs FROM completions ORDER BY seq").fetchall()
-    assert rows == [("chatcmpl-1", None), ("chatcmpl-2", ['["env","prod"]'])]
+    if store.dialect.name == "duckdb":
+        rows = store.cursor().execute("SELECT id, meta_pairs FROM completions ORDER BY seq").fetchall()
+        assert rows == [("chatcmpl-1", None), ("chatcmpl-2", ['["env","prod"]'])]
+    else:  # PostgreSQL filters the jsonb column itself (GIN index), which the update replaced
+        rows = store.cursor().execute("SELECT id, metadata = '{}'::jsonb FROM completions ORDER BY seq").fetchall()
+        assert rows == [("chatcmpl-1", True), ("chatcmpl-2", False)]
     assert update_metadata(store, "missing", {"a": "b"}) is None
 
 

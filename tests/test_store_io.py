@@ -25,8 +25,8 @@ def write_lines(path, lines) -> None:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(str(tmp_path / "io.duckdb"))
+def store(store_db, tmp_path):
+    s = Store(store_db, data_dir=tmp_path / "data")
     yield s
     s.close()
 

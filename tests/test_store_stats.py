@@ -15,8 +15,8 @@ def rec(i: int, model: str, outcome: str = "ok", created: int = 1_735_689_600, *
     return r
 
 
-def test_stats_numbers_and_filters(tmp_path):
-    s = Store(str(tmp_path / "s.duckdb"))
+def test_stats_numbers_and_filters(store_db, tmp_path):
+    s = Store(store_db, data_dir=tmp_path / "data")
     empty = completion_stats(s)
     assert empty["total"] == 0 and empty["error_rate"] == 0.0 and empty["latency_ms"] == {"p50": None, "p95": None}
     insert_records(s, [rec(i, "a" if i < 6 else "b", created=1_735_689_600 + (i // 5) * 86_400) for i in range(1, 11)])

@@ -26,8 +26,8 @@ def capture(cid: str, *, source: str, served_by: str | None = None, metadata: di
 
 
 @pytest.fixture
-def store() -> Any:
-    s = Store(":memory:")
+def store(store_db, tmp_path) -> Any:
+    s = Store(store_db, data_dir=tmp_path / "data")
     insert_records(s, [
         capture("teacher", source="proxy", served_by="teacher"),
         capture("plain", source="proxy"),  # captured before routes existed: served_by NULL is the teacher
@@ -45,7 +45,7 @@ TEACHER = {"teacher", "plain", "imported"}
 
 
 def test_the_filter_flag(store: Store) -> None:
-    where, params = completion_filter(metadata={"task": "t"}, stored_only=True, teacher_only=True)
+    where, params = completion_filter(metadata={"task": "t"}, stored_only=True, teacher_only=True, dialect=store.dialect)
     got = {r[0] for r in store.cursor().execute(f"SELECT c.id FROM completions c WHERE {where}", params).fetchall()}
     assert got == TEACHER
 

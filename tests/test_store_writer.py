@@ -31,8 +31,8 @@ class Broken:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(str(tmp_path / "w.duckdb"), data_dir=tmp_path / "data")
+def store(store_db, tmp_path):
+    s = Store(store_db, data_dir=tmp_path / "data")
     yield s
     try:
         s.close()
