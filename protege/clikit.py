@@ -142,6 +142,17 @@ def open_cli_store(read_only: bool = False, must_exist: bool | None = None):  # 
         fail(str(exc))
     except duckdb.Error as exc:
         fail(f"cannot open {s.db}: {str(exc).splitlines()[0]}")
+    except Exception as exc:  # a PostgreSQL URL: psycopg's errors (refused, bad password, no database)
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        fail(f"cannot open {_no_password(s.db)}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
+
+
+def _no_password(db: str) -> str:
+    """A database URL as it may be shown: without a password."""
+    import re
+
+    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", db)
 
 
 def _db_exists(db: str) -> bool:

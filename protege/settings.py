@@ -116,8 +116,8 @@ class Settings(BaseSettings):
         """Artifacts (datasets, reports, local students, spool) live beside the database file."""
         if self.data_dir:
             return Path(self.data_dir)
-        if self.db == ":memory:" or self.db.startswith(":memory:"):
-            return Path("protege-data")
+        if self.db == ":memory:" or self.db.startswith(":memory:") or "://" in self.db:
+            return Path("protege-data")  # a database server (postgresql://): give each replica its own data_dir
         db = Path(self.db)
         return db.parent / f"{db.stem}-data"
 
