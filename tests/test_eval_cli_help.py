@@ -56,7 +56,7 @@ def test_run_help_lists_candidate_fields_and_metrics() -> None:
     listed = text.split("Metric (repeatable; default exact_match, chrf):", 1)[1]
     for name in available_metrics():
         assert re.search(rf"(?<![\w+]){re.escape(name)}(?![\w+])", listed), name
-    assert "-m" in text.split("--model", 1)[1][:12]
+    assert "-m, --model" in text  # plain click help: the short name first
 
 
 @pytest.fixture
