@@ -298,6 +298,9 @@ def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
             [sys.executable, "-m", "protege", "--db", str(dbfile), "eval", "run", "--model", "gpt-4o", "--candidate", cand,
              "--metric", "exact_match", "--concurrency", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # Ctrl-C as a terminal sends it: a test run started in the background (`pytest &` in a
+            # script) inherits SIGINT ignored, and so would the CLI, which then rightly ignores it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         while len(fake.chat_requests) < 3 and time.monotonic() < deadline and proc.poll() is None:
