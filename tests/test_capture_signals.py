@@ -136,6 +136,15 @@ class Load:
                         return
                     time.sleep(0.01)
 
+    def wait_for(self, answered: int, *, at_least: float, timeout: float = 60.0) -> None:
+        """Let the load run ``at_least`` seconds and until ``answered`` answers have come back (a
+        loaded machine answers more slowly: the test's precondition must not depend on its speed)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if time.monotonic() - start >= at_least and len(self.answered) > answered:
+                return
+            time.sleep(0.05)
+
     def finish(self) -> None:
         self.stop.set()
         for t in self.threads:
@@ -168,7 +177,7 @@ def _sigkill_window(tmp_path: Path, upstream, db: Path, cgroup: Path | None, flu
     srv = Serve(tmp_path, db, upstream.base_url, {"PROTEGE_FLUSH_INTERVAL": str(flush)}, cgroup)
     load = Load(srv.base, content_bytes=pad)
     try:
-        time.sleep(3.0)
+        load.wait_for(200, at_least=3.0)
         depth = srv.depth()
         t_kill = time.monotonic()
         srv.proc.send_signal(signal.SIGKILL)
@@ -209,7 +218,7 @@ def test_sigterm_on_a_slow_disk_drains_within_the_time_limit_and_keeps_everythin
         srv = Serve(tmp_path, db, upstream.base_url, {"PROTEGE_DRAIN_TIMEOUT": "2"}, group)
         load = Load(srv.base, content_bytes=PROMPT)
         try:
-            time.sleep(5.0)
+            load.wait_for(100, at_least=5.0)
             depth = srv.depth()
             t0 = time.monotonic()
             srv.proc.send_signal(signal.SIGTERM)
