@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import orjson
 import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
-from .completions import completion_filter
+from .completions import Window, ordered_select
 from .db import Store
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 RUN_STATUSES = ("queued", "in_progress", "completed", "failed", "canceled")
 
@@ -99,24 +102,12 @@ def new_run_id() -> str:
 # Selecting captured completions as eval items
 
 
-def select_completions(
-    store: Store,
-    *,
-    model: str | None = None,
-    metadata: dict[str, str] | None = None,
-    since: int | None = None,
-    until: int | None = None,
-    limit: int | None = None,
-) -> list[dict[str, Any]]:
+def select_completions(store: Store, *, limit: int | None = None, **window: Unpack[Window]) -> list[dict[str, Any]]:
     """Successful teacher answers (the store's one definition: no student's, no shadow's) by model,
     metadata pairs and creation time (Unix seconds, ``since`` inclusive, ``until`` exclusive), oldest
     first; each with request, response, usage and the latest feedback ``correction`` (a gold answer)
     if any. Only the teacher's answers: an item's ``teacher_output`` is the reference candidates are
     scored against, and a student's (or shadow's) answer there would score a student against itself."""
-    where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, stored_only=True, teacher_only=True, alias="",
-        dialect=store.dialect,
-    )
     # The latest feedback correction is the item's gold answer (feedback is table v3; a store
     # migrated only to v2 has none).
     has_feedback = store.cursor().execute(
@@ -126,13 +117,12 @@ def select_completions(
         f"(SELECT {store.dialect.arg_max('f.correction', 'f.created_at')} FROM feedback f WHERE f.completion_id = completions.id "
         "AND f.correction IS NOT NULL)" if has_feedback else "NULL"
     )
-    sql = (
-        "SELECT id, created, model, model_requested, request, response, metadata, latency_ms, prompt_tokens, "
-        f"completion_tokens, {gold} AS correction FROM completions WHERE {where} ORDER BY created, seq"
+    sql, params = ordered_select(
+        store,
+        "id, created, model, model_requested, request, response, metadata, latency_ms, prompt_tokens, "
+        f"completion_tokens, {gold} AS correction",
+        limit=limit, alias="", stored_only=True, teacher_only=True, **window,
     )
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(int(limit))
     cols = ["id", "created", "model", "model_requested", "request", "response", "metadata", "latency_ms",
             "prompt_tokens", "completion_tokens", "correction"]
     rows = store.cursor().execute(sql, params).fetchall()
