@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
-from .db import Store
+from .db import Store, transaction
 from .dialect import DUCKDB, Dialect
 from .pg import jsonb_safe
 
@@ -397,17 +397,12 @@ def update_metadata(store: Store, completion_id: str, metadata: dict[str, str] |
     if store.dialect.name == "postgresql":  # jsonb: the GIN index follows the column
         cur.execute("UPDATE completions SET metadata = ?::jsonb WHERE seq = ?", [jsonb_safe(md), seq])
         return get_stored(store, completion_id)
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         cur.execute(
             f"UPDATE completions SET metadata = ?, meta_pairs = CASE WHEN ? = '{{}}' THEN NULL ELSE {_PAIRS.format(col='?')} END "
             "WHERE seq = ?",
             [md, md, md, seq],
         )
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
     return get_stored(store, completion_id)
 
 

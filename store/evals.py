@@ -18,7 +18,7 @@ import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
 from .completions import Window, ordered_select
-from .db import Store
+from .db import Store, registered, transaction
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -169,8 +169,7 @@ def create_run(
             item.get("teacher_completion_tokens"), item.get("teacher_latency_ms"), _dumps(item.get("metadata") or {}),
         ])
     cur = store.cursor()
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         cur.execute(
             "INSERT INTO eval_runs (id, created_at, name, status, spec, n_items, n_candidates) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
             [run_id, now, name, _dumps(spec), len(rows), n_cand],
@@ -182,10 +181,6 @@ def create_run(
                 "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
     return get_run(store, run_id)  # type: ignore[return-value]
 
 
@@ -310,17 +305,9 @@ def save_outputs(store: Store, run_id: str, outputs: Sequence[dict[str, Any]]) -
     ]
     table = pa.table({col: [r[i] for r in rows] for i, col in enumerate(_OUT_COLS)}, schema=_OUT_SCHEMA)
     cur = store.cursor()
-    cur.register("_protege_eval_outputs", table)
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with registered(cur, "_protege_eval_outputs", table), transaction(cur):
         cur.execute("DELETE FROM eval_outputs WHERE id IN (SELECT id FROM _protege_eval_outputs)")
         cur.execute(f"INSERT INTO eval_outputs ({', '.join(_OUT_COLS)}) SELECT {', '.join(_OUT_COLS)} FROM _protege_eval_outputs")
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
-    finally:
-        cur.unregister("_protege_eval_outputs")
     return len(rows)
 
 
@@ -343,15 +330,10 @@ def save_scores(store: Store, run_id: str, rows: Iterable[tuple[str, str, str, f
     """Replace a run's item scores with ``(item_id, candidate, metric, score)`` rows."""
     data = [[f"{item}/{cand}/{metric}", run_id, item, cand, metric, score] for item, cand, metric, score in rows]
     cur = store.cursor()
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         cur.execute("DELETE FROM eval_scores WHERE run_id = ?", [run_id])
         if data:
             cur.executemany("INSERT INTO eval_scores (id, run_id, item_id, candidate, metric, score) VALUES (?, ?, ?, ?, ?, ?)", data)
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
     return len(data)
 
 
