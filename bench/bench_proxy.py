@@ -26,18 +26,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fixtures.http import free_port  # noqa: E402  (the one ephemeral-port helper)
+
 LUA = HERE / "post_chat.lua"
 STREAM_BODY = (
     b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"What is the capital of France?"}]}'
 )
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port: int, timeout: float = 90.0) -> None:

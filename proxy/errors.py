@@ -15,6 +15,11 @@ def error_bytes(message: str, type: str = "invalid_request_error", param: str | 
     return orjson.dumps(error_obj(message, type, param, code))
 
 
+def too_large(limit: int) -> bytes:
+    """The 413 body for a request body over ``limit`` bytes."""
+    return error_bytes(f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
+
+
 async def send_json(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """One complete JSON response on a raw ASGI ``send``."""
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

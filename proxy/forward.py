@@ -25,8 +25,8 @@ from protege.settings import Settings
 from protege.store import CaptureWriter
 
 from . import errors
-from .auth import admit, client_key
-from .body import BodyTooLarge, read_body
+from .auth import client_key
+from .body import Refused, admitted_body
 from .capture import ChatCapture
 from .hooks import LocalModels, Route, Router
 from .ids import StreamIdRewriter, rewrite_body
@@ -95,16 +95,13 @@ class ChatForwarder:
             elif name == b"content-length":
                 try:
                     if int(value) > self.max_body:
-                        return await self._fail(send, 413, self._too_big())
+                        return await self._fail(send, 413, errors.too_large(self.max_body))
                 except ValueError:
                     pass
-        use_server, denied = admit(key, self.allowed_keys)
-        if denied is not None:
-            return await self._fail(send, 401, denied)
         try:
-            body = await read_body(receive, self.max_body)
-        except BodyTooLarge:
-            return await self._fail(send, 413, self._too_big())
+            use_server, body = await admitted_body(receive, key, self.allowed_keys, self.max_body)
+        except Refused as refused:
+            return await self._fail(send, refused.status, refused.body)
         if body is None:
             return
         try:
@@ -187,11 +184,6 @@ class ChatForwarder:
             self._spawn(self._second_answer(req, route.student_model, route.timeout, "student", cap, key, style, use_server, shape, scope))
 
     # ------------------------------------------------------------------------------------------
-    def _too_big(self) -> bytes:
-        return errors.error_bytes(
-            f"Request body too large: the limit is {self.max_body} bytes.", code="request_too_large"
-        )
-
     async def _fail(self, send: Any, status: int, body: bytes) -> None:
         self.metrics.request("chat", status)
         await errors.send_json(send, status, body)
@@ -447,9 +439,7 @@ class ChatForwarder:
             body["stream_options"] = dict(req.get("stream_options") or {}, include_usage=True)
         agen = self.local_models.astream(body)  # type: ignore[attr-defined]
         try:
-            first = await agen.__anext__()
-        except StopAsyncIteration:
-            first = None
+            first = await anext(agen, None)
         except Exception as exc:
             status, err = self._local_error(exc, model)
             return await self._refuse(send, cap, status, err, served_by="student")
@@ -483,10 +473,7 @@ class ChatForwarder:
                     break
                 if shown:
                     await send({"type": "http.response.body", "body": shown, "more_body": True})
-                try:
-                    part = await agen.__anext__()
-                except StopAsyncIteration:
-                    part = None
+                part = await anext(agen, None)
         except Exception as exc:
             status, err = self._local_error(exc, model)
             outcome = "timeout" if status == 504 else "upstream_error"

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 
 from . import errors
-from .auth import admit, client_key
-from .body import BodyTooLarge, read_body
+from .auth import client_key
+from .body import Refused, admitted_body
 from .metrics import Metrics
 from .upstream import Upstream, forward_headers, response_headers
 
@@ -31,14 +31,10 @@ class Passthrough:
         for name, value in scope["headers"]:
             if name == b"accept-encoding":
                 accept_encoding = value.decode("latin-1")
-        use_server, denied = admit(key, self.allowed_keys)
-        if denied is not None:
-            return await self._fail(send, 401, denied)
         try:
-            body = await read_body(receive, self.max_body)
-        except BodyTooLarge:
-            return await self._fail(send, 413, errors.error_bytes(
-                f"Request body too large: the limit is {self.max_body} bytes.", code="request_too_large"))
+            use_server, body = await admitted_body(receive, key, self.allowed_keys, self.max_body)
+        except Refused as refused:
+            return await self._fail(send, refused.status, refused.body)
         if body is None:
             return
         headers = forward_headers(scope["headers"], await self.upstream.auth_headers(key, style, use_server))

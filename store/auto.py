@@ -333,40 +333,38 @@ def create_route(
     return row
 
 
-def set_route_stage(
-    store: Store, route_id: str, stage: str, percent: float, start_seq: int, compare_percent: float | None = None
-) -> AutoRoute:
-    now = time.time()
+def _change_route(store: Store, route_id: str, now: float, **changes: Any) -> AutoRoute | None:
+    """Set ``changes`` on one route (``updated_at`` to ``now``) and move the change counter the
+    proxy's route table watches; None (and nothing changed) when there is no such route."""
     with store.session() as s:
         row = s.get(AutoRoute, route_id)
         if row is None:
-            raise KeyError(route_id)
-        row.stage = stage
-        row.percent = percent
-        if compare_percent is not None:
-            row.compare_percent = compare_percent
-        row.stage_started_at = now
-        row.stage_started_seq = start_seq
+            return None
+        for name, value in changes.items():
+            setattr(row, name, value)
         row.updated_at = now
         s.add(row)
         s.commit()
     _bump(store)
+    return row
+
+
+def set_route_stage(
+    store: Store, route_id: str, stage: str, percent: float, start_seq: int, compare_percent: float | None = None
+) -> AutoRoute:
+    now = time.time()
+    extra = {"compare_percent": compare_percent} if compare_percent is not None else {}
+    row = _change_route(
+        store, route_id, now, stage=stage, percent=percent, **extra, stage_started_at=now, stage_started_seq=start_seq
+    )
+    if row is None:
+        raise KeyError(route_id)
     return row
 
 
 def end_route(store: Store, route_id: str) -> AutoRoute | None:
     now = time.time()
-    with store.session() as s:
-        row = s.get(AutoRoute, route_id)
-        if row is None:
-            return None
-        row.active = False
-        row.ended_at = now
-        row.updated_at = now
-        s.add(row)
-        s.commit()
-    _bump(store)
-    return row
+    return _change_route(store, route_id, now, active=False, ended_at=now)
 
 
 def get_route(store: Store, route_id: str) -> AutoRoute | None:

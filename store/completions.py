@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, TypedDict
 
 import orjson
 import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
-from .db import Store
+from .db import Store, transaction
 from .dialect import DUCKDB, Dialect
 from .pg import jsonb_safe
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # Column name -> Arrow type, in table order.
 COLUMNS: dict[str, pa.DataType] = {
@@ -394,17 +397,12 @@ def update_metadata(store: Store, completion_id: str, metadata: dict[str, str] |
     if store.dialect.name == "postgresql":  # jsonb: the GIN index follows the column
         cur.execute("UPDATE completions SET metadata = ?::jsonb WHERE seq = ?", [jsonb_safe(md), seq])
         return get_stored(store, completion_id)
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         cur.execute(
             f"UPDATE completions SET metadata = ?, meta_pairs = CASE WHEN ? = '{{}}' THEN NULL ELSE {_PAIRS.format(col='?')} END "
             "WHERE seq = ?",
             [md, md, md, seq],
         )
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
     return get_stored(store, completion_id)
 
 
@@ -470,45 +468,52 @@ def _stream_records(cur: Any, batch: int = 5000) -> Iterable[dict[str, Any]]:
             yield dict(zip(COLUMNS, row))
 
 
-def select_records(
-    store: Store,
-    *,
-    model: str | None = None,
-    metadata: dict[str, str] | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    outcome: str | None = None,
-    stored_only: bool = False,
-    limit: int | None = None,
-    order: str = "asc",
-) -> Iterable[dict[str, Any]]:
-    """Records (every column) matching the filters, by creation time then capture order; streamed."""
-    where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, outcome=outcome, stored_only=stored_only,
-        dialect=store.dialect,
-    )
+class Window(TypedDict, total=False):
+    """The filters every reader of captures takes by keyword (see :func:`completion_filter`):
+    ``model``, ``metadata`` pairs, ``since`` (inclusive) and ``until`` (exclusive)."""
+
+    model: str | None
+    metadata: dict[str, str] | None
+    since: float | None
+    until: float | None
+
+
+class RecordFilters(Window, total=False):
+    """:class:`Window` plus ``outcome`` and ``stored_only``: the filters of the record readers."""
+
+    outcome: str | None
+    stored_only: bool
+
+
+def ordered_select(
+    store: Store, columns: str, *, order: str = "asc", limit: int | None = None, alias: str = "c", **filters: Any
+) -> tuple[str, list[Any]]:
+    """``SELECT columns FROM completions`` where :func:`completion_filter` (``filters``) holds, by
+    creation time then capture order (``order``: ``"asc"`` or ``"desc"``), at most ``limit`` rows:
+    the SQL and its parameters, for the store's readers that stream or copy a filtered range."""
+    where, params = completion_filter(alias=alias, dialect=store.dialect, **filters)
     direction = "DESC" if order == "desc" else "ASC"
-    sql = f"SELECT {_COLS} FROM completions c WHERE {where} ORDER BY c.created {direction}, c.seq {direction}"
+    a = f"{alias}." if alias else ""
+    sql = (
+        f"SELECT {columns} FROM completions {alias} WHERE {where} "
+        f"ORDER BY {a}created {direction}, {a}seq {direction}"
+    )
     if limit is not None:
         sql += " LIMIT ?"
         params.append(int(limit))
+    return sql, params
+
+
+def select_records(
+    store: Store, *, limit: int | None = None, order: str = "asc", **filters: Unpack[RecordFilters]
+) -> Iterable[dict[str, Any]]:
+    """Records (every column) matching the filters, by creation time then capture order; streamed."""
+    sql, params = ordered_select(store, _COLS, order=order, limit=limit, **filters)
     cur = store.cursor()
     cur.execute(sql, params)
     yield from _stream_records(cur, 2000)
 
 
-def count_records(
-    store: Store,
-    *,
-    model: str | None = None,
-    metadata: dict[str, str] | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    outcome: str | None = None,
-    stored_only: bool = False,
-) -> int:
-    where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, outcome=outcome, stored_only=stored_only,
-        dialect=store.dialect,
-    )
+def count_records(store: Store, **filters: Unpack[RecordFilters]) -> int:
+    where, params = completion_filter(dialect=store.dialect, **filters)
     return int(store.cursor().execute(f"SELECT count(*) FROM completions c WHERE {where}", params).fetchone()[0])

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from .completions import _COLS, COLUMNS, insert_records
-from .db import Store
+from .db import Store, registered, transaction
 
 # Table -> the columns that identify a row (what "already copied" is tested on), in copy order:
 # completions first (the rest points at them).
@@ -146,21 +146,13 @@ def _copy_table(
     while rows := cur.fetchmany(batch_size):
         batch = pa.Table.from_arrays([pa.array(col, typ) for col, (_, typ) in zip(zip(*rows), cols)], schema=schema)
         out = dst.cursor()
-        out.register("_protege_copy_batch", batch)
-        try:
-            out.execute("BEGIN TRANSACTION")
+        with registered(out, "_protege_copy_batch", batch), transaction(out):
             before = int(out.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
             out.execute(
                 f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join('b.' + n for n in names)} "
                 f"FROM _protege_copy_batch b WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
             )
             n = int(out.execute(f"SELECT count(*) FROM {table}").fetchone()[0]) - before
-            out.execute("COMMIT")
-        except Exception:
-            out.execute("ROLLBACK")
-            raise
-        finally:
-            out.unregister("_protege_copy_batch")
         copied += n
         skipped += len(rows) - n
         if progress:

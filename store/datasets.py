@@ -21,7 +21,7 @@ import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
 from .completions import completion_filter
-from .db import Store
+from .db import Store, registered, transaction
 from .feedback import latest_feedback
 from .pg import PgCursor
 
@@ -290,8 +290,7 @@ def next_version(store: Store, name: str) -> int:
 def save_dataset(store: Store, row: DatasetVersionRow, links: pa.Table | None = None) -> DatasetVersionRow:
     """Record a version and its completion links (bulk, via Arrow) in one transaction."""
     cur = store.cursor()
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         cur.execute(
             "INSERT INTO datasets (id, name, version, kind, created_at, options, counts, stats, files, system_prompt, system_prompt_sha256) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -299,19 +298,12 @@ def save_dataset(store: Store, row: DatasetVersionRow, links: pa.Table | None = 
              row.system_prompt, row.system_prompt_sha256],
         )
         if links is not None and links.num_rows:
-            cur.register("_ds_links", links)
-            try:
+            with registered(cur, "_ds_links", links):
                 cur.execute(
                     "INSERT INTO dataset_completions (dataset_id, seq, completion_id, split) "
                     "SELECT ?, seq, completion_id, split FROM _ds_links",
                     [row.id],
                 )
-            finally:
-                cur.unregister("_ds_links")
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
     return row
 
 

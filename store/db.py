@@ -31,7 +31,7 @@ import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import duckdb
 import psycopg
@@ -180,6 +180,30 @@ class Store:
         except duckdb.Error:
             pass
         self.conn.close()
+
+
+@contextmanager
+def transaction(cur: Any) -> Iterator[Any]:
+    """One explicit transaction on a store cursor (DuckDB or :class:`PgCursor`): committed when
+    the block ends, rolled back (and the error raised) when it or the commit fails."""
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        yield cur
+        cur.execute("COMMIT")
+    except Exception:
+        cur.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def registered(cur: Any, name: str, table: Any) -> Iterator[Any]:
+    """An Arrow ``table`` readable as ``name`` by the block's statements on ``cur``, and no longer
+    after it (bulk writes insert from a registered batch)."""
+    cur.register(name, table)
+    try:
+        yield cur
+    finally:
+        cur.unregister(name)
 
 
 def open_store(path: str = ":memory:", data_dir: str | Path | None = None, read_only: bool = False) -> Store:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import orjson
 import pyarrow as pa
 from sqlmodel import Field, SQLModel
 
-from .completions import completion_filter
-from .db import Store
+from .completions import Window, ordered_select
+from .db import Store, registered, transaction
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 RUN_STATUSES = ("queued", "in_progress", "completed", "failed", "canceled")
 
@@ -99,24 +102,12 @@ def new_run_id() -> str:
 # Selecting captured completions as eval items
 
 
-def select_completions(
-    store: Store,
-    *,
-    model: str | None = None,
-    metadata: dict[str, str] | None = None,
-    since: int | None = None,
-    until: int | None = None,
-    limit: int | None = None,
-) -> list[dict[str, Any]]:
+def select_completions(store: Store, *, limit: int | None = None, **window: Unpack[Window]) -> list[dict[str, Any]]:
     """Successful teacher answers (the store's one definition: no student's, no shadow's) by model,
     metadata pairs and creation time (Unix seconds, ``since`` inclusive, ``until`` exclusive), oldest
     first; each with request, response, usage and the latest feedback ``correction`` (a gold answer)
     if any. Only the teacher's answers: an item's ``teacher_output`` is the reference candidates are
     scored against, and a student's (or shadow's) answer there would score a student against itself."""
-    where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, stored_only=True, teacher_only=True, alias="",
-        dialect=store.dialect,
-    )
     # The latest feedback correction is the item's gold answer (feedback is table v3; a store
     # migrated only to v2 has none).
     has_feedback = store.cursor().execute(
@@ -126,13 +117,12 @@ def select_completions(
         f"(SELECT {store.dialect.arg_max('f.correction', 'f.created_at')} FROM feedback f WHERE f.completion_id = completions.id "
         "AND f.correction IS NOT NULL)" if has_feedback else "NULL"
     )
-    sql = (
-        "SELECT id, created, model, model_requested, request, response, metadata, latency_ms, prompt_tokens, "
-        f"completion_tokens, {gold} AS correction FROM completions WHERE {where} ORDER BY created, seq"
+    sql, params = ordered_select(
+        store,
+        "id, created, model, model_requested, request, response, metadata, latency_ms, prompt_tokens, "
+        f"completion_tokens, {gold} AS correction",
+        limit=limit, alias="", stored_only=True, teacher_only=True, **window,
     )
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(int(limit))
     cols = ["id", "created", "model", "model_requested", "request", "response", "metadata", "latency_ms",
             "prompt_tokens", "completion_tokens", "correction"]
     rows = store.cursor().execute(sql, params).fetchall()
@@ -179,8 +169,7 @@ def create_run(
             item.get("teacher_completion_tokens"), item.get("teacher_latency_ms"), _dumps(item.get("metadata") or {}),
         ])
     cur = store.cursor()
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         cur.execute(
             "INSERT INTO eval_runs (id, created_at, name, status, spec, n_items, n_candidates) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
             [run_id, now, name, _dumps(spec), len(rows), n_cand],
@@ -192,10 +181,6 @@ def create_run(
                 "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
     return get_run(store, run_id)  # type: ignore[return-value]
 
 
@@ -320,17 +305,9 @@ def save_outputs(store: Store, run_id: str, outputs: Sequence[dict[str, Any]]) -
     ]
     table = pa.table({col: [r[i] for r in rows] for i, col in enumerate(_OUT_COLS)}, schema=_OUT_SCHEMA)
     cur = store.cursor()
-    cur.register("_protege_eval_outputs", table)
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with registered(cur, "_protege_eval_outputs", table), transaction(cur):
         cur.execute("DELETE FROM eval_outputs WHERE id IN (SELECT id FROM _protege_eval_outputs)")
         cur.execute(f"INSERT INTO eval_outputs ({', '.join(_OUT_COLS)}) SELECT {', '.join(_OUT_COLS)} FROM _protege_eval_outputs")
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
-    finally:
-        cur.unregister("_protege_eval_outputs")
     return len(rows)
 
 
@@ -353,15 +330,10 @@ def save_scores(store: Store, run_id: str, rows: Iterable[tuple[str, str, str, f
     """Replace a run's item scores with ``(item_id, candidate, metric, score)`` rows."""
     data = [[f"{item}/{cand}/{metric}", run_id, item, cand, metric, score] for item, cand, metric, score in rows]
     cur = store.cursor()
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         cur.execute("DELETE FROM eval_scores WHERE run_id = ?", [run_id])
         if data:
             cur.executemany("INSERT INTO eval_scores (id, run_id, item_id, candidate, metric, score) VALUES (?, ?, ?, ?, ?, ?)", data)
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
     return len(data)
 
 

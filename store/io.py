@@ -26,14 +26,19 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import orjson
 import pyarrow as pa
 
-from .completions import _COLS, COLUMNS, completion_filter, insert_records, record_from_completion, stored_object
+from .completions import (
+    _COLS, COLUMNS, RecordFilters, Window, insert_records, ordered_select, record_from_completion, stored_object,
+)
 from .db import Store
 from .ids import resolve_ids
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # Request parameters that the Stored Completions object carries beside the completion (and that an
 # import moves back into the request).
@@ -280,26 +285,15 @@ def export_jsonl(
     store: Store,
     out: str | os.PathLike[str],
     *,
-    model: str | None = None,
-    metadata: dict[str, str] | None = None,
-    since: float | None = None,
-    until: float | None = None,
     order: str = "asc",
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
+    **window: Unpack[Window],
 ) -> int:
     """Successful completions as OpenAI ``chat.completion`` lines. Returns the number written."""
-    where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, stored_only=True, dialect=store.dialect
+    sql, params = ordered_select(
+        store, "response, request, metadata, id, request_id", order=order, limit=limit, stored_only=True, **window
     )
-    direction = "DESC" if order == "desc" else "ASC"
-    sql = (
-        f"SELECT response, request, metadata, id, request_id FROM completions c WHERE {where} "
-        f"ORDER BY c.created {direction}, c.seq {direction}"
-    )
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(int(limit))
     cur = store.cursor()
     cur.execute(sql, params)
     written = 0
@@ -321,23 +315,12 @@ def export_parquet(
     store: Store,
     out: str | os.PathLike[str],
     *,
-    model: str | None = None,
-    metadata: dict[str, str] | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    outcome: str | None = None,
     order: str = "asc",
     limit: int | None = None,
+    **filters: Unpack[RecordFilters],
 ) -> int:
     """Every column of the matching captures (errors included) via DuckDB's built-in COPY."""
-    where, params = completion_filter(
-        model=model, metadata=metadata, since=since, until=until, outcome=outcome, dialect=store.dialect
-    )
-    direction = "DESC" if order == "desc" else "ASC"
-    sql = f"SELECT {_COLS} FROM completions c WHERE {where} ORDER BY c.created {direction}, c.seq {direction}"
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(int(limit))
+    sql, params = ordered_select(store, _COLS, order=order, limit=limit, **filters)
     tmp = f"{out}.part"
     cur = store.cursor()
     if store.dialect.name == "postgresql":  # the rows come to this process; pyarrow writes the file

@@ -36,12 +36,20 @@ _EDGE = " \t\r\n\"'`.,;:!?()[]{}<>*_"
 _SCALAR = (str, int, float, bool)
 
 
-def content_text(content: Any) -> str:
-    """The text of a message's ``content``: a string as is, text parts joined with ``""``, else ``""``."""
+def content_text(content: Any, sep: str = "") -> str:
+    """The text of a message's ``content``: a string as is, text parts joined with ``sep``, else ``""``."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return sep.join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def last_user_text(messages: Any, sep: str = "") -> str:
+    """The text of the last ``user`` message of a request's ``messages`` (what a row previews)."""
+    for msg in reversed(messages or []):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            return content_text(msg.get("content"), sep)
     return ""
 
 
@@ -111,4 +119,4 @@ def normalise_label(text: str) -> str:
     return _WS.sub(" ", t.strip(_EDGE)).casefold()
 
 
-__all__ = ["LABEL_KEYS", "answer_text", "content_text", "first_message", "message_text", "normalise_label", "tool_calls_text"]
+__all__ = ["LABEL_KEYS", "answer_text", "content_text", "first_message", "last_user_text", "message_text", "normalise_label", "tool_calls_text"]

@@ -6,22 +6,18 @@ millions of captures takes a fraction of a second and never loads request or res
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .completions import completion_filter
+from .completions import Window, completion_filter
 from .db import Store
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-def completion_stats(
-    store: Store,
-    *,
-    model: str | None = None,
-    metadata: dict[str, str] | None = None,
-    since: float | None = None,
-    until: float | None = None,
-) -> dict[str, Any]:
+
+def completion_stats(store: Store, **window: Unpack[Window]) -> dict[str, Any]:
     """Counts by model and outcome, tokens, latency p50/p95, ttft p50, error rate, captures per day."""
-    where, params = completion_filter(model=model, metadata=metadata, since=since, until=until, dialect=store.dialect)
+    where, params = completion_filter(dialect=store.dialect, **window)
     q = store.dialect.quantile
     cur = store.cursor()
     total, ok, prompt, completion, tokens, p50, p95, ttft50, first, last = cur.execute(

@@ -21,6 +21,7 @@ import orjson
 from .completions import completion_filter
 from .db import Store
 from .dialect import DUCKDB, Dialect
+from .messages import last_user_text
 
 ServedBy = Literal["teacher", "student"]
 
@@ -87,14 +88,8 @@ def _last_user_text(request: str | None, limit: int = 160) -> str:
         messages = orjson.loads(request or "{}").get("messages") or []
     except (orjson.JSONDecodeError, AttributeError):
         return ""
-    for msg in reversed(messages):
-        if isinstance(msg, dict) and msg.get("role") == "user":
-            content = msg.get("content")
-            if isinstance(content, list):
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-            text = " ".join(str(content or "").split())
-            return text if len(text) <= limit else text[: limit - 1] + "…"
-    return ""
+    text = " ".join(last_user_text(messages, sep=" ").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def traffic_models(store: Store, limit: int = 50) -> list[str]:

@@ -75,3 +75,22 @@ def test_label_rule_keeps_what_is_not_a_key_value_or_json() -> None:
     assert normalise_label('{"label": {"nested": 1}, "class": "b"}') == "b"  # the first scalar under a label key
     assert normalise_label('{"a": "x", "b": "y"}') not in ("x", "y")  # no label key and two values: no class picked
     assert normalise_label("true") == normalise_label('{"label": true}') == "true"
+
+
+def test_last_user_text_is_the_last_user_turn_as_the_report_and_the_console_show_it() -> None:
+    from protege.store.messages import last_user_text
+    from protege.store.traffic import _last_user_text
+
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url"}, {"type": "text", "text": "at\n  this"}]},
+        {"role": "assistant", "content": None},
+        "not a message",
+    ]
+    assert last_user_text(messages) == "lookat\n  this"  # the eval report's input column: parts joined with ""
+    assert _last_user_text(orjson.dumps({"messages": messages}).decode()) == "look at this"  # the console's preview
+    assert _last_user_text(orjson.dumps({"messages": [{"role": "user", "content": "x" * 200}]}).decode()) == "x" * 159 + "…"
+    assert last_user_text([{"role": "assistant", "content": "no user"}]) == "" and last_user_text(None) == ""
+    assert _last_user_text("not json") == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import duckdb
 import pytest
 
@@ -74,3 +76,73 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     assert current_version(conn) == 1
     assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half_done'").fetchone()[0] == 0
     conn.close()
+
+
+class _Recorder:
+    """Keeps the SQL a migration executes, in order, without running it."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, *params):
+        self.statements.append(sql)
+        return self
+
+
+def _executed(dialect: str) -> dict[int, str]:
+    """sha256 (first 16 hex digits) of the statements each migration executes on ``dialect``."""
+    from protege.store import migrations
+
+    variants = migrations.PG_MIGRATIONS if dialect == "postgresql" else {}
+    out = {}
+    for number, _, fn in migrations.MIGRATIONS:
+        recorder = _Recorder()
+        variants.get(number, fn)(recorder)
+        out[number] = hashlib.sha256("\n;\n".join(recorder.statements).encode()).hexdigest()[:16]
+    return out
+
+
+# Released migrations are frozen text. The PostgreSQL variants are derived from the DuckDB text by
+# store/migrations._pg_variant; these are the hashes of the SQL the released variants executed
+# (v1 and v3 statement for statement; their PostgreSQL-only indexes now run after the rest of the
+# migration). A change to either dialect's SQL of a released version fails here.
+_RELEASED_SQL = {
+    "duckdb": {
+        1: "75f19f6c92faf4df",
+        2: "6c230b1b52305e9f",
+        3: "9936782cec07f48c",
+        4: "7e227aa7d69b0982",
+        5: "84aca9466792de6b",
+        6: "07ded7c3157e6cd8",
+        7: "b82dc78bac0d5983",
+    },
+    "postgresql": {
+        1: "f69c35e63895649d",
+        2: "6c230b1b52305e9f",
+        3: "b91fb2ee52322810",
+        4: "7e227aa7d69b0982",
+        5: "d1c17959050fbdcc",
+        6: "7ff25fe5c210470e",
+        7: "b82dc78bac0d5983",
+    },
+}
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgresql"])
+def test_released_migrations_execute_their_frozen_sql(dialect):
+    executed = _executed(dialect)
+    assert {n: executed[n] for n in _RELEASED_SQL[dialect]} == _RELEASED_SQL[dialect]
+
+
+def test_a_postgresql_rewrite_that_stops_matching_is_an_error(tmp_path):
+    from protege.store import migrations
+
+    def duckdb_side(c):
+        c.execute("CREATE TABLE t (x DOUBLE, y DOUBLE PRECISION)")
+
+    conn = duckdb.connect(str(tmp_path / "r.duckdb"))
+    migrations._pg_variant(duckdb_side)(conn)  # DOUBLE becomes DOUBLE PRECISION; DuckDB runs both
+    assert conn.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 't'").fetchall() == [("DOUBLE",), ("DOUBLE",)]
+    drifted = migrations._pg_variant(duckdb_side, rewrites=((r"\bz DOUBLE\b", "z REAL"),))
+    with pytest.raises(RuntimeError, match=r"applied 0 times, not once"):
+        drifted(duckdb.connect(str(tmp_path / "s.duckdb")))

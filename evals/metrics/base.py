@@ -30,6 +30,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from protege.evals.stats import CI, DEFAULT_RESAMPLES, bootstrap_ci_data
 
 
@@ -153,3 +155,43 @@ class Metric(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.signature()}>"
+
+
+class AdditiveStatsMetric(Metric):
+    """A corpus metric whose item statistics are number vectors that SUM to the corpus statistic
+    (BLEU, chrF). As sacrebleu's ``Metric`` derives corpus and sentence scores from extracted
+    statistics, this base derives every score from :meth:`item_stats` in one place: the corpus
+    score from the summed vectors (:meth:`score_from_totals`), item scores from each vector
+    (:meth:`item_scores_from_stats`), both from one extraction in :meth:`score_items`. A subclass
+    gives those three methods and its signature."""
+
+    kind = "corpus"
+    additive_stats = True
+
+    @abstractmethod
+    def item_stats(self, hyps: Sequence[str], refs: Sequence[str]) -> list[list[int]]:
+        """One statistics vector per (output, reference) pair."""
+
+    @abstractmethod
+    def score_from_totals(self, totals: Sequence[int]) -> float:
+        """The 0-1 corpus score of summed statistics."""
+
+    @abstractmethod
+    def item_scores_from_stats(self, stats: Sequence[Sequence[int]]) -> list[float]:
+        """The 0-1 item score of each statistics vector."""
+
+    def aggregate_stats(self, stats: Sequence[Any]) -> float:
+        if len(stats) == 0:
+            return 0.0
+        return self.score_from_totals(np.asarray(stats, dtype=np.int64).sum(axis=0))
+
+    def item_scores(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
+        return self.item_scores_from_stats(self.item_stats(hyps, refs))
+
+    def corpus_score(self, hyps: Sequence[str], refs: Sequence[str]) -> float:
+        return self.aggregate_stats(self.item_stats(hyps, refs))
+
+    def score_items(self, hyps: Sequence[str], refs: Sequence[str]) -> Scores:
+        """One extraction of the statistics gives the item scores and the corpus score."""
+        stats = self.item_stats(hyps, refs)
+        return Scores(self.item_scores_from_stats(stats), stats)

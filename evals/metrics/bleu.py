@@ -10,13 +10,12 @@ every sentence score and every bootstrap resample reuse one tokenisation. Scores
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 import sacrebleu
 from sacrebleu.metrics import BLEU
 
-from protege.evals.metrics.base import Metric, Scores, check_pairs
+from protege.evals.metrics.base import AdditiveStatsMetric, check_pairs
 
 
 def _ngram_counters(tokens: list[str], max_order: int) -> list[Counter]:
@@ -32,13 +31,11 @@ def _matches(h: Counter, r: Counter) -> int:
     return sum(map(min, map(h.__getitem__, keys), map(r.__getitem__, keys)))
 
 
-class BleuMetric(Metric):
+class BleuMetric(AdditiveStatsMetric):
     """sacrebleu BLEU; ``tokenize='char'`` or ``'zh'`` for CJK text (13a sees unsegmented Chinese as one word)."""
 
     name = "bleu"
-    kind = "corpus"
     scale = "continuous"
-    additive_stats = True
     batchable = True
 
     def __init__(self, tokenize: str = "13a", lowercase: bool = False, smooth_method: str = "exp",
@@ -77,11 +74,6 @@ class BleuMetric(Metric):
         check_pairs(hyps, refs)
         return [self.segment_stats(h, r) for h, r in zip(hyps, refs)]
 
-    def aggregate_stats(self, stats: Sequence[Any]) -> float:
-        if len(stats) == 0:
-            return 0.0
-        return self.score_from_totals(np.asarray(stats, dtype=np.int64).sum(axis=0))
-
     def score_from_totals(self, totals: Sequence[int]) -> float:
         return self._corpus._compute_score_from_stats([int(x) for x in totals]).score / 100.0
 
@@ -90,17 +82,6 @@ class BleuMetric(Metric):
         return [f(list(s)).score / 100.0 for s in stats]
 
     # -- Metric ----------------------------------------------------------------------------------
-    def item_scores(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
-        return self.item_scores_from_stats(self.item_stats(hyps, refs))
-
-    def corpus_score(self, hyps: Sequence[str], refs: Sequence[str]) -> float:
-        return self.aggregate_stats(self.item_stats(hyps, refs))
-
-    def score_items(self, hyps: Sequence[str], refs: Sequence[str]) -> Scores:
-        """One tokenisation: sentence scores and the corpus score both come from the statistics."""
-        stats = self.item_stats(hyps, refs)
-        return Scores(self.item_scores_from_stats(stats), stats)
-
     def signature(self) -> str:
         return f"bleu|{self._corpus.get_signature()}|item:sentence-eff|scale:0-1"
 

@@ -8,12 +8,12 @@ but with C-level n-gram counting; sacrebleu's own ``_compute_f_score`` turns the
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from sacrebleu.metrics import CHRF
 
-from protege.evals.metrics.base import Metric, Scores, check_pairs
+from protege.evals.metrics.base import AdditiveStatsMetric, check_pairs
 
 
 _MAX_CHUNK = 16384
@@ -105,12 +105,10 @@ def _char_counters(line: str, order: int, whitespace: bool) -> list[Counter]:
     return out
 
 
-class ChrfMetric(Metric):
+class ChrfMetric(AdditiveStatsMetric):
     """chrF (``word_order=2`` gives chrF++). Character based, so it works for any script."""
 
-    kind = "corpus"
     scale = "continuous"
-    additive_stats = True
 
     def __init__(self, char_order: int = 6, word_order: int = 0, beta: int = 2, lowercase: bool = False,
                  whitespace: bool = False, eps_smoothing: bool = False) -> None:
@@ -155,28 +153,12 @@ class ChrfMetric(Metric):
             return out
         return [self.segment_stats(h, r) for h, r in zip(hyps, refs)]
 
-    def aggregate_stats(self, stats: Sequence[Any]) -> float:
-        if len(stats) == 0:
-            return 0.0
-        return self.score_from_totals(np.asarray(stats, dtype=np.int64).sum(axis=0))
-
     def score_from_totals(self, totals: Sequence[int]) -> float:
         return self._chrf._compute_f_score([int(x) for x in totals]) / 100.0
 
     def item_scores_from_stats(self, stats: Sequence[Sequence[int]]) -> list[float]:
         f = self._chrf._compute_f_score
         return [f(list(s)) / 100.0 for s in stats]
-
-    def item_scores(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
-        return self.item_scores_from_stats(self.item_stats(hyps, refs))
-
-    def corpus_score(self, hyps: Sequence[str], refs: Sequence[str]) -> float:
-        return self.aggregate_stats(self.item_stats(hyps, refs))
-
-    def score_items(self, hyps: Sequence[str], refs: Sequence[str]) -> Scores:
-        """One pass of statistics gives the item scores and the corpus score."""
-        stats = self.item_stats(hyps, refs)
-        return Scores(self.item_scores_from_stats(stats), stats)
 
     def signature(self) -> str:
         return f"{self.name}|{self._chrf.get_signature()}|scale:0-1"

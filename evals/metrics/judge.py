@@ -62,31 +62,34 @@ class JudgeResult:
 OUTCOME_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 
 
+@dataclass(eq=False)
 class PairwiseJudge:
-    """``compare(inputs, candidates, baselines)``: does the candidate (student) beat the baseline (teacher)?"""
+    """``compare(inputs, candidates, baselines)``: does the candidate (student) beat the baseline (teacher)?
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, client: Any = None,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, temperature: float = 0.0, max_tokens: int = 5,
-                 concurrency: int = 8, timeout: float = 60.0, max_retries: int = 2) -> None:
-        if not model:
+    ``client``: an ``AsyncOpenAI``-like client to use (and leave open); by default one is made per
+    comparison from ``base_url`` and ``api_key`` (never logged, shown nor part of the signature)."""
+
+    model: str
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    client: Any = field(default=None, repr=False)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    temperature: float = 0.0
+    max_tokens: int = 5
+    concurrency: int = 8
+    timeout: float = 60.0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.model:
             raise ValueError("the judge needs a model name")
-        if concurrency < 1:
+        if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.model = model
-        self.base_url = base_url
-        self._api_key = api_key  # never logged nor part of the signature
-        self._client = client
-        self.system_prompt = system_prompt
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.concurrency = concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
 
     def _make_client(self) -> Any:
         from openai import AsyncOpenAI
 
-        return AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout,
+        return AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout,
                            max_retries=self.max_retries)
 
     async def _ask(self, client: Any, sem: asyncio.Semaphore, prompt: str, a: str, b: str) -> str | None:
@@ -117,13 +120,13 @@ class PairwiseJudge:
             inputs = [""] * len(candidates)
         if len(inputs) != len(candidates):
             raise ValueError(f"got {len(inputs)} inputs for {len(candidates)} outputs")
-        client = self._client or self._make_client()
+        client = self.client or self._make_client()
         sem = asyncio.Semaphore(self.concurrency)
         try:
             items = list(await asyncio.gather(*(self._judge_one(client, sem, i, c, b)
                                                 for i, c, b in zip(inputs, candidates, baselines))))
         finally:
-            if self._client is None:
+            if self.client is None:
                 await client.close()
         outcomes = [it.outcome for it in items]
         n = len(items)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from protege.store import Store
 from protege.store import evals as db
+from protege.store.messages import last_user_text
 
 from ..pricing import cost, load_prices, price_for
 from ..results import TEACHER
@@ -133,7 +134,7 @@ def report_data(
                 continue
             out = outputs.get((it["id"], cand)) or {}
             divergent[cand].append({
-                **d, "input": _last_user(it["messages"]), "teacher": it["teacher_output"], "reference": it["reference"],
+                **d, "input": last_user_text(it["messages"]), "teacher": it["teacher_output"], "reference": it["reference"],
                 "reference_kind": it["reference_kind"], "candidate": out.get("output") if out.get("status") == "ok" else None,
                 "error": out.get("error"),
             })
@@ -182,16 +183,6 @@ def _used_prices(usage: Mapping[str, Mapping[str, list[Any]]], prices: Mapping[s
             if p is not None:
                 out[model] = p
     return out
-
-
-def _last_user(messages: list[dict[str, Any]]) -> str:
-    for msg in reversed(messages or []):
-        if msg.get("role") == "user":
-            content = msg.get("content")
-            if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or "")
-    return ""
 
 
 __all__ = ["VERSIONED_PACKAGES", "report_data", "versions"]
