@@ -41,6 +41,7 @@ STUDENT = "gpt-student"  # a cloud student: the fake upstream answers as it, "gp
 # How late a replica may serve another replica's route change: the re-check interval, one query and
 # one request's round trip, with room for a loaded 2-core CI machine.
 BOUND = REFRESH_SECONDS + 3.0
+SECRET = "s3cret-replica-pw"
 
 
 class Replica:
@@ -99,7 +100,9 @@ def cluster(postgres_server, tmp_path_factory):
     store_auto.update_cycle(store, cycle.id, student_model=STUDENT, state="promoted")
     store.close()
     upstream = start_fake_openai(delay=0.02)
-    replicas = [Replica(db, upstream.base_url, root / f"r{i}", root / f"r{i}.log") for i in range(3)]
+    # Replica 0 is given a password in its URL (trust authentication ignores it): it must never be logged.
+    urls = [db.replace("://protege@", f"://protege:{SECRET}@"), db, db]
+    replicas = [Replica(url, upstream.base_url, root / f"r{i}", root / f"r{i}.log") for i, url in enumerate(urls)]
     try:
         for r in replicas:
             r.wait_ready()
@@ -204,6 +207,9 @@ def test_three_replicas_sigterm_one_mid_load_every_answer_stored_once(cluster):
     finally:
         store.close()
     assert sorted(r[0] for r in rows) == sorted(ids)
+    logs = [r.log.read_text() for r in replicas]
+    assert "protege listening on" in logs[0] and "protege:***@" in logs[0]
+    assert not any(SECRET in text for text in logs)
     assert all(n == 1 for _id, n in rows)
     print(f"three replicas, one SIGTERMed mid-load: {len(ids)} answers, {len(rows)} rows "
           f"({sum(1 for k, _ in answered if k == 2)} through the stopped replica)")
