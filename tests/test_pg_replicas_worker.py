@@ -18,7 +18,7 @@ from protege.distill.auto.worker import Worker
 from protege.store import Store
 from protege.store import auto as store_auto
 from tests import postgres
-from tests.fixtures.auto import corpus, run_until, teacher_answer
+from tests.fixtures.auto import corpus, run_until, started_job_lines, teacher_answer
 from tests.test_auto_worker import POLICY, _toml, fill, job_rows
 
 pytestmark = pytest.mark.skipif(not postgres.available(), reason="no PostgreSQL server binaries")
@@ -70,19 +70,10 @@ def test_two_workers_run_a_cycle_once_and_the_survivor_resumes_a_killed_ones(pos
         [sys.executable, "-m", "protege", "--db", db, "--data-dir", str(data), "worker", "--policies", str(pfile), "--interval", "0.05"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(Path(__file__).parent.parent),
     )
-    seen: list[str] = []
     settings = Settings(db=db, upstream=chat.base_url, upstream_api_key="sk-test-upstream")
     other = Worker(store, settings, backend_options={"openai": {"base_url": ft.base_url, "api_key": "sk-test-ft", "poll_interval": 0.01}})
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if "fine-tune ftjob_" in line and "started" in line:
-                break
-        assert any("started" in s for s in seen), "".join(seen)
+        started_job_lines(proc)
         pid = store_auto.get_policy(store, "topic").id
         # While the first worker lives, the second leaves its cycle alone (without the lock it would
         # poll the job, and on DuckDB-style resume logic adopt or restart it).
