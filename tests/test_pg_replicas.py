@@ -186,6 +186,9 @@ def test_three_replicas_sigterm_one_mid_load_every_answer_stored_once(cluster):
 
     # The Stored API of a live replica sees every answer, whichever replica captured it (the killed one too).
     a, b = replicas[0], replicas[1]
+    cid, _model = a.ask("read your writes", metadata=tag)
+    assert a.client.chat.completions.retrieve(cid).id == cid  # the answering replica: at once
+    ids.append(cid)
 
     def listed(r: Replica) -> set[str]:
         return {c.id for c in r.client.chat.completions.list(metadata=tag, limit=100)}
