@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from protege.store.pg import without_password
 from protege.store.served import remove_record, write_record
 
 log = logging.getLogger("protege.app")
@@ -47,9 +48,9 @@ class RecordedServer(uvicorn.Server):
             return
         url = listen_url([s for server in self.servers for s in server.sockets])
         if url is not None:
-            write_record(self._db, url)  # a few bytes, once, before the first request
+            write_record(self._db, url)  # a few bytes, once, before the first request (none for a URL store)
             self._recorded = True
-            log.info("protege listening on %s (store %s)", url, self._db)
+            log.info("protege listening on %s (store %s)", url, without_password(self._db))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:

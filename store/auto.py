@@ -7,8 +7,9 @@ proxy's in-memory route table reloads only when it changes, never per request.
 
 from __future__ import annotations
 
-import secrets
+import hashlib
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -391,6 +392,82 @@ def list_routes(store: Store, policy_id: str | None = None, include_ended: bool 
 
 
 # ---------------------------------------------------------------------------------------------
+# One worker per policy: a lock held for the life of a cycle
+
+
+def _lock_key(policy_id: str) -> int:
+    """A signed 64-bit advisory-lock key for a policy (PostgreSQL's bigint form)."""
+    digest = hashlib.blake2b(f"protege-policy:{policy_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class PolicyLock:
+    """Whether this worker may run a policy's cycle: on PostgreSQL, ``pg_try_advisory_lock`` on a
+    connection of its own that stays open while the cycle is open, so at most one worker of all the
+    processes on the database advances it. The lock lives with that connection: a worker that is
+    killed (SIGKILL, a crash) drops it, PostgreSQL releases the lock as the session ends, and the next
+    worker that asks takes the policy over and resumes its cycle from the store.
+
+    On DuckDB one process writes the file anyway, so the lock is always granted (today's behaviour).
+    Not thread-safe: one worker thread uses it."""
+
+    def __init__(self, store: Store, policy_id: str) -> None:
+        self.policy_id = policy_id
+        self._url = store.path if store.dialect.name == "postgresql" else None
+        self._conn: Any = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may write this store (PostgreSQL): only then does the lock lock."""
+        return self._url is not None
+
+    @property
+    def held(self) -> bool:
+        return self._url is None or self._conn is not None
+
+    def acquire(self) -> bool:
+        """Take (or confirm, with one round trip) the lock; False while another worker holds it."""
+        if self._url is None:
+            return True
+        from . import pg
+
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT 1")
+                return True
+            except Exception:  # the connection died (a server restart): the lock went with it
+                log.warning("lost the lock of policy %s with its connection; taking it again", self.policy_id)
+                self._drop()
+        conn = pg.connect(self._url)
+        try:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(self.policy_id)]).fetchone()[0]
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(self.policy_id)])
+        except Exception:  # closing the session releases it too
+            pass
+        self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
 # Traffic queries (read the completions table with bound parameters)
 
 
@@ -452,6 +529,7 @@ __all__: Sequence[str] = [
     "AutoCycle",
     "AutoDecision",
     "AutoPolicy",
+    "PolicyLock",
     "AutoRoute",
     "active_routes",
     "as_dict",

@@ -177,6 +177,11 @@ def is_url(path: str) -> bool:
     return path.startswith(("postgresql://", "postgres://"))
 
 
+def without_password(url: str) -> str:
+    """A database URL as it may be logged or shown: its password (if the URL carries one) as ``***``."""
+    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", url)
+
+
 def sqlalchemy_url(url: str) -> str:
     """The same URL for SQLAlchemy's psycopg 3 driver."""
     return "postgresql+psycopg://" + url.split("://", 1)[1]

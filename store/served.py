@@ -7,6 +7,11 @@ server writes it once it listens and removes it when it stops; a record left by 
 is recognised by its dead PID and ignored (and replaced by the next server).
 
 Nothing secret is in it: the CLI takes the admin key from the environment, never from a file.
+
+A PostgreSQL store (``--db postgresql://...``) has no record: its database has many writers (several
+``protege serve`` replicas, workers, the CLI), so no one server holds it. Every process, the CLI
+included, talks to PostgreSQL directly, and ``protege serve`` never refuses to start because another
+replica serves the same database.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ SUFFIX = ".serve.json"
 
 
 def record_path(db: str | os.PathLike[str]) -> Path | None:
-    """Where a server of ``db`` records itself; None for an in-memory or remote store."""
+    """Where a server of ``db`` records itself; None for an in-memory store or a database URL (a
+    database server has many writers: the CLI opens it itself)."""
     text = os.fspath(db)
     if text.startswith(":memory:") or "://" in text:
         return None

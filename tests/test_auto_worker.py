@@ -21,7 +21,7 @@ from protege.distill.auto.policies import parse_policy, save_policy
 from protege.store import Store, insert_records, record_from_completion
 from protege.store import auto as store_auto
 
-from tests.fixtures.auto import CATEGORIES, TEACHER, corpus, run_until, teacher_answer  # noqa: F401
+from tests.fixtures.auto import CATEGORIES, TEACHER, corpus, run_until, started_job_lines, teacher_answer  # noqa: F401
 
 def captured(question: str, label: str, i: int, metadata: dict | None = None) -> dict:
     req = {"model": TEACHER, "messages": [{"role": "system", "content": "Classify the topic. Answer JSON."},
@@ -163,17 +163,9 @@ def test_sigkilled_worker_resumes_without_a_second_job(tmp_path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "protege", "--db", str(db), "worker", "--policies", str(pfile), "--interval", "0.05"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(Path(__file__).parent.parent))
-    seen = []
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if "fine-tune ftjob_" in line and "started" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
+        seen = started_job_lines(proc)
+        proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait(10)

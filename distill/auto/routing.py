@@ -3,8 +3,17 @@
 ``route()`` runs on every proxied request (on the event loop), so it only reads memory: active
 routes are loaded into dicts keyed by (model, metadata pair). Changes made through this process's
 Store are seen at once: the store calls :meth:`StoreRouter.refresh` in the thread that made the
-change, after its commit (``store.auto.on_routes_change``); changes made by another process are
-noticed within ``ttl`` seconds by a re-check in a background thread. Neither runs on the loop.
+change, after its commit (``store.auto.on_routes_change``). Changes made by another process (another
+replica on the same PostgreSQL database, the CLI, a ``protege worker``) are noticed by one
+background thread per table that reads the stored ``routes_version`` counter every ``ttl`` seconds
+(a one-row primary-key read) and reloads the table when it moved: such a change is served by every
+replica within ``ttl`` seconds plus one query (:data:`REFRESH_SECONDS` by default), with or without
+traffic. Neither runs on the loop.
+
+Why a version check and not PostgreSQL's LISTEN/NOTIFY: a notification sent while a replica's
+listening connection is down is lost, so a replica would need the version check anyway to catch
+up after a reconnect; the check alone gives the same bound on both backends, with one connection
+per replica and no reconnect logic, at the cost of one tiny query every ``ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +30,10 @@ import orjson
 from protege.store import auto as store_auto
 
 log = logging.getLogger("protege.distill.auto.routing")
+
+# Seconds between two checks of the stored routes_version: the bound on how late another process's
+# route change is served here (plus one query).
+REFRESH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,7 @@ class _Entry:
 class StoreRouter:
     """``protege.proxy.hooks.Router`` over the routes in the store."""
 
-    def __init__(self, store: Any, ttl: float = 2.0) -> None:
+    def __init__(self, store: Any, ttl: float = REFRESH_SECONDS) -> None:
         self._store = store
         self._auto = store_auto
         self.ttl = ttl
@@ -54,18 +68,15 @@ class StoreRouter:
         self._by_model: dict[str | None, list[_Entry]] = {}
         self._any = False
         self._stored_version = -1
-        self._next_check = 0.0
         self._lock = threading.Lock()
-        self._checking = False
         self.refresh()
         store_auto.on_routes_change(store, self.refresh)
+        _start_watcher(self)
 
     # -- hot path -----------------------------------------------------------------------------
 
     def route(self, model: str | None, metadata: dict[str, str] | None) -> Route | None:
         """The route for a request, from memory (never a query: this runs on the event loop)."""
-        if time.monotonic() >= self._next_check:
-            self._check_in_background()
         if not self._any:
             return None
         md = metadata or {}
@@ -107,26 +118,44 @@ class StoreRouter:
             self._by_pair, self._by_model = by_pair, by_model
             self._any = bool(rows)
             self._stored_version = stored
-            self._next_check = time.monotonic() + self.ttl
 
-    def _check_in_background(self) -> None:
-        if self._checking:
-            return
-        self._checking = True
-        self._next_check = time.monotonic() + self.ttl
-
-        def check() -> None:
-            try:
-                if self._auto.routes_version(self._store) != self._stored_version:
-                    self.refresh()
-            except Exception:  # the store closing under us at shutdown; next check retries
-                log.debug("route table re-check failed", exc_info=True)
-            finally:
-                self._checking = False
-
-        threading.Thread(target=check, name="protege-route-check", daemon=True).start()
+    def check(self) -> bool:
+        """Reload if another process changed the routes (blocking: the watcher thread calls it);
+        whether it reloaded."""
+        if self._auto.routes_version(self._store) == self._stored_version:
+            return False
+        self.refresh()
+        return True
 
     @property
     def routes(self) -> list[Route]:
         out = [e.route for entries in self._by_pair.values() for e in entries]
         return out + [e.route for entries in self._by_model.values() for e in entries]
+
+
+def _start_watcher(router: StoreRouter) -> threading.Thread:
+    """One daemon thread per route table that calls :meth:`StoreRouter.check` every ``ttl`` seconds.
+
+    It holds the table weakly and ends once the table is gone, so a dropped app leaves no thread
+    behind; being one long-lived thread, it reuses one database connection (the store's connections
+    are per thread) instead of opening one per check. A failed check (the database restarting, the
+    store closing at shutdown) is retried at the next tick."""
+    ref = weakref.ref(router)
+    ttl = router.ttl
+
+    def watch() -> None:
+        while True:
+            time.sleep(ttl)
+            table = ref()
+            if table is None:
+                return
+            try:
+                if table.check():
+                    log.info("route table reloaded: routes_version is now %s", table._stored_version)
+            except Exception:
+                log.debug("route table re-check failed", exc_info=True)
+            del table  # no strong reference while waiting
+
+    thread = threading.Thread(target=watch, name="protege-route-watch", daemon=True)
+    thread.start()
+    return thread

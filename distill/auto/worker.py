@@ -354,6 +354,8 @@ class Worker:
         self.last_pass_at: float | None = None
         self.last_actions: list[str] = []
         self._logged_waiting: dict[str, str] = {}
+        # policy id -> its lock, held from a cycle's start to its end (store.auto.PolicyLock)
+        self._locks: dict[str, store_auto.PolicyLock] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -373,6 +375,30 @@ class Worker:
             self._thread = None
         if _RUNNING.get(id(self.store)) is self:
             del _RUNNING[id(self.store)]
+        self.release_locks()
+
+    def release_locks(self) -> None:
+        """Let other workers take this worker's policies (its open cycles resume there)."""
+        for lock in self._locks.values():
+            lock.release()
+        self._locks.clear()
+
+    def _may_run(self, policy_id: str) -> bool:
+        """Whether this worker holds (or now takes) the policy's lock: another worker's cycle of it
+        is left to that worker (on DuckDB always, one process writes the file)."""
+        lock = self._locks.get(policy_id)
+        if lock is None:
+            lock = self._locks[policy_id] = store_auto.PolicyLock(self.store, policy_id)
+        return lock.acquire()
+
+    def _release_idle(self) -> None:
+        """Release the locks of policies with no open cycle, so that any worker may start the next one
+        (a lock is kept while its cycle is open, across passes: a local student training in this
+        process is never restarted by another worker while this one lives)."""
+        for policy_id, lock in list(self._locks.items()):
+            if lock.shared and lock.held and store_auto.open_cycle(self.store, policy_id) is None:
+                lock.release()
+                del self._locks[policy_id]
 
     @property
     def running(self) -> bool:
@@ -444,6 +470,9 @@ class Worker:
             except PolicyError as exc:
                 log.error("skipping policy %s: %s", row.name, exc)
                 continue
+            if not self._may_run(row.id):
+                waiting.append(f"{row.name}: another worker runs this policy's cycle")
+                continue
             try:
                 actions += self.step_policy(row.id, policy)
             except Exception as exc:  # one policy's failure must not stop the others
@@ -457,11 +486,14 @@ class Worker:
             if w is not None:
                 waiting.append(f"{row.name}: {w['message']}")
         for route in store_auto.active_routes(self.store):
+            if not self._may_run(route.policy_id):  # that policy's worker checks its route
+                continue
             try:
                 actions += self.step_route(route)
             except Exception as exc:
                 log.exception("route %s check failed", route.id)
                 actions.append(f"route {route.id}: error: {exc}")
+        self._release_idle()
         self.waiting = waiting
         self.last_pass_at = self.clock()
         self.last_actions = actions
