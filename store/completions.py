@@ -7,12 +7,15 @@ insert (row-at-a-time inserts into DuckDB are ~100x slower).
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from sqlmodel import Field, SQLModel
 
 from .db import Store
@@ -180,8 +183,12 @@ def insert_records(store: Store, records: Sequence[dict[str, Any]], cursor: Any 
     arrays = [pa.array(seqs, pa.int64())]
     for name, typ in _TYPES:
         arrays.append(pa.array([rec.get(name) for rec in records], type=typ))
-    table = pa.Table.from_arrays(arrays, schema=SCHEMA)
-    cur = cursor or store.cursor()
+    _insert_duckdb(cursor or store.cursor(), pa.Table.from_arrays(arrays, schema=SCHEMA))
+    return len(records)
+
+
+def _insert_duckdb(cur: Any, table: pa.Table) -> None:
+    """One Arrow table of completions into DuckDB, ``meta_pairs`` derived in the same statement."""
     cur.register("_protege_batch", table)
     try:
         cur.execute("BEGIN TRANSACTION")
@@ -199,7 +206,31 @@ def insert_records(store: Store, records: Sequence[dict[str, Any]], cursor: Any 
         raise
     finally:
         cur.unregister("_protege_batch")
-    return len(records)
+
+
+def insert_table(store: Store, table: pa.Table) -> int:
+    """Insert an Arrow table of completions (every column of :data:`SCHEMA`, ``seq`` included) in
+    one transaction: the bulk path of ``store copy``, with no Python object per row.
+
+    On PostgreSQL the table is written as CSV by Arrow (C++) and sent with one ``COPY ... (FORMAT
+    csv)``: Arrow quotes every string and leaves a null unquoted, which is exactly how PostgreSQL's
+    CSV tells an empty string from NULL. Metadata holding an escaped NUL is made ``jsonb``-safe
+    (those rows only, see :func:`~protege.store.pg.jsonb_safe`)."""
+    if table.num_rows == 0:
+        return 0
+    table = table.select(list(COLUMNS)).cast(SCHEMA)
+    if store.dialect.name != "postgresql":
+        _insert_duckdb(store.cursor(), table)
+        return table.num_rows
+    md = pc.fill_null(table.column("metadata"), "{}")  # NOT NULL on PostgreSQL
+    if pc.any(pc.match_substring(md, "\\u0000")).as_py():
+        md = pa.array([jsonb_safe(v) for v in md.to_pylist()], pa.string())
+    table = table.set_column(table.schema.get_field_index("metadata"), "metadata", md)
+    buf = io.BytesIO()
+    pa_csv.write_csv(table, buf, pa_csv.WriteOptions(include_header=False, batch_size=8192))
+    with store.cursor().connection.cursor() as cur, cur.copy(f"COPY completions ({_COLS}) FROM STDIN (FORMAT csv)") as copy:
+        copy.write(buf.getbuffer())
+    return table.num_rows
 
 
 # ---------------------------------------------------------------------------------------------
