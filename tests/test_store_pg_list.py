@@ -4,6 +4,8 @@ same pages as the DuckDB store for a common pair, a rare pair, both orders, seve
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from protege.store import Store, insert_records, list_stored
@@ -40,4 +42,22 @@ def test_filtered_pages_match_duckdb(postgres_server, tmp_path):
         assert pages(pg, **kw) == want, kw
         assert sum(len(p) for p in want) == sum(1 for r in records if all(r["metadata"][k] == v for k, v in kw["metadata"].items()))
     duck.close()
+    pg.close()
+
+
+def test_a_plan_past_its_time_gives_way_to_the_other(postgres_server, tmp_path):
+    # The mechanism under the filtered list: the first plan is cancelled by the server after
+    # PG_PLAN_MS (a statement that sleeps longer stands in for a table scan), its transaction is
+    # rolled back, and the same SQL runs again under the other plan's settings, without a limit.
+    from protege.store.completions import PG_PLAN_MS, _pg_filtered_page
+
+    pg = Store(postgres_server.database(), data_dir=tmp_path)
+    cur = pg.cursor()
+    sql = "SELECT current_setting('enable_indexscan'), current_setting('enable_seqscan'), pg_sleep(?) IS NULL"
+    t = time.perf_counter()
+    rows = _pg_filtered_page(cur, sql, [PG_PLAN_MS * 3 / 1000])
+    assert rows == [("off", "off", False)]  # the second run: the GIN plan's settings (no GIN index in that plan)
+    assert time.perf_counter() - t >= PG_PLAN_MS * 4 / 1000
+    # nothing leaks out of the two transactions: the connection's settings are the defaults again
+    assert cur.execute("SELECT current_setting('enable_indexscan'), current_setting('statement_timeout')").fetchone() == ("on", "0")
     pg.close()
