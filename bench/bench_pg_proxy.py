@@ -4,8 +4,9 @@ Targets (issue 12): at 32 connections with capture on, a proxy on PostgreSQL >= 
 DuckDB file; two replicas on one PostgreSQL database >= 1.5x one replica's total. Each run, in an
 order that alternates: wrk at 32 connections against the DuckDB proxy, against one PostgreSQL
 replica, then against two replicas at once (two wrk, 16 connections each, the same duration;
-their requests/s added). Medians of ``--runs``; afterwards every answer must be stored exactly once
-(rows in each store = requests wrk completed, warm-ups included).
+their requests/s added). Medians of ``--runs``; afterwards every answer must be stored exactly once:
+rows in each store = requests wrk counted, plus those in flight when each wrk stopped (wrk does not
+count them, the proxy answers and captures them: at most one per connection).
 
     python bench/bench_pg_proxy.py --runs 3 --duration 5
 
@@ -77,6 +78,7 @@ def main() -> int:
         port = free_port()
         procs[name] = (port, start(db, tmp / name / "data", port, up_port))
     sent = {"duckdb": 0, "pg": 0}
+    conns = {"duckdb": 0, "pg": 0}  # the most requests in flight when a wrk stops
     rps: dict[str, list[float]] = {"duckdb": [], "pg_one": [], "pg_two": []}
 
     def url(name: str) -> str:
@@ -87,6 +89,7 @@ def main() -> int:
         for name, (port, _p) in procs.items():
             wait_port(port)
             sent["duckdb" if name == "duckdb" else "pg"] += wrk(url(name), 8, 1)[2]  # warm-up
+            conns["duckdb" if name == "duckdb" else "pg"] += 8
             drain(port)
         for run in range(args.runs):
             order = ["duckdb", "pg_one", "pg_two"]
@@ -94,16 +97,19 @@ def main() -> int:
                 if what == "duckdb":
                     r, _, n = wrk(url("duckdb"), 32, args.duration)
                     sent["duckdb"] += n
+                    conns["duckdb"] += 32
                     drain(procs["duckdb"][0])
                 elif what == "pg_one":
                     r, _, n = wrk(url("pg_a"), 32, args.duration)
                     sent["pg"] += n
+                    conns["pg"] += 32
                     drain(procs["pg_a"][0])
                 else:
                     with ThreadPoolExecutor(2) as pool:
                         got = list(pool.map(lambda nm: wrk(url(nm), 16, args.duration), ["pg_a", "pg_b"]))
                     r = sum(g[0] for g in got)
                     sent["pg"] += sum(g[2] for g in got)
+                    conns["pg"] += 32
                     drain(procs["pg_a"][0])
                     drain(procs["pg_b"][0])
                 rps[what].append(r)
@@ -125,9 +131,9 @@ def main() -> int:
           f"runs {args.runs} x {args.duration} s")
     print(f"| 32 connections, capture on, req/s | {d:,.0f} (DuckDB) | {one:,.0f} (PostgreSQL) | {one / d:.2f} |")
     print(f"| two replicas on one database, req/s | {one:,.0f} (one) | {two:,.0f} (two) | {two / one:.2f} |")
-    print(f"answers stored exactly once: duckdb {stored['duckdb']} rows for {sent['duckdb']} requests, "
-          f"postgresql {stored['pg']} rows for {sent['pg']} requests")
-    return 0 if stored == sent else 1
+    print(f"answers stored: duckdb {stored['duckdb']} rows for {sent['duckdb']} requests counted + "
+          f"<= {conns['duckdb']} in flight at wrk's stops; postgresql {stored['pg']} rows for {sent['pg']} + <= {conns['pg']}")
+    return 0 if all(sent[k] <= stored[k] <= sent[k] + conns[k] for k in sent) else 1
 
 
 if __name__ == "__main__":
