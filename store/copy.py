@@ -1,6 +1,7 @@
 """Copying a whole store to another: DuckDB into PostgreSQL (a team outgrowing one machine) and back.
 
-Both stores are opened (and so migrated) by the caller, so they have the same schema. Every table
+Both stores are opened by the caller and must have the same schema version (checked; `protege
+store copy` opens the source read-only, so an older source is refused, not migrated). Every table
 is copied in batches; a row already in the destination (by its key) is skipped, so an interrupted
 copy is resumed by running it again, and the counts say how many rows were copied and skipped.
 Captured completions keep their ``seq`` (their order, and what feedback and datasets point at) and
