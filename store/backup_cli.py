@@ -1,5 +1,6 @@
 """`protege store backup DEST`: a consistent copy of the store, also while `protege serve` holds it
-(the command then runs inside the server, on its connection: store/backup.py)."""
+(the command then runs inside the server, on its connection: store/backup.py); `protege store copy
+SRC DST` (store/copy_cli.py) moves a store between DuckDB and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import typer
 from protege import clikit
 
 from .backup import BackupError, backup_store
+from .copy_cli import copy_cmd
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="The store's database file: backup.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="The store's database: backup, copy.")
+app.command("copy")(copy_cmd)
 
 
 @app.command("backup")

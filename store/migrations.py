@@ -539,6 +539,17 @@ _pg_v5_unique_ids = _pg_variant(
 # As _v6_students; DuckDB's DOUBLE is PostgreSQL's DOUBLE PRECISION.
 _pg_v6_students = _pg_variant(_v6_students)
 
+def _v8_upstream_id_index(conn: duckdb.DuckDBPyConnection) -> None:
+    # Nothing on DuckDB: a lookup by upstream id (store/ids.py, the import's idempotence) scans one
+    # column of the file, and an ART index would slow every bulk insert. PostgreSQL's variant adds
+    # the btree that lookup needs there (a scan of every row's upstream_id per batch otherwise).
+    del conn
+
+
+def _pg_v8_upstream_id_index(conn: Any) -> None:
+    conn.execute("CREATE INDEX completions_upstream_id ON completions(upstream_id)")
+
+
 # Version -> PostgreSQL variant; a version not listed runs its DuckDB SQL unchanged (2, 4, 7: their
 # SQL is PostgreSQL's too).
 PG_MIGRATIONS: dict[int, Callable[[Any], None]] = {
@@ -546,6 +557,7 @@ PG_MIGRATIONS: dict[int, Callable[[Any], None]] = {
     3: _pg_v3_distill,
     5: _pg_v5_unique_ids,
     6: _pg_v6_students,
+    8: _pg_v8_upstream_id_index,
 }
 
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
@@ -556,6 +568,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] =
     (5, "unique_ids", _v5_unique_ids),
     (6, "students", _v6_students),
     (7, "drop_completion_metadata", _v7_drop_completion_metadata),
+    (8, "upstream_id_index", _v8_upstream_id_index),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

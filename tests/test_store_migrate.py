@@ -336,7 +336,7 @@ def test_v1_store_upgrades_to_the_snapshot(tmp_path: Path) -> None:
 
     store = Store(path)  # opening upgrades
     try:
-        assert store.schema_version == SCHEMA_VERSION == 7
+        assert store.schema_version == SCHEMA_VERSION == 8
         got = schema_of(store.cursor())
         assert got["columns"] == SCHEMA
         assert got["indexes"] == INDEXES

@@ -217,3 +217,14 @@ def test_a_stuck_database_never_holds_up_the_journal(db, tmp_path):
     assert w.close(timeout=20)
     assert sorted(int(r["id"].split("-")[1]) for r in iter_records(store)) == list(range(30))
     store.close()
+
+
+def test_upstream_id_lookups_use_an_index(db, tmp_path):
+    # Migration 8 (PostgreSQL only): the import's idempotence looks captures up by upstream id.
+    store = Store(db, data_dir=tmp_path)
+    insert_records(store, [rec(i, {}) for i in range(50)])
+    cur = store.cursor()
+    cur.execute("SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in cur.execute("EXPLAIN SELECT seq FROM completions WHERE upstream_id = 'up-7'").fetchall())
+    assert "completions_upstream_id" in plan
+    store.close()
