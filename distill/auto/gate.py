@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from protege.evals.metrics import available_metrics, get_metric
+from protege.evals.metrics import available_metrics, get_metric, parse_metric
 from protege.evals.stats import paired_difference, paired_difference_data
-from protege.evals.summary import parse_metric
 
 from protege.distill.auto.agreement import normalise_label
 

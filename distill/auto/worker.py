@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from protege.evals.summary import compute_results
+from protege.evals.results import compute_results
 from protege.store import auto as store_auto
 from protege.store import evals as store_evals
 from protege.store import jobs as store_jobs
