@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -57,23 +56,17 @@ log = logging.getLogger("protege.distill.auto")
 
 def _build_dataset(store: Any, policy: Policy, cycle: store_auto.AutoCycle) -> dict[str, Any]:
     """Build a dataset version for the policy; returns {id, train_path, validation_path}."""
-    known = {f.name for f in fields(DatasetOptions)}
-    opts: dict[str, Any] = {}
-    defaults = {
+    opts: dict[str, Any] = {
         "name": f"auto-{policy.name}",
         "models": [policy.match.model] if policy.match.model else [],
         "metadata": dict(policy.match.metadata),
-        # Only the teacher's own answers: never train a student on a student's output (used when
-        # the builder offers it).
+        # Only the teacher's own answers: never train a student on a student's output.
         "exclude_students": True,
         # The validation split is the gate's held-out set: the student never trains on it.
         "validation_fraction": DEFAULT_VALIDATION_FRACTION,
         "seed": 0,
+        **policy.dataset,
     }
-    for key, value in defaults.items():
-        if key in known:
-            opts[key] = value
-    opts.update(policy.dataset)
     ds = build_dataset(store, DatasetOptions.from_dict(opts))
     return {"id": ds.id, "train_path": _str(ds.train_path), "validation_path": _str(ds.validation_path)}
 
