@@ -103,6 +103,14 @@ def _not_found(request: Request, what: str) -> Response:
     return _page(request, "message.html", 404, title="Not found", message=f"{what} was not found.", nav="")
 
 
+def _page_of(request: Request, what: str, template: str, key: str, found: Any, **ctx: Any) -> Response:
+    """The page of one object, given to the template as ``key``; the 404 page naming ``what`` when it
+    was not ``found`` (None)."""
+    if found is None:
+        return _not_found(request, what)
+    return _page(request, template, **{key: found}, **ctx)
+
+
 async def _form(request: Request) -> dict[str, list[str]]:
     raw = await request.body()
     return parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
@@ -245,10 +253,8 @@ def traffic(request: Request, before: int | None = None) -> Response:
 @router.get("/traffic/{completion_id}")
 @_signed_in
 def capture(request: Request, completion_id: str) -> Response:
-    cap = data.capture(_store(request), completion_id)
-    if cap is None:
-        return _not_found(request, f"Capture {completion_id}")
-    return _page(request, "capture.html", cap=cap, nav="traffic", saved=request.query_params.get("saved"))
+    return _page_of(request, f"Capture {completion_id}", "capture.html", "cap", data.capture(_store(request), completion_id),
+                    nav="traffic", saved=request.query_params.get("saved"))
 
 
 def _metadata_from(form: dict[str, list[str]]) -> dict[str, str]:
@@ -340,10 +346,7 @@ def datasets(request: Request, name: str | None = None) -> Response:
 @router.get("/datasets/{dataset_id}")
 @_signed_in
 def dataset(request: Request, dataset_id: str) -> Response:
-    detail = data.dataset_detail(_store(request), dataset_id)
-    if detail is None:
-        return _not_found(request, f"Dataset {dataset_id}")
-    return _page(request, "dataset.html", d=detail, nav="datasets")
+    return _page_of(request, f"Dataset {dataset_id}", "dataset.html", "d", data.dataset_detail(_store(request), dataset_id), nav="datasets")
 
 
 @router.get("/datasets/{dataset_id}/files/{which}")
@@ -386,10 +389,8 @@ def finetunes(request: Request) -> Response:
 @router.get("/finetunes/{job_id}")
 @_signed_in
 def finetune(request: Request, job_id: str) -> Response:
-    detail = data.job_detail(_store(request), job_id)
-    if detail is None:
-        return _not_found(request, f"Fine-tune job {job_id}")
-    return _page(request, "finetune.html", d=detail, nav="finetunes", saved=request.query_params.get("saved"))
+    return _page_of(request, f"Fine-tune job {job_id}", "finetune.html", "d", data.job_detail(_store(request), job_id),
+                    nav="finetunes", saved=request.query_params.get("saved"))
 
 
 @router.post("/finetunes/{job_id}/cancel")
@@ -434,10 +435,7 @@ def evals_compare(request: Request, a: str = "", b: str = "") -> Response:
 @router.get("/evals/{run_id}")
 @_signed_in
 def eval_run(request: Request, run_id: str) -> Response:
-    summary = data.eval_summary(_store(request), run_id)
-    if summary is None:
-        return _not_found(request, f"Eval run {run_id}")
-    return _page(request, "eval.html", s=summary, nav="evals")
+    return _page_of(request, f"Eval run {run_id}", "eval.html", "s", data.eval_summary(_store(request), run_id), nav="evals")
 
 
 @router.get("/evals/{run_id}/report")
@@ -466,10 +464,8 @@ def students(request: Request) -> Response:
 @router.get("/students/{policy_id}")
 @_signed_in
 def student(request: Request, policy_id: str) -> Response:
-    detail = data.policy_detail(_store(request), policy_id)
-    if detail is None:
-        return _not_found(request, f"Policy {policy_id}")
-    return _page(request, "student.html", d=detail, nav="students", done=request.query_params.get("done"))
+    return _page_of(request, f"Policy {policy_id}", "student.html", "d", data.policy_detail(_store(request), policy_id),
+                    nav="students", done=request.query_params.get("done"))
 
 
 @router.get("/students/{policy_id}/{action}")
@@ -478,10 +474,8 @@ def confirm_action(request: Request, policy_id: str, action: str, stage: str = "
     """The confirmation step: promote and roll back change who answers live traffic."""
     if action not in ("promote", "rollback"):
         return _not_found(request, f"Action {action}")
-    detail = data.policy_detail(_store(request), policy_id)
-    if detail is None:
-        return _not_found(request, f"Policy {policy_id}")
-    return _page(request, "confirm.html", d=detail, action=action, stage=stage, nav="students")
+    return _page_of(request, f"Policy {policy_id}", "confirm.html", "d", data.policy_detail(_store(request), policy_id),
+                    action=action, stage=stage, nav="students")
 
 
 @router.post("/students/{policy_id}/{action}")
