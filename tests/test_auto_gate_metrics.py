@@ -16,19 +16,13 @@ from protege.distill.auto.policies import PolicyError, parse_policy, save_policy
 from protege.store import Store, insert_records
 from protege.store import auto as store_auto
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_auto_worker import TEACHER, captured, corpus, fill, run_until
+from tests.fixtures.auto import captured, corpus, fill, run_until, topic_policy
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"], "additionalProperties": False}
 
 
 def policy(metrics: list, tolerance: float = 0.15) -> dict:
-    return {
-        "name": "topic",
-        "match": {"model": TEACHER, "metadata": {"task": "topic"}},
-        "trigger": {"min_new_completions": 100},
-        "student": {"backend": "local"},
-        "gate": {"metrics": metrics, "tolerance": tolerance, "min_items": 30},
-    }
+    return topic_policy(trigger={"min_new_completions": 100}, gate={"metrics": metrics, "tolerance": tolerance, "min_items": 30})
 
 
 def decide_once(tmp_path, spec: dict, noisy: bool = False) -> dict:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from protege.distill.finetune import jobs
 from protege.distill.finetune.backends import FineTuneError
@@ -25,49 +23,7 @@ from protege.distill.finetune.local_student import (
 from protege.distill.finetune.students import StudentRegistry, parse_model
 from protege.store import Store
 from protege.store import jobs as store_jobs
-
-SYSTEM = "Classify the user's message into one topic. Answer with JSON."
-
-
-def corpus() -> list[tuple[str, str]]:
-    """(question, category) from chatterbot-corpus' English YAML files (shipped in the wheel)."""
-    import chatterbot_corpus
-
-    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
-    pairs = []
-    for path in sorted(folder.glob("*.yml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        category = doc["categories"][0]
-        for conv in doc.get("conversations") or []:
-            if isinstance(conv, list) and conv and isinstance(conv[0], str) and conv[0].strip():
-                pairs.append((conv[0].strip(), category))
-    return pairs
-
-
-def split(pairs, seed=0, frac=0.2):
-    """Stratified: every category with 2+ examples is on both sides."""
-    by = {}
-    for q, c in pairs:
-        by.setdefault(c, []).append((q, c))
-    rng = random.Random(seed)
-    train_, val = [], []
-    for c, items in sorted(by.items()):
-        rng.shuffle(items)
-        k = int(len(items) * frac) if len(items) >= 5 else 0
-        val += items[:k]
-        train_ += items[k:]
-    return train_, val
-
-
-def write_chat(path: Path, pairs, template) -> str:
-    with open(path, "w") as fh:
-        for q, c in pairs:
-            fh.write(json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}, {"role": "assistant", "content": template(c)}]}) + "\n")
-    return str(path)
-
-
-def json_template(c: str) -> str:
-    return json.dumps({"label": c})
+from tests.fixtures.topics import SYSTEM, corpus, json_template, split, write_chat
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,7 @@ def test_smollm2_gguf_trains_on_traffic_captured_through_the_proxy(tmp_path, lor
     from protege.distill.finetune.base import dequantise_gguf
     from protege.settings import load_settings
     from tests.fakes.openai_upstream import start_fake_openai
-    from tests.test_feedback_api import call
+    from tests.fixtures.http import call
 
     # Dequantised once: a second call finds the cached copy, and the job's data dir gets it where a job puts it.
     again, made = dequantise_gguf(smollm2_gguf, lora_train_smollm2_base.parent)
