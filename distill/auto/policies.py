@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from protege.distill.auto.gate import build_metric
+from protege.distill.auto.gate import build_metric, eval_run_metric
 from protege.distill.datasets.builder import DatasetOptions
 from protege.store import auto as store_auto
 
@@ -178,13 +178,19 @@ class GateSpec(_Strict):
     @field_validator("metrics")
     @classmethod
     def _known(cls, value: list[Any]) -> list[Any]:
-        labels = []
+        labels, scored = [], []
         for spec in value:
-            label, _metric = build_metric(spec, resolve_secrets=False)
+            label, metric = build_metric(spec, resolve_secrets=False)
             labels.append(label)
+            if eval_run_metric(spec) is not None:
+                scored.append(metric.name)
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ValueError(f"gate metric {min(dup)!r} is listed twice (give one a 'label')")
+        # The held-out split is scored once, as an eval run, whose metrics have distinct names.
+        dup = {x for x in scored if scored.count(x) > 1}
+        if dup:
+            raise ValueError(f"gate metrics name the metric {min(dup)!r} twice (the held-out eval run scores each metric once)")
         return value
 
 
