@@ -18,7 +18,8 @@ from protege.distill.finetune import jobfiles
 from protege.distill.finetune.lora import LoraBackend, lora_backend
 from protege.store import Store
 from protege.store import jobs as store_jobs
-from tests.fixtures.lora_train import lora_train_smollm2_base, seed_base, sft_examples, wait_until, write_jsonl  # noqa: F401
+from tests.fixtures.jsonl import write_jsonl
+from tests.fixtures.lora_train import lora_train_smollm2_base, seed_base, sft_examples, wait_until  # noqa: F401
 
 pytest.importorskip("trl")
 
