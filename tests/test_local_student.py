@@ -26,6 +26,15 @@ from protege.store import jobs as store_jobs
 from tests.fixtures.topics import SYSTEM, corpus, json_template, split, write_chat
 
 
+def _finished(srv, job: dict, timeout: float = 60.0) -> dict:
+    """The job as the API shows it once it succeeded or failed (or the time is up), polled over HTTP."""
+    deadline = time.monotonic() + timeout
+    while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        _status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{job['id']}")
+    return job
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus")
@@ -259,11 +268,7 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
         with _Server(api) as srv:
             status, created = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "dataset_id": "ds_web1", "name": "web"})
             assert status == 200 and created["backend"] == "local"
-            deadline = time.monotonic() + 60
-            job = created
-            while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
-                time.sleep(0.05)
-                status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{created['id']}")
+            job = _finished(srv, created)
             assert job["status"] == "succeeded" and job["fine_tuned_model"] == "protege/web@v1"
             status, err = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "dataset_id": "ds_web1", "name": "bad name!"})
             assert status == 400 and err["error"]["param"] == "name"
@@ -304,11 +309,7 @@ def test_http_jobs_train_on_examples_uploaded_inline(data, tmp_path):
         with RouterServer(api) as srv:
             status, created = srv.call("POST", "/protege/v1/fine_tuning/jobs", body)
             assert status == 200, created
-            deadline = time.monotonic() + 60
-            job = created
-            while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
-                time.sleep(0.05)
-                status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{created['id']}")
+            job = _finished(srv, created)
             assert job["status"] == "succeeded" and job["fine_tuned_model"] == "protege/uploaded@v1"
             assert job["result"]["metrics"]["validation_accuracy"] >= 0.8
             uploads = sorted((store.data_dir / "uploads").glob("*.jsonl"))
