@@ -21,8 +21,7 @@ The room, in the order one eval run flows through it (imports go down this list,
 * ``stats.py`` -- bootstrap confidence intervals, paired differences, McNemar, Cohen's kappa.
 * ``pricing.py`` -- the editable price table behind a report's cost ratios.
 
-Everything persists through ``protege.store`` (``protege.store.evals``). ``summary.py`` is an alias of
-the old layout, kept only until ``protege.distill`` imports ``results``.
+Everything persists through ``protege.store`` (``protege.store.evals``).
 
 Public surface (imported lazily, so that ``import protege.evals.<module>`` does not pay for
 sacrebleu / rouge-score / scikit-learn until a metric is used):

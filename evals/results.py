@@ -61,6 +61,7 @@ def compute_results(store: Store, run_id: str, progress: Callable[[int, int], No
         raise KeyError(run_id)
     spec = run["spec"]
     seed, n_resamples = int(spec.get("seed") or 0), int(spec.get("n_resamples") or 1000)
+    confidence = float(spec.get("confidence") or 0.95)  # of the paired comparisons (the auto gate sets its own)
     metrics = load_metrics(spec.get("metrics") or [])
     items = db.list_items(store, run_id)
     outputs = {(o["item_id"], o["candidate"]): o for o in db.list_outputs(store, run_id)}
@@ -131,7 +132,7 @@ def compute_results(store: Store, run_id: str, progress: Callable[[int, int], No
                 full_a = a.stats if a.kind == "corpus" else a.items
                 data_a = [full_a[j] for j in idx]
                 data_b = b.stats if b.kind == "corpus" else b.items
-                pr = stats.paired_difference_data(metric, data_a, data_b, seed=seed, n_resamples=n_resamples)
+                pr = stats.paired_difference_data(metric, data_a, data_b, seed=seed, n_resamples=n_resamples, confidence=confidence)
                 results["paired"][name][cand] = {"diff": pr.diff, "low": pr.low, "high": pr.high,
                                                  "p_value": pr.p_value, "test": pr.test, "n": len(idx)}
         if _is_label_metric(metric) and items:

@@ -15,7 +15,7 @@ from protege.store import Store
 from protege.store import auto as store_auto
 from tests.fakes.openai_finetune import FakeFineTuneServer
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_auto_worker import TEACHER, corpus, fill, run_until, teacher_answer
+from tests.fixtures.auto import corpus, fill, run_until, teacher_answer, topic_policy
 
 CLOUD = {"backend": "openai", "base_model": "gpt-4o-mini-2024-07-18"}
 
@@ -24,14 +24,7 @@ def policy(candidates: list, budget: float | None = None, **student) -> dict:
     spec = {"backend": "best", "candidates": candidates, **student}
     if budget is not None:
         spec["latency_budget_ms"] = budget
-    return {
-        "name": "topic",
-        "match": {"model": TEACHER, "metadata": {"task": "topic"}},
-        "trigger": {"min_new_completions": 100},
-        "student": spec,
-        "gate": {"metrics": ["label_accuracy"], "tolerance": 0.15, "min_items": 30},
-        "rollout": {"stages": ["shadow"]},
-    }
+    return topic_policy(trigger={"min_new_completions": 100}, student=spec, rollout={"stages": ["shadow"]})
 
 
 @pytest.fixture(scope="module")

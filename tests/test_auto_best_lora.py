@@ -13,7 +13,7 @@ from protege.distill.auto.policies import parse_policy, save_policy
 from protege.store import Store
 from protege.store import auto as store_auto
 from protege.store import jobs as store_jobs
-from tests.test_auto_worker import TEACHER, fill, run_until
+from tests.fixtures.auto import fill, run_until, topic_policy
 
 pytest.importorskip("trl")
 
@@ -21,14 +21,8 @@ pytest.importorskip("trl")
 def test_classifier_and_lora_compete_on_the_same_rows(tmp_path, tiny_chat_model) -> None:
     lora = {"backend": "lora", "base_model": str(tiny_chat_model),
             "hyperparameters": {"max_steps": 2, "batch_size": 8, "max_length": 64, "eval_generations": 0}}
-    spec = {
-        "name": "topic",
-        "match": {"model": TEACHER, "metadata": {"task": "topic"}},
-        "trigger": {"min_new_completions": 100},
-        "student": {"backend": "best", "candidates": ["classifier", lora], "latency_budget_ms": 5000},
-        "gate": {"metrics": ["label_accuracy"], "tolerance": 0.15, "min_items": 30},
-        "rollout": {"stages": ["shadow"]},
-    }
+    spec = topic_policy(trigger={"min_new_completions": 100}, rollout={"stages": ["shadow"]},
+                        student={"backend": "best", "candidates": ["classifier", lora], "latency_budget_ms": 5000})
     store = Store(str(tmp_path / "l.duckdb"))
     try:
         pid = save_policy(store, parse_policy(spec)).id

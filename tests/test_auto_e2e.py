@@ -16,19 +16,12 @@ from protege.store import auto as store_auto
 from protege.store import iter_records
 
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.fixtures.auto import TEACHER, corpus, run_until, teacher_answer
+from tests.fixtures.auto import TEACHER, corpus, run_until, teacher_answer, topic_policy
 
 FLIP = {"tech": "trivia", "trivia": "coding", "coding": "ai", "ai": "tech"}
 
-POLICY = {
-    "name": "topic",
-    "match": {"model": TEACHER, "metadata": {"task": "topic"}},
-    "trigger": {"min_new_completions": 200},
-    "student": {"backend": "local"},
-    "gate": {"metrics": ["label_accuracy"], "tolerance": 0.15, "min_items": 30},
-    "rollout": {"stages": ["shadow", "canary", "full"], "canary_percent": 50, "compare_percent": 100,
-                "agreement_threshold": 0.8, "min_compared": 20, "comparison": "label", "student_timeout": 5},
-}
+POLICY = topic_policy(rollout={"stages": ["shadow", "canary", "full"], "canary_percent": 50, "compare_percent": 100,
+                               "agreement_threshold": 0.8, "min_compared": 20, "comparison": "label", "student_timeout": 5})
 
 
 class Stack:

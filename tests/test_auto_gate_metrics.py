@@ -12,23 +12,18 @@ import random
 import pytest
 
 from protege.distill.auto.worker import Worker
+from protege.evals.metrics.base import Metric
 from protege.distill.auto.policies import PolicyError, parse_policy, save_policy
 from protege.store import Store, insert_records
 from protege.store import auto as store_auto
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_auto_worker import TEACHER, captured, corpus, fill, run_until
+from tests.fixtures.auto import captured, corpus, fill, run_until, topic_policy
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"], "additionalProperties": False}
 
 
 def policy(metrics: list, tolerance: float = 0.15) -> dict:
-    return {
-        "name": "topic",
-        "match": {"model": TEACHER, "metadata": {"task": "topic"}},
-        "trigger": {"min_new_completions": 100},
-        "student": {"backend": "local"},
-        "gate": {"metrics": metrics, "tolerance": tolerance, "min_items": 30},
-    }
+    return topic_policy(trigger={"min_new_completions": 100}, gate={"metrics": metrics, "tolerance": tolerance, "min_items": 30})
 
 
 def decide_once(tmp_path, spec: dict, noisy: bool = False) -> dict:
@@ -185,3 +180,56 @@ def test_a_judge_without_its_key_fails_the_cycle_with_a_clear_reason(tmp_path, m
         assert cycle.state == "failed" and "JUDGE_KEY_MISSING (api_key_env) is not set" in cycle.error
     finally:
         store.close()
+
+
+class CountedMatch(Metric):
+    """Exact match that records every batch of pairs it is asked to score (all instances share the record)."""
+
+    name = "counted_match"
+    scale = "binary"
+    calls: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+
+    def item_scores(self, hyps, refs) -> list[float]:
+        CountedMatch.calls.append((tuple(hyps), tuple(refs)))
+        return [1.0 if h.strip() == r.strip() else 0.0 for h, r in zip(hyps, refs)]
+
+    def signature(self) -> str:
+        return "counted_match"
+
+
+@pytest.fixture
+def counted_match(monkeypatch):
+    """``counted_match`` in the metrics registry, as a metric module's METRICS table puts it there."""
+    from protege.evals import metrics
+
+    monkeypatch.setitem(metrics._load_registry(), "counted_match", CountedMatch)
+    CountedMatch.calls.clear()
+    return CountedMatch
+
+
+def test_the_held_out_outputs_are_scored_once_and_the_gate_decides_on_the_eval_run(tmp_path, counted_match) -> None:
+    from protege.store import evals as store_evals
+
+    spec = policy(["exact_match", "counted_match"], tolerance=0.05)
+    spec["gate"]["confidence"] = 0.9
+    d = decide_once(tmp_path, spec, noisy=True)
+    store = Store(str(tmp_path / "g.duckdb"))
+    try:
+        run = store_evals.get_run(store, d["details"]["eval_run_id"])
+        items = store_evals.list_items(store, run["id"])
+        outputs = {o["item_id"]: o["output"] for o in store_evals.list_outputs(store, run["id"])}
+    finally:
+        store.close()
+    teacher = tuple(it["teacher_output"] for it in items)
+    refs = tuple(it["reference"] for it in items)
+    student = tuple(outputs[it["id"]] for it in items)
+    # One scoring pass per system of the eval run, and none besides: the gate scored nothing itself.
+    assert sorted(counted_match.calls) == sorted([(teacher, refs), (student, refs)])
+    results = run["results"]
+    for name in ("exact_match", "counted_match"):
+        m, scores, paired = by_metric(d)[name], results["scores"][name], results["paired"][name]["student"]
+        assert (m["student"], m["teacher"], m["n"]) == (scores["student"]["score"], scores["teacher"]["score"], paired["n"])
+        assert (m["diff"], m["low"], m["high"], m["p_value"], m["test"]) == (
+            paired["diff"], paired["low"], paired["high"], paired["p_value"], paired["test"])
+        assert m["confidence"] == 0.9 and m["passed"] is (m["low"] > -0.05)
+    assert by_metric(d)["counted_match"]["low"] == by_metric(d)["exact_match"]["low"]  # the same scores, the same CI

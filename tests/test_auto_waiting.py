@@ -19,16 +19,10 @@ from protege.store import jobs as store_jobs
 from typer.testing import CliRunner
 
 from protege.cli import app
-from tests.fixtures.auto import TEACHER, corpus, run_until, teacher_answer
+from tests.fixtures.auto import TEACHER, corpus, run_until, teacher_answer, topic_policy
 from tests.fixtures.http import Served
 
-POLICY = {
-    "name": "topic",
-    "match": {"model": TEACHER, "metadata": {"task": "topic"}},
-    "trigger": {"min_new_completions": 5, "min_interval": "1h"},
-    "student": {"backend": "local"},
-    "gate": {"metrics": ["label_accuracy"], "tolerance": 0.15, "min_items": 30},
-}
+POLICY = topic_policy(trigger={"min_new_completions": 5, "min_interval": "1h"})
 
 
 def add(store: Store, start: int, n: int) -> None:

@@ -18,34 +18,12 @@ import pytest
 from protege.distill.auto.worker import Worker, due
 from protege.distill.auto.status import policy_status
 from protege.distill.auto.policies import parse_policy, save_policy
-from protege.store import Store, insert_records, record_from_completion
+from protege.store import Store, insert_records
 from protege.store import auto as store_auto
 
-from tests.fixtures.auto import CATEGORIES, TEACHER, corpus, run_until, started_job_lines, teacher_answer  # noqa: F401
+from tests.fixtures.auto import captured, corpus, fill, run_until, started_job_lines, teacher_answer, topic_policy
 
-def captured(question: str, label: str, i: int, metadata: dict | None = None) -> dict:
-    req = {"model": TEACHER, "messages": [{"role": "system", "content": "Classify the topic. Answer JSON."},
-                                          {"role": "user", "content": question}], "metadata": metadata or {"task": "topic"}}
-    resp = {"id": f"chatcmpl-{i}", "object": "chat.completion", "created": int(time.time()), "model": TEACHER + "-2024-07-18",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": teacher_answer(label)}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}}
-    return record_from_completion(resp, req, source="proxy", served_by="teacher")
-
-
-POLICY = {
-    "name": "topic",
-    "match": {"model": TEACHER, "metadata": {"task": "topic"}},
-    "trigger": {"min_new_completions": 200},
-    "student": {"backend": "local"},
-    "gate": {"metrics": ["label_accuracy"], "tolerance": 0.15, "min_items": 30},
-    "rollout": {"stages": ["shadow", "canary", "full"], "canary_percent": 50, "agreement_threshold": 0.8, "min_compared": 20},
-}
-
-
-def fill(store: Store, n: int | None = None, start: int = 0) -> int:
-    items = corpus()[:n] if n else corpus()
-    insert_records(store, [captured(q, lab, start + i) for i, (q, lab) in enumerate(items)])
-    return len(items)
+POLICY = topic_policy(rollout={"stages": ["shadow", "canary", "full"], "canary_percent": 50, "agreement_threshold": 0.8, "min_compared": 20})
 
 
 def job_rows(store: Store) -> list[dict]:

@@ -104,24 +104,24 @@ def test_endpoint_errors_are_passed_on(tmp_path, monkeypatch):
         remote.stop()
 
 
+def _ask_until_served_by(client, who: str, timeout: float = 10.0):
+    """Ask until ``who`` (student, teacher) answers, once the proxy has seen a route change, or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        if raw.headers.get("x-protege-served-by") == who or time.monotonic() > deadline:
+            return raw
+        time.sleep(0.1)
+
+
 def test_full_route_to_an_endpoint_student_and_rollback(servers):
     srv, teacher, remote, _db = servers
     route = store_auto.create_route(srv.store, "policy_e", "protege/remote", "full", match_model="gpt-4o-mini", match_metadata={}, percent=100.0)
     client = openai.OpenAI(base_url=srv.base_url, api_key="sk-client", max_retries=0)
-    deadline = time.monotonic() + 10
-    while True:
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        if raw.headers.get("x-protege-served-by") == "student" or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    raw = _ask_until_served_by(client, "student")
     assert raw.headers.get("x-protege-served-by") == "student" and raw.parse().choices[0].message.content == "remote(llama3) says hi"
     store_auto.end_route(srv.store, route.id)  # rollback
-    deadline = time.monotonic() + 10
-    while True:
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        if raw.headers.get("x-protege-served-by") == "teacher" or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    raw = _ask_until_served_by(client, "teacher")
     assert raw.parse().choices[0].message.content == "teacher says hi"
 
 

@@ -9,20 +9,15 @@ import pytest
 from typer.testing import CliRunner
 
 from protege.cli import app
-from protege.store import Store
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.fixtures.evals import seed_completions, student_reply
+from tests.fixtures.evals import seeded_store_file, student_reply
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def dbfile(tmp_path: Path) -> str:
-    path = tmp_path / "c.duckdb"
-    s = Store(str(path))
-    seed_completions(s)
-    s.close()
-    return str(path)
+    return seeded_store_file(tmp_path / "c.duckdb")
 
 
 @pytest.fixture

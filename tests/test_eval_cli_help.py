@@ -18,9 +18,8 @@ from typer.testing import CliRunner
 
 from protege.cli import app
 from protege.evals.metrics import available_metrics
-from protege.store import Store
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.fixtures.evals import seed_completions, student_reply
+from tests.fixtures.evals import seeded_store_file, student_reply
 
 runner = CliRunner()
 COMMANDS = ["run", "list", "show", "report"]
@@ -61,11 +60,7 @@ def test_run_help_lists_candidate_fields_and_metrics() -> None:
 
 @pytest.fixture
 def dbfile(tmp_path: Path) -> str:
-    path = tmp_path / "h.duckdb"
-    s = Store(str(path))
-    seed_completions(s)
-    s.close()
-    return str(path)
+    return seeded_store_file(tmp_path / "h.duckdb")
 
 
 def test_unknown_metric_lists_the_metrics_once(dbfile: str) -> None:

@@ -26,7 +26,7 @@ from protege.evals.runs import RunSpec, create_run, execute_run
 from protege.store import Store, served
 from protege.store import evals as db
 from tests.fakes.openai_upstream import FakeError, start_fake_openai
-from tests.fixtures.evals import FAST, seed_completions, student_reply
+from tests.fixtures.evals import FAST, seed_completions, seeded_store_file, student_reply
 
 runner = CliRunner()
 
@@ -40,11 +40,7 @@ def closed_port() -> int:
 
 @pytest.fixture
 def dbfile(tmp_path: Path) -> str:
-    path = tmp_path / "loud.duckdb"
-    s = Store(str(path))
-    seed_completions(s)
-    s.close()
-    return str(path)
+    return seeded_store_file(tmp_path / "loud.duckdb")
 
 
 def cli(dbfile: str, *args: str):

@@ -19,7 +19,7 @@ from protege.evals.runs import RunSpec, RunSpecError, create_run, execute_run, i
 from protege.store import Store
 from protege.store import evals as db
 from tests.fakes.openai_upstream import FakeError, start_fake_openai
-from tests.fixtures.evals import FAST, WatchedStore, seed_completions, student_reply
+from tests.fixtures.evals import FAST, WatchedStore, seed_completions, seeded_store_file, student_reply
 
 @pytest.fixture
 def store(store_db, tmp_path: Path) -> Store:
@@ -40,6 +40,17 @@ def spec_for(base_url: str, **kw) -> RunSpec:
     }
     data.update(kw)
     return RunSpec.from_dict(data)
+
+
+def run_against(store: Store, reply) -> tuple[dict, dict, object]:
+    """(the run, the run once executed, the stopped fake) of :func:`spec_for`'s run against a fake
+    OpenAI server answering with ``reply``."""
+    fake = start_fake_openai(reply)
+    try:
+        run = create_run(store, spec_for(fake.base_url))
+        return run, asyncio.run(execute_run(store, run["id"], policy=FAST)), fake
+    finally:
+        fake.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -108,12 +119,7 @@ def test_retries_429_and_500_then_succeeds(store: Store) -> None:
             raise FakeError(500, "The server had an error while processing your request.", type="server_error")
         return inner(body)
 
-    fake = start_fake_openai(flaky)
-    try:
-        run = create_run(store, spec_for(fake.base_url))
-        done = asyncio.run(execute_run(store, run["id"], policy=FAST))
-    finally:
-        fake.stop()
+    run, done, fake = run_against(store, flaky)
     assert done["status"] == "completed" and done["result_counts"]["errored"] == 0
     assert len(fake.chat_requests) == 3 * 2 * 3  # the SDK's own retries are off: we see every attempt
     assert {o["attempts"] for o in db.list_outputs(store, run["id"])} == {3}
@@ -125,12 +131,7 @@ def test_client_errors_are_not_retried_and_are_recorded(store: Store) -> None:
     def reject(body: dict) -> str:
         raise FakeError(400, "Invalid 'messages': bad", param="messages")
 
-    fake = start_fake_openai(reject)
-    try:
-        run = create_run(store, spec_for(fake.base_url))
-        done = asyncio.run(execute_run(store, run["id"], policy=FAST))
-    finally:
-        fake.stop()
+    run, done, fake = run_against(store, reject)
     assert len(fake.chat_requests) == 4
     assert done["status"] == "completed" and done["result_counts"]["errored"] == 4
     out = db.list_outputs(store, run["id"])[0]
@@ -167,10 +168,7 @@ def test_cancelled_run_resumes_without_redoing_finished_items(store: Store) -> N
 
 def test_sigkilled_cli_run_resumes(tmp_path: Path) -> None:
     """A real crash: the CLI process is SIGKILLed mid-run; the rerun generates only what is missing."""
-    dbfile = tmp_path / "k.duckdb"
-    s = Store(str(dbfile))
-    seed_completions(s)
-    s.close()
+    dbfile = seeded_store_file(tmp_path / "k.duckdb")
     fake = start_fake_openai(student_reply(), delay=0.15)
     try:
         cand = f"name=mini,model=gpt-4o-mini,base_url={fake.base_url},api_key_env=EVAL_TEST_KEY"
@@ -287,10 +285,7 @@ def test_spec_and_candidate_validation(monkeypatch: pytest.MonkeyPatch, store: S
 
 
 def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
-    dbfile = tmp_path / "i.duckdb"
-    s = Store(str(dbfile))
-    seed_completions(s)
-    s.close()
+    dbfile = seeded_store_file(tmp_path / "i.duckdb")
     fake = start_fake_openai(student_reply(), delay=0.15)
     try:
         cand = f"name=mini,model=gpt-4o-mini,base_url={fake.base_url}"

@@ -20,6 +20,7 @@ from protege.settings import load_settings
 from protege.store import Store
 from protege.store import jobs as store_jobs
 from tests.fakes.openai_finetune import FakeFineTuneServer
+from tests.fixtures.jsonl import write_jsonl
 from tests.fixtures.http import RouterServer as _Server
 
 
@@ -28,11 +29,6 @@ def chat_rows(n: int = 12) -> list[dict]:
         {"messages": [{"role": "user", "content": f"text {i} {'buy now' if i % 2 else 'hello friend'}"}, {"role": "assistant", "content": "spam" if i % 2 else "ham"}]}
         for i in range(n)
     ]
-
-
-def write_jsonl(path: Path, rows: list) -> str:
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from azure.core.credentials import AccessToken
 from protege.distill.finetune.backends import FineTuneError, JobSpec, validate_hyperparameters
 from protege.distill.finetune.openai_backend import AZURE_SCOPE, OpenAIBackend, make_azure_client, make_openai_client, validate_training_file
 from tests.fakes.openai_finetune import FakeFineTuneServer
+from tests.fixtures.jsonl import write_jsonl
 
 
 def chat_rows(n: int = 12) -> list[dict]:
@@ -41,11 +42,6 @@ def dpo_rows(n: int = 12) -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-def write_jsonl(path: Path, rows: list) -> str:
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from protege.distill.finetune import jobs
 from protege.distill.finetune.backends import FineTuneError
@@ -25,49 +23,16 @@ from protege.distill.finetune.local_student import (
 from protege.distill.finetune.students import StudentRegistry, parse_model
 from protege.store import Store
 from protege.store import jobs as store_jobs
-
-SYSTEM = "Classify the user's message into one topic. Answer with JSON."
-
-
-def corpus() -> list[tuple[str, str]]:
-    """(question, category) from chatterbot-corpus' English YAML files (shipped in the wheel)."""
-    import chatterbot_corpus
-
-    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
-    pairs = []
-    for path in sorted(folder.glob("*.yml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        category = doc["categories"][0]
-        for conv in doc.get("conversations") or []:
-            if isinstance(conv, list) and conv and isinstance(conv[0], str) and conv[0].strip():
-                pairs.append((conv[0].strip(), category))
-    return pairs
+from tests.fixtures.topics import SYSTEM, corpus, json_template, split, write_chat
 
 
-def split(pairs, seed=0, frac=0.2):
-    """Stratified: every category with 2+ examples is on both sides."""
-    by = {}
-    for q, c in pairs:
-        by.setdefault(c, []).append((q, c))
-    rng = random.Random(seed)
-    train_, val = [], []
-    for c, items in sorted(by.items()):
-        rng.shuffle(items)
-        k = int(len(items) * frac) if len(items) >= 5 else 0
-        val += items[:k]
-        train_ += items[k:]
-    return train_, val
-
-
-def write_chat(path: Path, pairs, template) -> str:
-    with open(path, "w") as fh:
-        for q, c in pairs:
-            fh.write(json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}, {"role": "assistant", "content": template(c)}]}) + "\n")
-    return str(path)
-
-
-def json_template(c: str) -> str:
-    return json.dumps({"label": c})
+def _finished(srv, job: dict, timeout: float = 60.0) -> dict:
+    """The job as the API shows it once it succeeded or failed (or the time is up), polled over HTTP."""
+    deadline = time.monotonic() + timeout
+    while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        _status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{job['id']}")
+    return job
 
 
 @pytest.fixture(scope="module")
@@ -303,11 +268,7 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
         with _Server(api) as srv:
             status, created = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "dataset_id": "ds_web1", "name": "web"})
             assert status == 200 and created["backend"] == "local"
-            deadline = time.monotonic() + 60
-            job = created
-            while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
-                time.sleep(0.05)
-                status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{created['id']}")
+            job = _finished(srv, created)
             assert job["status"] == "succeeded" and job["fine_tuned_model"] == "protege/web@v1"
             status, err = srv.call("POST", "/protege/v1/fine_tuning/jobs", {"backend": "local", "dataset_id": "ds_web1", "name": "bad name!"})
             assert status == 400 and err["error"]["param"] == "name"
@@ -348,11 +309,7 @@ def test_http_jobs_train_on_examples_uploaded_inline(data, tmp_path):
         with RouterServer(api) as srv:
             status, created = srv.call("POST", "/protege/v1/fine_tuning/jobs", body)
             assert status == 200, created
-            deadline = time.monotonic() + 60
-            job = created
-            while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
-                time.sleep(0.05)
-                status, job = srv.call("GET", f"/protege/v1/fine_tuning/jobs/{created['id']}")
+            job = _finished(srv, created)
             assert job["status"] == "succeeded" and job["fine_tuned_model"] == "protege/uploaded@v1"
             assert job["result"]["metrics"]["validation_accuracy"] >= 0.8
             uploads = sorted((store.data_dir / "uploads").glob("*.jsonl"))

@@ -18,7 +18,8 @@ from protege.distill.finetune.base import sha256_file
 from protege.distill.finetune.lora import LoraBackend
 from protege.store import Store
 from protege.store import jobs as store_jobs
-from tests.fixtures.lora_train import TOOL_EXAMPLE, dpo_pairs, sft_examples, write_jsonl
+from tests.fixtures.jsonl import write_jsonl
+from tests.fixtures.lora_train import TOOL_EXAMPLE, dpo_pairs, sft_examples
 
 pytest.importorskip("trl")
 

@@ -18,7 +18,8 @@ from protege.distill.finetune import jobfiles
 from protege.distill.finetune.lora import LoraBackend, lora_backend
 from protege.store import Store
 from protege.store import jobs as store_jobs
-from tests.fixtures.lora_train import lora_train_smollm2_base, seed_base, sft_examples, wait_until, write_jsonl  # noqa: F401
+from tests.fixtures.jsonl import write_jsonl
+from tests.fixtures.lora_train import lora_train_smollm2_base, seed_base, sft_examples, wait_until  # noqa: F401
 
 pytest.importorskip("trl")
 
@@ -119,7 +120,7 @@ def test_smollm2_gguf_trains_on_traffic_captured_through_the_proxy(tmp_path, lor
     from protege.distill.finetune.base import dequantise_gguf
     from protege.settings import load_settings
     from tests.fakes.openai_upstream import start_fake_openai
-    from tests.test_feedback_api import call
+    from tests.fixtures.http import call
 
     # Dequantised once: a second call finds the cached copy, and the job's data dir gets it where a job puts it.
     again, made = dequantise_gguf(smollm2_gguf, lora_train_smollm2_base.parent)

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 
 from protege.store import SCHEMA_VERSION, Store, get_stored, list_stored, migrate
+from tests.fixtures.migrations import v1_capture
 
 SCHEMA: dict[str, list[tuple[str, str, bool, str | None]]] = {
     'auto_cycles': [
@@ -324,14 +325,7 @@ def test_v1_store_upgrades_to_the_snapshot(tmp_path: Path) -> None:
     path = str(tmp_path / "v1.duckdb")
     conn = duckdb.connect(path)
     assert migrate(conn, target=1) == 1
-    # a capture as a version-1 release wrote it (plain SQL; meta_pairs and the side table both)
-    conn.execute(
-        "INSERT INTO completions (seq, id, created, started_at, request, response, metadata, outcome, model, meta_pairs) "
-        "VALUES (3, 'chatcmpl-v1', 1700000000, 1700000000.0, ?, ?, '{\"task\":\"t\"}', 'ok', 'gpt-4o', ['[\"task\",\"t\"]'])",
-        ['{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}',
-         '{"id":"chatcmpl-v1","object":"chat.completion","created":1700000000,"model":"gpt-4o","choices":[]}'],
-    )
-    conn.execute("INSERT INTO completion_metadata VALUES (3, 'task', 't')")
+    v1_capture(conn, 3, "chatcmpl-v1", "task", "t")  # meta_pairs and the side table both
     conn.close()
 
     store = Store(path)  # opening upgrades

@@ -9,20 +9,14 @@ import pytest
 
 from protege.store import SCHEMA_VERSION, SchemaTooNewError, Store, get_stored, list_stored, migrate
 from protege.store.migrations import current_version
+from tests.fixtures.migrations import v1_capture
 
 
 def test_v1_file_is_upgraded_with_rows_intact(tmp_path):
     path = str(tmp_path / "old.duckdb")
     conn = duckdb.connect(path)
     assert migrate(conn, target=1) == 1
-    # a row as a version-1 release wrote it (plain SQL, no help from today's code)
-    conn.execute(
-        "INSERT INTO completions (seq, id, created, started_at, request, response, metadata, outcome, model, meta_pairs) "
-        "VALUES (7, 'chatcmpl-old', 1700000000, 1700000000.0, ?, ?, '{\"env\":\"prod\"}', 'ok', 'gpt-4o', ['[\"env\",\"prod\"]'])",
-        ['{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}',
-         '{"id":"chatcmpl-old","object":"chat.completion","created":1700000000,"model":"gpt-4o","choices":[]}'],
-    )
-    conn.execute("INSERT INTO completion_metadata VALUES (7, 'env', 'prod')")
+    v1_capture(conn, 7, "chatcmpl-old", "env", "prod")
     tables_v1 = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     conn.close()
 

@@ -12,7 +12,7 @@ from sklearn.linear_model import SGDClassifier
 from protege.distill.finetune import jobs
 from protege.distill.finetune.local_student import FastScorer, load_student, train
 from protege.store import Store
-from tests.test_local_student import corpus, split, write_chat, json_template
+from tests.fixtures.topics import corpus, json_template, split, write_chat
 
 
 @pytest.fixture(scope="module")

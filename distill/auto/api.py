@@ -55,10 +55,7 @@ async def list_policies(request: Request, store: Any = Depends(apikit.store)) ->
 @router.post("/protege/v1/policies")
 async def create_policy(request: Request, store: Any = Depends(apikit.store)) -> JSONResponse:
     """Create a policy, or replace the one with the same name (the id stays)."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
+    body = await apikit.json_object(request)
 
     def run(store: Any, body: Any) -> dict[str, Any]:
         try:
@@ -111,24 +108,15 @@ async def policy_decisions(request: Request, policy_id: str, store: Any = Depend
 
 @router.post("/protege/v1/policies/{policy_id}/promote")
 async def promote(request: Request, policy_id: str, store: Any = Depends(apikit.store)) -> JSONResponse:
-    raw = await request.body()
-    stage = None
-    force = False
-    if raw.strip():
-        try:
-            import orjson
-
-            body = orjson.loads(raw)
-        except ValueError:
-            raise ApiError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
-        if not isinstance(body, dict) or not isinstance(body.get("stage", ""), (str, type(None))):
-            raise ApiError(400, "body must be an object like {\"stage\": \"canary\"}", param="stage")
-        stage = body.get("stage")
-        if stage is not None and stage not in ("shadow", "canary", "full"):
-            raise ApiError(400, f"stage must be shadow, canary or full, not {stage!r}", param="stage")
-        force = body.get("force", False)
-        if not isinstance(force, bool):
-            raise ApiError(400, "force must be true or false", param="force")
+    body = await apikit.json_object(request, empty={})  # no body: the next stage
+    if not isinstance(body.get("stage", ""), (str, type(None))):
+        raise ApiError(400, "body must be an object like {\"stage\": \"canary\"}", param="stage")
+    stage = body.get("stage")
+    if stage is not None and stage not in ("shadow", "canary", "full"):
+        raise ApiError(400, f"stage must be shadow, canary or full, not {stage!r}", param="stage")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise ApiError(400, "force must be true or false", param="force")
 
     def run(store: Any, ref: str) -> dict[str, Any]:
         row = _policy(store, ref)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, closing
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Callable
 
 import typer
 
@@ -20,8 +21,30 @@ from protege.store import auto as store_auto
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Automatic distillation: policies, rollout, decisions.")
 
 
-def _store() -> Any:
-    return clikit.open_cli_store()
+def _store() -> AbstractContextManager[Any]:
+    """The CLI's store, closed when the command is done with it."""
+    return closing(clikit.open_cli_store())
+
+
+def _print_list(envelope: dict[str, Any], json_out: bool, empty: str | None, line: Callable[[dict[str, Any]], str]) -> None:
+    """A list command's output: the list envelope with --json, else one line an item (``empty`` when
+    there is none and it says so)."""
+    if json_out:
+        clikit.print_json(envelope)
+        return
+    if not envelope["data"] and empty:
+        typer.echo(empty)
+    for item in envelope["data"]:
+        typer.echo(line(item))
+
+
+def _rollout(action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A rollout action (promote, rollback) on the store; its refusal is the command's one-line error."""
+    with _store() as store:
+        try:
+            return action(store, *args, **kwargs)
+        except rollout.AutoError as exc:
+            clikit.fail(str(exc))
 
 
 def _policy_row(store: Any, ref: str) -> Any:
@@ -60,11 +83,8 @@ def apply(
         policies = load_policies_file(file)
     except PolicyError as exc:
         clikit.fail(exc.message)
-    store = _store()
-    try:
+    with _store() as store:
         rows = [save_policy(store, p) for p in policies]
-    finally:
-        store.close()
     if json_out:
         clikit.print_json({"object": "list", "data": [policy_object(r) for r in rows]})
         return
@@ -75,38 +95,24 @@ def apply(
 @app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """The stored policies."""
-    store = _store()
-    try:
-        rows = store_auto.list_policies(store)
-    finally:
-        store.close()
-    if json_out:
-        clikit.print_json({"object": "list", "data": [policy_object(r) for r in rows]})
-        return
-    if not rows:
-        typer.echo("no policies (add some with `protege auto apply policies.toml`)")
-    for r in rows:
-        typer.echo(f"{r.id}  {r.name}  {'enabled' if r.enabled else 'disabled'}")
+    with _store() as store:
+        data = [policy_object(r) for r in store_auto.list_policies(store)]
+    _print_list({"object": "list", "data": data}, json_out, "no policies (add some with `protege auto apply policies.toml`)",
+                lambda p: f"{p['id']}  {p['name']}  {'enabled' if p['enabled'] else 'disabled'}")
 
 
 @app.command("show")
 def show(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
     """One policy, as JSON."""
-    store = _store()
-    try:
+    with _store() as store:
         clikit.print_json(policy_object(_policy_row(store, policy)))
-    finally:
-        store.close()
 
 
 def _set_enabled(policy: str, enabled: bool) -> None:
     import orjson
-    store = _store()
-    try:
+    with _store() as store:
         row = _policy_row(store, policy)
         store_auto.put_policy(store, row.name, orjson.loads(row.spec) | {"enabled": enabled}, enabled=enabled)
-    finally:
-        store.close()
     typer.echo(f"{row.name} {'enabled' if enabled else 'disabled'}")
 
 
@@ -125,12 +131,9 @@ def disable(policy: str = typer.Argument(..., help="Policy id or name.")) -> Non
 @app.command("delete")
 def delete(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
     """Delete a policy and take its live route down (history stays)."""
-    store = _store()
-    try:
+    with _store() as store:
         row = _policy_row(store, policy)
         store_auto.delete_policy(store, row.id)
-    finally:
-        store.close()
     typer.echo(f"deleted {row.name}")
 
 
@@ -140,12 +143,9 @@ def status(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Per policy: new eligible traffic, the current job, the last evaluation, the live route and its agreement."""
-    store = _store()
-    try:
+    with _store() as store:
         rows = [_policy_row(store, policy)] if policy else store_auto.list_policies(store)
         data = [policy_status(store, r) for r in rows]
-    finally:
-        store.close()
     if json_out:
         clikit.print_json({"object": "list", "data": data})
         return
@@ -180,21 +180,13 @@ def decisions(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Every decision (gate, select, candidate, advance, rollback) with the numbers behind it."""
-    store = _store()
-    try:
+    with _store() as store:
         row = _policy_row(store, policy)
         rows, has_more = store_auto.list_decisions(store, row.id, limit=limit)
-    finally:
-        store.close()
     data = [decision_object(d) for d in rows]
-    if json_out:
-        clikit.print_json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                           "last_id": data[-1]["id"] if data else None, "has_more": has_more})
-        return
-    if not data:
-        typer.echo("no decisions yet")
-    for d in data:
-        typer.echo(f"{_ts(d['created_at'])}  {d['kind']:<15} {d['outcome']:<8} {d['reason']}")
+    envelope = {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    _print_list(envelope, json_out, "no decisions yet", lambda d: f"{_ts(d['created_at'])}  {d['kind']:<15} {d['outcome']:<8} {d['reason']}")
 
 
 @app.command("promote")
@@ -204,26 +196,14 @@ def promote(
     force: bool = typer.Option(False, "--force", help="Also a student its gate rejected."),
 ) -> None:
     """Move the policy's student to the next (or given) stage now."""
-    store = _store()
-    try:
-        route = rollout.promote(store, policy, stage, force=force)
-    except rollout.AutoError as exc:
-        clikit.fail(str(exc))
-    finally:
-        store.close()
+    route = _rollout(rollout.promote, policy, stage, force=force)
     typer.echo(f"{route.student_model} is now at stage {route.stage} ({route.percent:g}% served by the student)")
 
 
 @app.command("rollback")
 def rollback(policy: str = typer.Argument(..., help="Policy id or name.")) -> None:
     """Take the policy's student out of the traffic now (the teacher answers everything)."""
-    store = _store()
-    try:
-        route = rollout.rollback(store, policy)
-    except rollout.AutoError as exc:
-        clikit.fail(str(exc))
-    finally:
-        store.close()
+    route = _rollout(rollout.rollback, policy)
     typer.echo(f"rolled back {route.student_model}; the teacher answers all matching traffic")
 
 
@@ -233,16 +213,10 @@ def routes(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Live routes (and, with --all, the ended ones)."""
-    store = _store()
-    try:
+    with _store() as store:
         data = [route_object(r) for r in store_auto.list_routes(store, include_ended=all_)]
-    finally:
-        store.close()
-    if json_out:
-        clikit.print_json({"object": "list", "data": data})
-        return
-    for r in data:
-        typer.echo(f"{r['id']}  {r['student_model']}  {r['stage']}  {r['percent']:g}%  {'live' if r['active'] else 'ended'}")
+    _print_list({"object": "list", "data": data}, json_out, None,
+                lambda r: f"{r['id']}  {r['student_model']}  {r['stage']}  {r['percent']:g}%  {'live' if r['active'] else 'ended'}")
 
 
 _ONCE_MAX_PASSES = 20  # --once: passes after waiting for local training (best policies start several jobs)
@@ -267,7 +241,7 @@ def worker(
         except PolicyError as exc:
             clikit.fail(exc.message)
     logging.getLogger("protege").setLevel(logging.INFO)
-    store = _store()
+    store = clikit.open_cli_store()
     w = Worker(store, settings, interval=interval, policies_file=policies)
     shown: list[str] = []
 

@@ -9,10 +9,17 @@ confidence rather than from a point estimate that a lucky split could inflate.
 Every metric the evals package provides can gate (``protege.evals.metrics.available_metrics``), by
 name (``"rougeL"``), with options (``"bleu:tokenize=char"`` or ``{name = "json_schema", schema = {...}}``),
 each with its own paired bootstrap CI from ``protege.evals.stats``. Reference-free metrics
-(``json_valid``, ``json_schema``) score the teacher's own answers too. The pairwise ``judge`` asks a
-model whether the student's answer beats the teacher's on each held-out prompt (both orders): its
-item scores are 1/0.5/0 against the teacher's 0.5 with itself, so the gated difference is the
-student's win rate minus 0.5.
+(``json_valid``, ``json_schema``) score the teacher's own answers too. The label gates
+(``label_accuracy``, ``accuracy``, ``label``) compare labels after Protege's normaliser
+(``{"label": "Spam"}`` is ``spam``): evals' ``label_accuracy`` with ``source = "normalised"``.
+
+The worker scores the held-out outputs once, as an eval run (``protege.evals.results``), and the
+gate decides from that run's paired comparisons (:func:`comparison_from_results`): the decision and
+``protege eval report`` show the same numbers because they are the same numbers. Only the pairwise
+``judge`` is not a metric of that run (it compares the student with the teacher, not with a
+reference): it asks a model whether the student's answer beats the teacher's on each held-out prompt
+(both orders); its item scores are 1/0.5/0 against the teacher's 0.5 with itself, so the gated
+difference is the student's win rate minus 0.5.
 """
 
 from __future__ import annotations
@@ -25,11 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from protege.evals.metrics import available_metrics, get_metric
+from protege.evals.metrics import available_metrics, get_metric, parse_metric
+from protege.evals.results import TEACHER
 from protege.evals.stats import paired_difference, paired_difference_data
-from protege.evals.summary import parse_metric
-
-from protege.distill.auto.agreement import normalise_label
 
 
 @dataclass
@@ -110,13 +115,15 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, seed: int, confi
 
 
 LABEL_ALIASES = ("label_accuracy", "accuracy", "label")
-_ALIASES = {"accuracy": "exact_match", "label": "label_accuracy"}
+_ALIASES = {"accuracy": "label_accuracy", "label": "label_accuracy"}
+JUDGE = "judge"
 JUDGE_OPTIONS = ("model", "base_url", "api_key_env", "system_prompt", "temperature", "max_tokens", "concurrency", "timeout", "max_retries")
 
 
 def parse_metric_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
     """(label, evals metric name, options) of a gate metric: ``"rougeL"``, ``"bleu:tokenize=char"``
-    or ``{"name": "json_schema", "schema": {...}}``. ``label`` is what the gate reports."""
+    or ``{"name": "json_schema", "schema": {...}}``. ``label`` is what the gate reports. A label gate
+    is evals' ``label_accuracy`` over normalised labels (unless it names its own ``source``)."""
     if isinstance(spec, Mapping):
         opts = dict(spec)
         name = opts.pop("name", None)
@@ -128,7 +135,20 @@ def parse_metric_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
         label = spec.strip()
     else:
         raise ValueError(f"a gate metric is a name or a table with a name, not {spec!r}")
+    if name in LABEL_ALIASES:
+        opts.setdefault("source", "normalised")
     return label, _ALIASES.get(name, name), opts
+
+
+def eval_run_metric(spec: Any) -> Any | None:
+    """A gate metric as the held-out eval run names it (None for the judge, which is no metric of a
+    run): as written, less the gate's own ``label``; a label gate with its normalised source."""
+    _label, name, opts = parse_metric_spec(spec)
+    if name == JUDGE:
+        return None
+    if isinstance(spec, str) and spec.partition(":")[0].strip() not in LABEL_ALIASES:
+        return spec
+    return {"name": name, **opts}
 
 
 def build_metric(spec: Any, *, resolve_secrets: bool = True) -> tuple[str, Any]:
@@ -171,11 +191,7 @@ def compare_metric(
     n = len(references)
     label, m = build_metric(metric)
     name = m.name
-    raw = metric.get("name") if isinstance(metric, Mapping) else str(metric).partition(":")[0].strip()
-    if raw in LABEL_ALIASES:
-        # Labels are compared after the same normalisation as online agreement ({"label": "Spam"} == "spam").
-        student, teacher, references = ([normalise_label(x) for x in seq] for seq in (student, teacher, references))
-    if name == "judge":
+    if name == JUDGE:
         # The student against the teacher, on the prompt; the teacher against itself is a tie (0.5).
         scores = m.item_scores(list(student), list(teacher), inputs=list(inputs) if inputs is not None else None)
         res = paired_difference_data(m, [0.5] * len(scores), scores, seed=seed, confidence=confidence)
@@ -200,3 +216,18 @@ def run_gate(
         for metric in gate.metrics
     ]
     return decide(comparisons, tolerance=gate.tolerance, min_items=gate.min_items)
+
+
+def comparison_from_results(spec: Any, results: Mapping[str, Any], *, candidate: str, confidence: float) -> MetricComparison:
+    """A gate metric's comparison as a scored eval run holds it (``protege.evals.results.compute_results``,
+    the run's spec carrying the gate's seed and ``confidence``): ``candidate`` against the teacher's
+    answers on that metric, with the run's paired CI. Nothing is scored here."""
+    label, metric = build_metric(spec, resolve_secrets=False)  # its name and settings, as the run loaded it
+    name = metric.name
+    paired = results["paired"][name][candidate]
+    scores = results["scores"][name]
+    signature = next(m["signature"] for m in results["metrics"] if m["name"] == name)
+    p_value = paired["p_value"]
+    return MetricComparison(label, int(paired["n"]), float(scores[candidate]["score"]), float(scores[TEACHER]["score"]),
+                            float(paired["diff"]), float(paired["low"]), float(paired["high"]),
+                            None if p_value is None else float(p_value), str(paired["test"]), confidence, signature)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from protege.distill.auto.gate import build_metric
+from protege.distill.auto.gate import build_metric, eval_run_metric
+from protege.distill.datasets.builder import DatasetOptions
 from protege.store import auto as store_auto
 
 
@@ -143,10 +145,7 @@ class StudentSpec(_Strict):
                 if c.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", c.name):
                     raise ValueError("candidate name may contain letters, digits, '_', '.', '-' (max 64)")
             if self.selection_metric is not None:
-                try:
-                    build_metric(self.selection_metric, resolve_secrets=False)
-                except ImportError:
-                    pass
+                build_metric(self.selection_metric, resolve_secrets=False)
         return self
 
     def candidate_specs(self) -> list[CandidateSpec]:
@@ -161,9 +160,6 @@ class StudentSpec(_Strict):
             else:
                 out.append(CandidateSpec(backend=c, base_model=self.base_model, hyperparameters=dict(self.hyperparameters)))
         return out
-
-
-GATE_METRICS = ("exact_match", "label_accuracy", "accuracy", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 class GateSpec(_Strict):
@@ -182,18 +178,19 @@ class GateSpec(_Strict):
     @field_validator("metrics")
     @classmethod
     def _known(cls, value: list[Any]) -> list[Any]:
-        labels = []
+        labels, scored = [], []
         for spec in value:
-            try:
-                label, _metric = build_metric(spec, resolve_secrets=False)
-            except ImportError:  # evals not installed: the gate knows exact_match and labels only
-                label = spec if isinstance(spec, str) else str(spec.get("name"))
-                if label not in GATE_METRICS[:3]:
-                    raise ValueError(f"gate metric {label!r} needs protege.evals") from None
+            label, metric = build_metric(spec, resolve_secrets=False)
             labels.append(label)
+            if eval_run_metric(spec) is not None:
+                scored.append(metric.name)
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ValueError(f"gate metric {min(dup)!r} is listed twice (give one a 'label')")
+        # The held-out split is scored once, as an eval run, whose metrics have distinct names.
+        dup = {x for x in scored if scored.count(x) > 1}
+        if dup:
+            raise ValueError(f"gate metrics name the metric {min(dup)!r} twice (the held-out eval run scores each metric once)")
         return value
 
 
@@ -274,26 +271,18 @@ def parse_policy(data: Any, where: str = "") -> Policy:
 
 
 def _check_dataset_options(policy: Policy, label: str) -> None:
-    """Dataset options must be fields of the builder's DatasetOptions (when the builder is installed)."""
-    try:
-        from dataclasses import fields
-
-        from protege.distill.datasets.builder import DatasetOptions  # type: ignore[attr-defined]
-    except ImportError:
-        return
+    """Dataset options must be fields of the builder's DatasetOptions."""
     known = {f.name for f in fields(DatasetOptions)}
     for key in policy.dataset:
         if key not in known:
             raise PolicyError(f"{label}: dataset.{key}: unknown dataset option (known: {', '.join(sorted(known))})", param=f"dataset.{key}")
-    if "validation_fraction" in known and policy.dataset.get("validation_fraction", 0.2) <= 0:
+    if policy.dataset.get("validation_fraction", 0.2) <= 0:
         raise PolicyError(f"{label}: dataset.validation_fraction: must be > 0 (the validation split is the gate's held-out set)",
                           param="dataset.validation_fraction")
-    check = getattr(DatasetOptions, "from_dict", None)
-    if check is not None:
-        try:
-            check({"name": f"auto-{policy.name}", **policy.dataset})
-        except (ValueError, TypeError) as exc:
-            raise PolicyError(f"{label}: dataset: {exc}", param="dataset") from None
+    try:
+        DatasetOptions.from_dict({"name": f"auto-{policy.name}", **policy.dataset})
+    except (ValueError, TypeError) as exc:
+        raise PolicyError(f"{label}: dataset: {exc}", param="dataset") from None
 
 
 def parse_policies_toml(text: str, source: str = "policies") -> list[Policy]:

@@ -25,19 +25,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from protege.evals.summary import compute_results
 from protege.store import auto as store_auto
-from protege.store import evals as store_evals
 from protege.store import jobs as store_jobs
 
 from protege.distill.auto.agreement import AgreementResult, online_agreement, response_text
-from protege.distill.auto.gate import compare_metric, parse_metric_spec, run_gate
+from protege.distill.auto.evaluation import evaluate_heldout
+from protege.distill.auto.gate import compare_metric, parse_metric_spec
 from protege.distill.auto.policies import CandidateSpec, Policy, PolicyError, stored_policy, sync_policies_file
 from protege.distill.auto.rollout import next_stage, open_route, stage_params
 from protege.distill.auto.waiting import DEFAULT_VALIDATION_FRACTION, TOO_FEW, policy_waiting, trigger_state
@@ -57,23 +55,17 @@ log = logging.getLogger("protege.distill.auto")
 
 def _build_dataset(store: Any, policy: Policy, cycle: store_auto.AutoCycle) -> dict[str, Any]:
     """Build a dataset version for the policy; returns {id, train_path, validation_path}."""
-    known = {f.name for f in fields(DatasetOptions)}
-    opts: dict[str, Any] = {}
-    defaults = {
+    opts: dict[str, Any] = {
         "name": f"auto-{policy.name}",
         "models": [policy.match.model] if policy.match.model else [],
         "metadata": dict(policy.match.metadata),
-        # Only the teacher's own answers: never train a student on a student's output (used when
-        # the builder offers it).
+        # Only the teacher's own answers: never train a student on a student's output.
         "exclude_students": True,
         # The validation split is the gate's held-out set: the student never trains on it.
         "validation_fraction": DEFAULT_VALIDATION_FRACTION,
         "seed": 0,
+        **policy.dataset,
     }
-    for key, value in defaults.items():
-        if key in known:
-            opts[key] = value
-    opts.update(policy.dataset)
     ds = build_dataset(store, DatasetOptions.from_dict(opts))
     return {"id": ds.id, "train_path": _str(ds.train_path), "validation_path": _str(ds.validation_path)}
 
@@ -217,43 +209,6 @@ def _cloud_client(settings: Any, backend: str) -> Any:
         return openai.AzureOpenAI(azure_endpoint=settings.azure_endpoint, api_key=key, api_version=settings.azure_api_version)
     key = settings.upstream_api_key.get_secret_value() if getattr(settings, "upstream_api_key", None) else None
     return openai.OpenAI(base_url=settings.upstream, api_key=key)
-
-
-def _eval_metric_specs(metrics: list[Any]) -> list[Any]:
-    """Gate metric specs as an eval run takes them: the judge already ran for the gate (its verdicts
-    are in the decision), so it is not asked twice; the gate's own ``label`` is not a metric option."""
-    out: list[Any] = []
-    for m in metrics:
-        if m == "judge" or (isinstance(m, dict) and m.get("name") == "judge"):
-            continue
-        out.append({k: v for k, v in m.items() if k != "label"} if isinstance(m, dict) else m)
-    return out
-
-
-def _record_eval_run(store: Any, policy: Policy, cycle: store_auto.AutoCycle, prompts: list[list[dict[str, Any]]],
-                     refs: list[str], student_out: list[str]) -> str | None:
-    """Record the gate's evaluation as an eval run too, so `protege eval report RUN` shows it with
-    the usual headline, CIs and divergent items. Best effort: the decision never depends on it."""
-    try:
-        spec = {
-            "candidates": [{"name": "student", "model": cycle.student_model, "base_url": None, "api_key_env": None}],
-            "metrics": _eval_metric_specs(policy.gate.metrics), "reference": "auto", "seed": policy.gate.seed, "n_resamples": 1000,
-            "source": f"protege auto: policy {policy.name}, cycle {cycle.id}, dataset {cycle.dataset_id} (held-out split)",
-        }
-        items = [{"source_id": f"{cycle.dataset_id}/validation/{i}", "messages": m, "reference": r, "reference_kind": "teacher",
-                  "teacher_output": r, "metadata": dict(policy.match.metadata)} for i, (m, r) in enumerate(zip(prompts, refs))]
-        run = store_evals.create_run(store, spec, items, name=f"auto-{policy.name}-{cycle.id}")
-        stored = store_evals.list_items(store, run["id"])
-        store_evals.save_outputs(store, run["id"], [
-            {"item_id": it["id"], "candidate": "student", "status": "ok", "output": out, "model": cycle.student_model}
-            for it, out in zip(stored, student_out)
-        ])
-        results = compute_results(store, run["id"])
-        store_evals.update_run(store, run["id"], status="completed", started_at=int(time.time()), completed_at=int(time.time()), results=results)
-        return run["id"]
-    except Exception:
-        log.warning("could not record the gate's eval run for cycle %s", cycle.id, exc_info=True)
-        return None
 
 
 def _prompt_text(messages: list[dict[str, Any]]) -> str:
@@ -692,22 +647,17 @@ class Worker:
             raise ValueError(f"dataset {ds['id']} has no held-out (validation) items to evaluate the student on")
         backend = self._student_backend(policy, cycle)
         student_out = _predict(self.store, self.settings, backend, cycle.student_model, prompts, self.student_client) if prompts else []  # type: ignore[arg-type]
-        # The reference is the teacher's answer (or a human correction of it, which the dataset puts
-        # in its place); the teacher's own output is that same answer unless it was corrected.
-        teacher_out = list(refs)
-        result = run_gate(policy.gate, student_out, teacher_out, refs, inputs=[_prompt_text(p) for p in prompts])
+        result, run_id = evaluate_heldout(self.store, policy, cycle, prompts, refs, student_out, [_prompt_text(p) for p in prompts])
         disagreements = [
             {"prompt": (p[-1].get("content") if p else None), "teacher": r, "student": s}
             for p, r, s in zip(prompts, refs, student_out) if s.strip() != r.strip()
         ][:10]
-        evaluation = {"dataset_id": ds["id"], "n_items": len(refs), "gate": result.to_dict(), "examples_disagreeing": disagreements}
+        evaluation = {"dataset_id": ds["id"], "n_items": len(refs), "gate": result.to_dict(), "examples_disagreeing": disagreements,
+                      "eval_run_id": run_id}
         if policy.student.backend == "best":
             selected = self._selection_decision(policy_id, cycle.id)
             if selected is not None:
                 evaluation["selection"] = {"decision_id": selected.id, "reason": selected.reason, "backend": backend}
-        run_id = _record_eval_run(self.store, policy, cycle, prompts, refs, student_out)
-        if run_id:
-            evaluation["eval_run_id"] = run_id
         outcome = "promote" if result.passed else "reject"
         decision = store_auto.record_decision(
             store=self.store, policy_id=policy_id, kind="gate", outcome=outcome, reason=result.reason,

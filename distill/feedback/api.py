@@ -1,10 +1,8 @@
-"""Protege's own HTTP API for feedback on captured completions (``/protege/v1/...feedback``).
+"""Protege's own HTTP API for feedback on captured completions (``/protege/v1/...feedback``): add
+feedback to a capture, list and show it.
 
-The app that mounts :data:`router` provides the store as ``app.state.protege_store`` (and its
-settings as ``app.state.protege_settings``: with admin keys configured, these routes need one,
-since they expose and curate captured traffic). Lists use OpenAI's
-envelope and cursor (``after``/``limit``); errors use OpenAI's error JSON, so the ``openai`` SDK's
-error handling works on these routes too.
+Mounted by ``protege.app``; the store, the list envelope and cursor and the OpenAI-style error JSON
+are the kit's (:mod:`protege.apikit`), so the ``openai`` SDK's error handling works here too.
 """
 
 from __future__ import annotations

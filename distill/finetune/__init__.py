@@ -9,6 +9,9 @@ Serving: ``generation`` loads a student once and batches concurrent requests int
 the student the proxy calls; ``endpoints`` are students served elsewhere (vLLM, Ollama, llama.cpp,
 an Azure deployment) behind an OpenAI-compatible URL.
 
+Interfaces: ``cli``/``api`` (jobs) and ``students_cli``/``students_api`` (students); ``api_errors``
+is how both routers answer a failure (OpenAI-style error JSON).
+
 torch and transformers are imported inside the modules that need them, never here, so the proxy,
 store and evals run without the ``lora`` extra.
 """

@@ -8,45 +8,24 @@ runs them in its thread pool: starting or polling a cloud job is a blocking SDK 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from typing import Any
 
-import openai
 import orjson
 from fastapi import APIRouter, Depends, Request
 
 from protege import apikit
-from protege.apikit import ApiError
 
 from protege.distill.finetune import jobs
+from protege.distill.finetune.api_errors import FineTuneRoute
 from protege.distill.finetune.interface import FineTuneError
-
-log = logging.getLogger("protege.distill.finetune.api")
 
 # Jobs can spend money on a cloud account: when admin keys are configured only their holders may
 # list, start or cancel them.
 router = APIRouter(
-    prefix="/protege/v1/fine_tuning/jobs", tags=["fine-tuning"], dependencies=[apikit.admin_only("Fine-tuning jobs")]
+    prefix="/protege/v1/fine_tuning/jobs", tags=["fine-tuning"], dependencies=[apikit.admin_only("Fine-tuning jobs")],
+    route_class=FineTuneRoute,
 )
-
-
-def _api_error(exc: Exception) -> ApiError:
-    """Any failure as the kit's error: a FineTuneError keeps its status (the type follows it), an
-    unreachable provider is a 502, anything else a logged 500."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, FineTuneError):
-        kind = "invalid_request_error" if exc.status < 500 else "api_error"
-        if exc.status == 401:
-            kind = "authentication_error"
-        elif exc.status == 403:
-            kind = "permission_error"
-        return ApiError(exc.status, exc.message, type=kind, param=exc.param, code=exc.code)
-    if isinstance(exc, openai.APIConnectionError):
-        return ApiError(502, f"the fine-tuning provider could not be reached: {exc}", type="api_error", code="upstream_unreachable")
-    log.exception("fine-tuning API error")
-    return ApiError(500, f"internal error: {exc.__class__.__name__}", type="api_error")
 
 
 def _settings(request: Request) -> Any:
@@ -55,12 +34,9 @@ def _settings(request: Request) -> Any:
 
 @router.get("")
 def list_jobs(request: Request, store: Any = Depends(apikit.store), limit: int = Depends(apikit.limit)) -> Any:
-    try:
-        meta = {k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
-        items, more = jobs.list_jobs(store, after=request.query_params.get("after"), limit=limit, metadata=meta or None)
-        return apikit.list_envelope([jobs.job_view(store, j, history=False) for j in items], more)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes OpenAI-style error JSON
-        raise _api_error(exc) from None
+    meta = {k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+    items, more = jobs.list_jobs(store, after=request.query_params.get("after"), limit=limit, metadata=meta or None)
+    return apikit.list_envelope([jobs.job_view(store, j, history=False) for j in items], more)
 
 
 def _is_dataset_id(value: Any) -> bool:
@@ -163,45 +139,30 @@ def _parse_create(body: Any) -> dict[str, Any]:
 
 @router.post("")
 async def create_job(request: Request, store: Any = Depends(apikit.store)) -> Any:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "We could not parse the JSON body of your request.") from None
+    body = await apikit.json_object(request)
     settings = _settings(request)
-    try:
-        args = _parse_create(body)
-        from starlette.concurrency import run_in_threadpool
+    args = _parse_create(body)
+    from starlette.concurrency import run_in_threadpool
 
-        # Starting a cloud job is a blocking SDK call, and the view reads the store: both in a thread.
-        return await run_in_threadpool(_start, store, settings, args)
-    except Exception as exc:  # noqa: BLE001
-        raise _api_error(exc) from None
+    # Starting a cloud job is a blocking SDK call, and the view reads the store: both in a thread.
+    return await run_in_threadpool(_start, store, settings, args)
 
 
 @router.get("/{job_id}")
 def get_job(job_id: str, request: Request, store: Any = Depends(apikit.store)) -> Any:
-    try:
-        return jobs.job_view(store, jobs.get_job(store, job_id, settings=_settings(request)))
-    except Exception as exc:  # noqa: BLE001
-        raise _api_error(exc) from None
+    return jobs.job_view(store, jobs.get_job(store, job_id, settings=_settings(request)))
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: str, request: Request, store: Any = Depends(apikit.store)) -> Any:
-    try:
-        return jobs.job_view(store, jobs.cancel_job(store, job_id, settings=_settings(request)))
-    except Exception as exc:  # noqa: BLE001
-        raise _api_error(exc) from None
+    return jobs.job_view(store, jobs.cancel_job(store, job_id, settings=_settings(request)))
 
 
 @router.get("/{job_id}/events")
 def list_events(job_id: str, request: Request, store: Any = Depends(apikit.store), limit: int = Depends(apikit.limit)) -> Any:
-    try:
-        jobs.get_job(store, job_id, settings=_settings(request))
-        items, more = jobs.list_events(store, job_id, after=request.query_params.get("after"), limit=limit)
-        return apikit.list_envelope(items, more)
-    except Exception as exc:  # noqa: BLE001
-        raise _api_error(exc) from None
+    jobs.get_job(store, job_id, settings=_settings(request))
+    items, more = jobs.list_events(store, job_id, after=request.query_params.get("after"), limit=limit)
+    return apikit.list_envelope(items, more)
 
 
 __all__ = ["router"]

@@ -16,6 +16,8 @@ import secrets
 import time
 from typing import Any
 
+from protege.store.messages import content_text
+
 from protege.distill.finetune.generation import DEFAULT_MAX_TOKENS, GenRequest, GenResult
 
 
@@ -31,16 +33,6 @@ MAX_N = 8
 _TOOL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text", None))
-    return str(content)
-
-
 def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages as chat templates expect them: text content, ``developer`` read as ``system``,
     assistant tool calls with their arguments as objects (Hermes-style templates print them)."""
@@ -51,7 +43,7 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         role = m.get("role")
         if role == "developer":
             role = "system"
-        msg: dict[str, Any] = {"role": role, "content": _text(m.get("content"))}
+        msg: dict[str, Any] = {"role": role, "content": content_text(m.get("content"))}
         if m.get("tool_calls"):
             calls = []
             for c in m["tool_calls"]:

@@ -9,7 +9,7 @@ progress bar) and ``finetune status`` reads its progress.
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -193,20 +193,20 @@ def start(
 @app.command()
 def status(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show a job (polling its backend if it is still running)."""
-    store = clikit.open_cli_store()
-    try:
-        job = jobs.get_job(store, job_id, settings=clikit.settings())
-    except FineTuneError as exc:
-        clikit.fail(exc.message)
-    _show(store, job, as_json)
+    _show_after(jobs.get_job, job_id, as_json)
 
 
 @app.command()
 def cancel(job_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Cancel a running job."""
+    _show_after(jobs.cancel_job, job_id, as_json)
+
+
+def _show_after(action: Callable[..., dict[str, Any]], job_id: str, as_json: bool) -> None:
+    """Show the job once ``action`` (jobs.get_job: synced, jobs.cancel_job) is done; its refusal is one line."""
     store = clikit.open_cli_store()
     try:
-        job = jobs.cancel_job(store, job_id, settings=clikit.settings())
+        job = action(store, job_id, settings=clikit.settings())
     except FineTuneError as exc:
         clikit.fail(exc.message)
     _show(store, job, as_json)

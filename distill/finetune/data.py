@@ -59,7 +59,9 @@ class Rows:
     skipped_other: int = 0  # rows with nothing to learn (no assistant text)
 
 
-def _read_jsonl(path: str | Path, param: str) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, param: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a training file; a FineTuneError naming the
+    line (and ``param``, the request field that named the file) for a line that is not a JSON object."""
     out = []
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -71,20 +73,20 @@ def _read_jsonl(path: str | Path, param: str) -> list[dict[str, Any]]:
                 raise FineTuneError(f"{path} line {lineno}: invalid JSON", param=param, code="invalid_training_file") from None
             if not isinstance(obj, dict):
                 raise FineTuneError(f"{path} line {lineno}: expected a JSON object", param=param, code="invalid_training_file")
-            out.append(obj)
+            out.append((lineno, obj))
     return out
 
 
 def sft_rows(path: str | Path, *, tools_ok: bool, param: str = "training_file") -> Rows:
     """Chat examples (``{"messages": [...], "tools"?: [...]}``) -> prompt/completion rows."""
     result = Rows()
-    for lineno, obj in enumerate(_read_jsonl(path, param), 1):
+    for lineno, obj in read_jsonl(path, param):
         messages = obj.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise FineTuneError(f"{path} example {lineno}: expected 'messages' (a list of messages)", param=param, code="invalid_training_file")
+            raise FineTuneError(f"{path} line {lineno}: expected 'messages' (a list of messages)", param=param, code="invalid_training_file")
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
         if last is None:
-            raise FineTuneError(f"{path} example {lineno}: no assistant message", param=param, code="invalid_training_file")
+            raise FineTuneError(f"{path} line {lineno}: no assistant message", param=param, code="invalid_training_file")
         if has_tool_traffic(obj, messages[: last + 1]):
             if not tools_ok or messages[last].get("function_call"):
                 result.skipped_tools += 1
@@ -105,12 +107,12 @@ def dpo_rows(path: str | Path, *, tools_ok: bool, param: str = "training_file") 
     """Protege's / OpenAI's DPO pairs (``input``, ``preferred_output``, ``non_preferred_output``)
     -> TRL's conversational preference rows (``prompt``, ``chosen``, ``rejected``)."""
     result = Rows()
-    for lineno, obj in enumerate(_read_jsonl(path, param), 1):
+    for lineno, obj in read_jsonl(path, param):
         inp = obj.get("input")
         good, bad = obj.get("preferred_output"), obj.get("non_preferred_output")
         if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list) or not isinstance(good, list) or not isinstance(bad, list):
             raise FineTuneError(
-                f"{path} example {lineno}: expected a DPO pair with 'input.messages', 'preferred_output' and 'non_preferred_output'",
+                f"{path} line {lineno}: expected a DPO pair with 'input.messages', 'preferred_output' and 'non_preferred_output'",
                 param=param,
                 code="invalid_training_file",
             )

@@ -18,7 +18,6 @@ in the worker thread.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
@@ -27,6 +26,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from protege.distill.finetune.base import sha256_file
 
 log = logging.getLogger("protege.distill.finetune.generation")
 
@@ -228,6 +229,20 @@ class BatchingGenerator:
         self.queue.put(None)
 
     # -- worker ---------------------------------------------------------------------------------
+    def _take(self, pending: list[GenRequest], limit: int, deadline: float | None) -> None:
+        """Move queued requests into ``pending``, up to ``limit``: those arriving until ``deadline``
+        (monotonic), or with None only those already queued. The close sentinel ends the taking."""
+        while len(pending) < limit:
+            left = 0.0 if deadline is None else deadline - time.monotonic()
+            try:
+                nxt = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._closed = True
+                break
+            pending.append(nxt)
+
     def _loop(self) -> None:
         pending: list[GenRequest] = []
         while True:
@@ -243,27 +258,9 @@ class BatchingGenerator:
                 wait = self.window
                 if self._last_rows > 1:
                     wait = min(self.max_window, max(self.window, 0.05 * self._last_seconds))
-                deadline = time.monotonic() + wait
-                while len(pending) < self.max_batch:
-                    left = deadline - time.monotonic()
-                    try:
-                        nxt = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self._closed = True
-                        break
-                    pending.append(nxt)
+                self._take(pending, self.max_batch, time.monotonic() + wait)
             else:  # leftovers of another group: take what else is already queued, without waiting
-                while len(pending) < self.max_batch * 2:
-                    try:
-                        nxt = self.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self._closed = True
-                        break
-                    pending.append(nxt)
+                self._take(pending, self.max_batch * 2, None)
             key = pending[0].group_key()
             batch, rest, rows = [], [], 0
             for r in pending:
@@ -348,14 +345,6 @@ class ArtifactError(Exception):
     """A student's files are missing or do not match their recorded hashes."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_files(version_dir: Path, files: dict[str, str]) -> None:
     """Every file the manifest lists must exist with its recorded sha256 (refuse to load otherwise)."""
     for rel, digest in files.items():
@@ -433,6 +422,5 @@ __all__ = [
     "GenerationTimeout",
     "load_base",
     "load_lora_model",
-    "sha256_file",
     "verify_files",
 ]

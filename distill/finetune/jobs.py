@@ -123,32 +123,13 @@ def start_job(
     check_model = getattr(impl, "check_model", None)
     if check_model is not None:  # backends that can tell a bad base model before anything is recorded
         check_model(model)
-    job = store_jobs.create_job(
-        store,
-        backend=backend,
-        model=model,
-        method=method,
-        dataset_id=dataset,
-        training_file=str(training_file),
-        validation_file=str(validation_file) if validation_file else None,
-        hyperparameters=hp,
-        suffix=suffix,
-        seed=seed,
-        metadata=metadata,
-        name=(name or suffix or "student") if backend in LOCAL_BACKENDS else name,
-    )
-    spec = JobSpec(
-        model=model,
-        training_file=str(training_file),
-        validation_file=str(validation_file) if validation_file else None,
-        method=method,
-        hyperparameters=hp,
-        suffix=suffix,
-        seed=seed,
-        metadata=dict(metadata or {}),
-        name=job["name"],
-        job_id=job["id"],
-    )
+    # What the store records and the backend is given alike.
+    training = {"model": model, "method": method, "training_file": str(training_file),
+                "validation_file": str(validation_file) if validation_file else None, "hyperparameters": hp,
+                "suffix": suffix, "seed": seed}
+    job = store_jobs.create_job(store, backend=backend, dataset_id=dataset, metadata=metadata,
+                                name=(name or suffix or "student") if backend in LOCAL_BACKENDS else name, **training)
+    spec = JobSpec(**training, metadata=dict(metadata or {}), name=job["name"], job_id=job["id"])
     store_jobs.add_events(store, job["id"], [{"message": f"Job created on backend {backend}"}])
     try:
         started = impl.start(spec)

@@ -13,7 +13,6 @@ because unpickling runs code: only files Protege wrote itself are ever loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -41,6 +40,8 @@ from protege.store import jobs as store_jobs
 from protege.store.messages import content_text, normalise_label
 
 from protege.distill.finetune.interface import BackendStatus, FineTuneError, JobSpec, StartResult
+from protege.distill.finetune.data import read_jsonl
+from protege.distill.finetune.base import sha256_file
 
 log = logging.getLogger("protege.distill.student")
 
@@ -67,22 +68,15 @@ def input_text(messages: list[dict[str, Any]], include_system: bool = False) -> 
 def examples_from_jsonl(path: str | Path, include_system: bool = False) -> list[tuple[str, str]]:
     """(input text, teacher answer) pairs from an OpenAI chat-format JSONL file; last assistant turn wins."""
     out: list[tuple[str, str]] = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                raise FineTuneError(f"{path} line {lineno}: invalid JSON", param="training_file", code="invalid_training_file") from None
-            messages = obj.get("messages") if isinstance(obj, dict) else None
-            if not isinstance(messages, list):
-                raise FineTuneError(f"{path} line {lineno}: expected a chat example with 'messages'", param="training_file", code="invalid_training_file")
-            answers = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
-            if not answers:
-                raise FineTuneError(f"{path} line {lineno}: no assistant message", param="training_file", code="invalid_training_file")
-            prompt = [m for m in messages[: messages.index(answers[-1])] if isinstance(m, dict)]
-            out.append((input_text(prompt, include_system), _text(answers[-1].get("content"))))
+    for lineno, obj in read_jsonl(path, "training_file"):
+        messages = obj.get("messages")
+        if not isinstance(messages, list):
+            raise FineTuneError(f"{path} line {lineno}: expected a chat example with 'messages'", param="training_file", code="invalid_training_file")
+        answers = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+        if not answers:
+            raise FineTuneError(f"{path} line {lineno}: no assistant message", param="training_file", code="invalid_training_file")
+        prompt = [m for m in messages[: messages.index(answers[-1])] if isinstance(m, dict)]
+        out.append((input_text(prompt, include_system), _text(answers[-1].get("content"))))
     return out
 
 
@@ -432,14 +426,6 @@ def train(
 # --- artifacts -------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_name(name: str) -> str:
     if not _NAME.match(name or ""):
         raise FineTuneError(
@@ -462,7 +448,7 @@ def save_student(store, name: str, student: TrainedStudent, *, job_id: str | Non
         "include_system": student.include_system,
     }
     joblib.dump(payload, model_path, compress=3)
-    digest = _sha256(model_path)
+    digest = sha256_file(model_path)
     manifest = {
         "name": name,
         "version": version,
@@ -502,7 +488,7 @@ def load_student(store, name: str, version: int | None = None) -> tuple[TrainedS
     path = store_jobs.resolve_artifact(store, row["path"])
     if not path.exists():
         raise FineTuneError(f"student file {path} is missing", code="artifact_missing", status=500)
-    if _sha256(path) != row["sha256"]:
+    if sha256_file(path) != row["sha256"]:
         raise FineTuneError(f"student file {path} does not match its recorded sha256; refusing to load it", code="artifact_tampered", status=500)
     payload = joblib.load(path)
     manifest = row["manifest"]

@@ -17,7 +17,6 @@ and the store gets the manifest's path (relative to the data directory) and sha2
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -47,14 +46,6 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 def default_threads() -> int:
     """Leave one core to a co-located proxy."""
     return max(1, (os.cpu_count() or 2) - 1)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class LoraBackend:
@@ -135,9 +126,9 @@ class LoraBackend:
     def _dataset_info(self, job_id: str, spec: JobSpec) -> dict[str, Any]:
         info: dict[str, Any] = {
             "training_file": str(Path(spec.training_file).resolve()),
-            "training_sha256": _sha256(Path(spec.training_file)),
+            "training_sha256": base_mod.sha256_file(Path(spec.training_file)),
             "validation_file": str(Path(spec.validation_file).resolve()) if spec.validation_file else None,
-            "validation_sha256": _sha256(Path(spec.validation_file)) if spec.validation_file else None,
+            "validation_sha256": base_mod.sha256_file(Path(spec.validation_file)) if spec.validation_file else None,
         }
         job = store_jobs.get_job(self.store, job_id) if spec.job_id else None
         if job and job.get("dataset_id"):
@@ -253,7 +244,7 @@ class LoraBackend:
         }
         manifest_path = folder / "manifest.json"
         manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-        digest = _sha256(manifest_path)
+        digest = base_mod.sha256_file(manifest_path)
         data_dir = Path(self.store.data_dir)
         rel = manifest_path.relative_to(data_dir).as_posix() if manifest_path.is_relative_to(data_dir) else str(manifest_path)
         row = store_jobs.record_student(

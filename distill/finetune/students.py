@@ -36,7 +36,8 @@ from protege.store.messages import content_text
 
 from protege.distill.finetune.interface import FineTuneError
 from protege.distill.finetune.endpoints import EndpointStudent
-from protege.distill.finetune.generation import ArtifactError, sha256_file
+from protege.distill.finetune.base import sha256_file
+from protege.distill.finetune.generation import ArtifactError
 from protege.distill.finetune.served import LoraStudent
 
 log = logging.getLogger("protege.distill.finetune.students")

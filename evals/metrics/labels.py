@@ -22,8 +22,10 @@ MISSING = "<missing>"
 
 @dataclass
 class LabelExtractor:
-    """``source``: ``"whole"`` (stripped output), ``"regex"`` (``pattern`` group ``group``) or ``"json"``
-    (``field``, dotted path for nested objects). ``lowercase`` folds case after extraction."""
+    """``source``: ``"whole"`` (stripped output), ``"regex"`` (``pattern`` group ``group``), ``"json"``
+    (``field``, dotted path for nested objects) or ``"normalised"`` (Protege's one class per meaning,
+    :func:`protege.store.messages.normalise_label`, as the auto gate and online agreement compare
+    labels). ``lowercase`` folds case after extraction."""
 
     source: str = "whole"
     pattern: str | None = None
@@ -33,8 +35,8 @@ class LabelExtractor:
     strip: bool = True
 
     def __post_init__(self) -> None:
-        if self.source not in ("whole", "regex", "json"):
-            raise ValueError(f"label source must be 'whole', 'regex' or 'json', not {self.source!r}")
+        if self.source not in ("whole", "regex", "json", "normalised"):
+            raise ValueError(f"label source must be 'whole', 'regex', 'json' or 'normalised', not {self.source!r}")
         if self.source == "regex":
             if not self.pattern:
                 raise ValueError("label source 'regex' needs a pattern")
@@ -49,6 +51,11 @@ class LabelExtractor:
         value: Any
         if self.source == "whole":
             value = text
+        elif self.source == "normalised":
+            # here, not at the top: loading a metric must not pay for importing the whole store
+            from protege.store.messages import normalise_label
+
+            value = normalise_label(text)
         elif self.source == "regex":
             m = self._re.search(text)
             if m is None:
@@ -80,7 +87,8 @@ class LabelExtractor:
         return value
 
     def signature(self) -> str:
-        where = {"whole": "whole", "regex": f"regex[{self.pattern}]#{self.group}", "json": f"json[{self.field}]"}
+        where = {"whole": "whole", "regex": f"regex[{self.pattern}]#{self.group}", "json": f"json[{self.field}]",
+                 "normalised": "normalised"}
         return f"label:{where[self.source]}|lc:{'yes' if self.lowercase else 'no'}"
 
 

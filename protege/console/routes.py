@@ -10,10 +10,11 @@ metadata, adding feedback. Errors in forms come back as a message on the page, n
 from __future__ import annotations
 
 import calendar
+import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlencode
 
 import orjson
@@ -78,6 +79,19 @@ def _page(request: Request, template: str, status: int = 200, **ctx: Any) -> Res
     return templates.TemplateResponse(request, template, ctx, status_code=status)
 
 
+def _signed_in(page: Callable[..., Response]) -> Callable[..., Response]:
+    """A page only a signed-in user sees: anyone else is sent to the login page before the page
+    looks anything up (so a missing id says nothing to a stranger)."""
+
+    @functools.wraps(page)
+    def signed_in_page(request: Request, *args: Any, **kwargs: Any) -> Response:
+        if not session.signed_in(request):
+            return _to_login(request)
+        return page(request, *args, **kwargs)
+
+    return signed_in_page
+
+
 def _to_login(request: Request) -> Response:
     if request.headers.get("hx-request"):
         return Response(status_code=401, headers={"HX-Redirect": "/ui/login"})
@@ -87,6 +101,14 @@ def _to_login(request: Request) -> Response:
 
 def _not_found(request: Request, what: str) -> Response:
     return _page(request, "message.html", 404, title="Not found", message=f"{what} was not found.", nav="")
+
+
+def _page_of(request: Request, what: str, template: str, key: str, found: Any, **ctx: Any) -> Response:
+    """The page of one object, given to the template as ``key``; the 404 page naming ``what`` when it
+    was not ``found`` (None)."""
+    if found is None:
+        return _not_found(request, what)
+    return _page(request, template, **{key: found}, **ctx)
 
 
 async def _form(request: Request) -> dict[str, list[str]]:
@@ -156,9 +178,8 @@ async def logout(request: Request) -> Response:
 
 @router.get("")
 @router.get("/")
+@_signed_in
 def overview(request: Request, window: str = "1h") -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     return _page(request, "overview.html", ov=data.overview(_store(request), window), windows=list(data.WINDOWS), nav="overview")
 
 
@@ -212,9 +233,8 @@ def _models(store: Store, ttl: float = 60.0) -> list[str]:
 
 
 @router.get("/traffic")
+@_signed_in
 def traffic(request: Request, before: int | None = None) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     flt, form, problem = _traffic_query(request)
     store = _store(request)
     t0 = time.perf_counter()
@@ -231,13 +251,10 @@ def traffic(request: Request, before: int | None = None) -> Response:
 
 
 @router.get("/traffic/{completion_id}")
+@_signed_in
 def capture(request: Request, completion_id: str) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
-    cap = data.capture(_store(request), completion_id)
-    if cap is None:
-        return _not_found(request, f"Capture {completion_id}")
-    return _page(request, "capture.html", cap=cap, nav="traffic", saved=request.query_params.get("saved"))
+    return _page_of(request, f"Capture {completion_id}", "capture.html", "cap", data.capture(_store(request), completion_id),
+                    nav="traffic", saved=request.query_params.get("saved"))
 
 
 def _metadata_from(form: dict[str, list[str]]) -> dict[str, str]:
@@ -318,9 +335,8 @@ async def add_feedback(request: Request, completion_id: str) -> Response:
 
 
 @router.get("/datasets")
+@_signed_in
 def datasets(request: Request, name: str | None = None) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     from protege.distill.datasets.builder import list_datasets
 
     items, _more = list_datasets(_store(request), name=name or None, limit=100)
@@ -328,19 +344,14 @@ def datasets(request: Request, name: str | None = None) -> Response:
 
 
 @router.get("/datasets/{dataset_id}")
+@_signed_in
 def dataset(request: Request, dataset_id: str) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
-    detail = data.dataset_detail(_store(request), dataset_id)
-    if detail is None:
-        return _not_found(request, f"Dataset {dataset_id}")
-    return _page(request, "dataset.html", d=detail, nav="datasets")
+    return _page_of(request, f"Dataset {dataset_id}", "dataset.html", "d", data.dataset_detail(_store(request), dataset_id), nav="datasets")
 
 
 @router.get("/datasets/{dataset_id}/files/{which}")
+@_signed_in
 def dataset_download(request: Request, dataset_id: str, which: str) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     found = data.dataset_file(_store(request), dataset_id, which)
     if found is None or not Path(found[0]).is_file():
         return _not_found(request, f"File {which} of dataset {dataset_id}")
@@ -367,9 +378,8 @@ async def dataset_rebuild(request: Request, dataset_id: str) -> Response:
 
 
 @router.get("/finetunes")
+@_signed_in
 def finetunes(request: Request) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     from protege.store import jobs as store_jobs
 
     jobs, _more = store_jobs.list_jobs(_store(request), limit=100)
@@ -377,13 +387,10 @@ def finetunes(request: Request) -> Response:
 
 
 @router.get("/finetunes/{job_id}")
+@_signed_in
 def finetune(request: Request, job_id: str) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
-    detail = data.job_detail(_store(request), job_id)
-    if detail is None:
-        return _not_found(request, f"Fine-tune job {job_id}")
-    return _page(request, "finetune.html", d=detail, nav="finetunes", saved=request.query_params.get("saved"))
+    return _page_of(request, f"Fine-tune job {job_id}", "finetune.html", "d", data.job_detail(_store(request), job_id),
+                    nav="finetunes", saved=request.query_params.get("saved"))
 
 
 @router.post("/finetunes/{job_id}/cancel")
@@ -405,9 +412,8 @@ async def finetune_cancel(request: Request, job_id: str) -> Response:
 
 
 @router.get("/evals")
+@_signed_in
 def evals(request: Request) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     from protege.evals.runs import run_object
     from protege.store import evals as store_evals
 
@@ -417,9 +423,8 @@ def evals(request: Request) -> Response:
 
 
 @router.get("/evals/compare")
+@_signed_in
 def evals_compare(request: Request, a: str = "", b: str = "") -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     store = _store(request)
     left, right = data.eval_summary(store, a), data.eval_summary(store, b)
     if left is None or right is None:
@@ -428,19 +433,14 @@ def evals_compare(request: Request, a: str = "", b: str = "") -> Response:
 
 
 @router.get("/evals/{run_id}")
+@_signed_in
 def eval_run(request: Request, run_id: str) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
-    summary = data.eval_summary(_store(request), run_id)
-    if summary is None:
-        return _not_found(request, f"Eval run {run_id}")
-    return _page(request, "eval.html", s=summary, nav="evals")
+    return _page_of(request, f"Eval run {run_id}", "eval.html", "s", data.eval_summary(_store(request), run_id), nav="evals")
 
 
 @router.get("/evals/{run_id}/report")
+@_signed_in
 def eval_report(request: Request, run_id: str) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     store = _store(request)
     if data.eval_summary(store, run_id) is None:
         return _not_found(request, f"Eval run {run_id}")
@@ -456,33 +456,26 @@ def eval_report(request: Request, run_id: str) -> Response:
 
 
 @router.get("/students")
+@_signed_in
 def students(request: Request) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
     return _page(request, "students.html", policies=data.policies(_store(request)), nav="students")
 
 
 @router.get("/students/{policy_id}")
+@_signed_in
 def student(request: Request, policy_id: str) -> Response:
-    if not session.signed_in(request):
-        return _to_login(request)
-    detail = data.policy_detail(_store(request), policy_id)
-    if detail is None:
-        return _not_found(request, f"Policy {policy_id}")
-    return _page(request, "student.html", d=detail, nav="students", done=request.query_params.get("done"))
+    return _page_of(request, f"Policy {policy_id}", "student.html", "d", data.policy_detail(_store(request), policy_id),
+                    nav="students", done=request.query_params.get("done"))
 
 
 @router.get("/students/{policy_id}/{action}")
+@_signed_in
 def confirm_action(request: Request, policy_id: str, action: str, stage: str = "") -> Response:
     """The confirmation step: promote and roll back change who answers live traffic."""
-    if not session.signed_in(request):
-        return _to_login(request)
     if action not in ("promote", "rollback"):
         return _not_found(request, f"Action {action}")
-    detail = data.policy_detail(_store(request), policy_id)
-    if detail is None:
-        return _not_found(request, f"Policy {policy_id}")
-    return _page(request, "confirm.html", d=detail, action=action, stage=stage, nav="students")
+    return _page_of(request, f"Policy {policy_id}", "confirm.html", "d", data.policy_detail(_store(request), policy_id),
+                    action=action, stage=stage, nav="students")
 
 
 @router.post("/students/{policy_id}/{action}")

@@ -574,18 +574,18 @@ class FakeFineTuneServer:
         return web.json_response(self._job_obj(job))
 
     async def list_events(self, request: web.Request, entry: dict) -> web.Response:
-        job = self._job(request)
-        if job is None:
-            return self._no_job(request)
-        self._advance(job)
-        return self._page(list(reversed(job.events)), request, 20, with_ids=False)
+        return self._job_page(request, "events", 20, with_ids=False)
 
     async def list_checkpoints(self, request: web.Request, entry: dict) -> web.Response:
+        return self._job_page(request, "checkpoints", 10, with_ids=True)
+
+    def _job_page(self, request: web.Request, which: str, limit: int, *, with_ids: bool) -> web.Response:
+        """A page of a job's events or checkpoints, newest first, as OpenAI lists them (the job advanced first)."""
         job = self._job(request)
         if job is None:
             return self._no_job(request)
         self._advance(job)
-        return self._page(list(reversed(job.checkpoints)), request, 10, with_ids=True)
+        return self._page(list(reversed(getattr(job, which))), request, limit, with_ids=with_ids)
 
 
 __all__ = ["FakeFineTuneServer"]
