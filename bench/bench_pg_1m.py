@@ -40,7 +40,7 @@ from bench_dataset import generate  # noqa: E402
 
 from protege.distill.datasets.builder import DatasetOptions, build_dataset  # noqa: E402
 from protege.store import Store, copy_store, list_stored  # noqa: E402
-from protege.store.completions import _PAIRS  # noqa: E402
+from protege.store import META_PAIRS  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 
 METADATA = (
@@ -105,7 +105,7 @@ def build_duckdb(path: Path, rows: int) -> None:
     generate(store, rows)
     store.cursor().execute(
         f"UPDATE completions SET metadata = {METADATA}, "
-        f"meta_pairs = {_PAIRS.format(col=METADATA)}"
+        f"meta_pairs = {META_PAIRS.format(col=METADATA)}"
     )
     store.close()
 

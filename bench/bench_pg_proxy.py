@@ -51,7 +51,7 @@ def start(db: str, data_dir: Path, port: int, up_port: int) -> subprocess.Popen:
 
 def rows(db: str) -> int:
     from protege.store import Store
-    from protege.store.completions import count
+    from protege.store import count
 
     s = Store(db, read_only=True)
     try:

@@ -124,7 +124,7 @@ def open_cli_store(read_only: bool = False, must_exist: bool | None = None):  # 
     CLI's command goes to that server (:class:`ServedElsewhere`)."""
     import duckdb
 
-    from protege.store import SchemaTooNewError, Store, StoreLockedError
+    from protege.store import SchemaTooNewError, Store, StoreLockedError, without_password
 
     served = _served.get()
     if served is not None:
@@ -145,14 +145,7 @@ def open_cli_store(read_only: bool = False, must_exist: bool | None = None):  # 
     except Exception as exc:  # a PostgreSQL URL: psycopg's errors (refused, bad password, no database)
         if type(exc).__module__.split(".")[0] != "psycopg":
             raise
-        fail(f"cannot open {_no_password(s.db)}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
-
-
-def _no_password(db: str) -> str:
-    """A database URL as it may be shown: without a password."""
-    import re
-
-    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", db)
+        fail(f"cannot open {without_password(s.db)}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
 
 
 def _db_exists(db: str) -> bool:

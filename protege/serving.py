@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from protege.store.pg import without_password
+from protege.store import without_password
 from protege.store.served import remove_record, write_record
 
 log = logging.getLogger("protege.app")

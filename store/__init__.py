@@ -11,10 +11,12 @@ Opening and schema
     one database, see store/db.py), :func:`migrate`, :data:`SCHEMA_VERSION`,
     :class:`SchemaTooNewError` (the file is newer than this release). Migrations are literal SQL,
     with PostgreSQL variants beside them (``store/migrations.py``). :func:`copy_store` /
-    :class:`CopyResult` copy a whole store to another (DuckDB into PostgreSQL and back).
+    :class:`CopyResult` copy a whole store to another (DuckDB into PostgreSQL and back);
+    :func:`without_password` is a database URL as it may be shown or logged.
 
 Captured completions (``completions``)
-    :data:`COLUMNS` (the record shape), :class:`Completion`, :func:`record_from_completion`,
+    :data:`COLUMNS` (the record shape), :data:`META_PAIRS` (the DuckDB SQL deriving
+    ``meta_pairs``, for bulk loaders), :class:`Completion`, :func:`record_from_completion`,
     :func:`insert_records`, the Stored Completions API's queries (:func:`list_stored`,
     :func:`get_stored`, :func:`update_metadata`, :func:`delete_completion`,
     :func:`input_messages`, :class:`Page`), and records for the CLI and exports
@@ -49,6 +51,7 @@ Modules imported as namespaces
 from . import auto, datasets, evals, feedback, jobs, messages, openai_import, served, traffic
 from .completions import (
     COLUMNS,
+    META_PAIRS,
     TEACHER_TRAFFIC,
     Completion,
     Page,
@@ -64,6 +67,7 @@ from .completions import (
 )
 from .completions import completion_filter, count, count_records, select_records
 from .copy import CopyResult, copy_store
+from .pg import without_password
 from .db import Store, StoreLockedError, open_store
 from .ids import new_completion_id
 from .migrations import SCHEMA_VERSION, SchemaTooNewError, migrate
@@ -77,6 +81,7 @@ TABLE_MODULES = ("auto", "datasets", "evals", "feedback", "jobs", "messages", "o
 
 __all__ = [
     "COLUMNS",
+    "META_PAIRS",
     "Capture",
     "CaptureWriter",
     "Completion",
@@ -108,6 +113,7 @@ __all__ = [
     "update_metadata",
     "completion_filter",
     "copy_store",
+    "without_password",
     "count",
     "count_records",
     "select_records",

@@ -149,7 +149,9 @@ def record_from_completion(
 # encodes its pairs with the same SQL function, so the two encodings cannot drift apart. (The
 # one-row-per-pair copy, ``completion_metadata``, was retired by migration 7.)
 _MD_MAP = """json_transform({col}, '"MAP(VARCHAR, VARCHAR)"')"""
-_PAIRS = "list_transform(map_entries(" + _MD_MAP + "), lambda e: json_array(e.key, e.value)::VARCHAR)"
+# The DuckDB SQL that derives ``meta_pairs`` from a metadata column ({col}): the insert, the
+# metadata update and bulk loaders (bench/) derive it the same way.
+META_PAIRS = "list_transform(map_entries(" + _MD_MAP + "), lambda e: json_array(e.key, e.value)::VARCHAR)"
 PAIR_SQL = "json_array(?, ?)::VARCHAR"  # one pair for list_contains(meta_pairs, ...), two bound parameters
 
 
@@ -197,7 +199,7 @@ def _insert_duckdb(cur: Any, table: pa.Table) -> None:
         cur.execute("BEGIN TRANSACTION")
         cur.execute(
             f"INSERT INTO completions ({_COLS}, meta_pairs) "
-            f"SELECT {_COLS}, CASE WHEN metadata = '{{}}' THEN NULL ELSE {_PAIRS.format(col='metadata')} END "
+            f"SELECT {_COLS}, CASE WHEN metadata = '{{}}' THEN NULL ELSE {META_PAIRS.format(col='metadata')} END "
             "FROM _protege_batch"
         )
         cur.execute("COMMIT")
@@ -473,7 +475,7 @@ def update_metadata(store: Store, completion_id: str, metadata: dict[str, str] |
         return get_stored(store, completion_id)
     with transaction(cur):
         cur.execute(
-            f"UPDATE completions SET metadata = ?, meta_pairs = CASE WHEN ? = '{{}}' THEN NULL ELSE {_PAIRS.format(col='?')} END "
+            f"UPDATE completions SET metadata = ?, meta_pairs = CASE WHEN ? = '{{}}' THEN NULL ELSE {META_PAIRS.format(col='?')} END "
             "WHERE seq = ?",
             [md, md, md, seq],
         )

@@ -19,6 +19,8 @@ import typer
 
 from protege import clikit
 
+from .pg import without_password
+
 
 def copy_cmd(
     src: str = typer.Argument(..., metavar="SRC", help="The store to copy: a DuckDB file or a postgresql:// URL."),
@@ -81,7 +83,7 @@ def _is_url(where: str) -> bool:
 
 def _shown(where: str) -> str:
     """A store as it may be printed: a URL without its password."""
-    return clikit._no_password(where) if _is_url(where) else where
+    return without_password(where) if _is_url(where) else where
 
 
 def _first_line(exc: BaseException) -> str:
