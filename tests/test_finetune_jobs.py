@@ -118,7 +118,7 @@ def test_provider_refusal_marks_the_job_failed(store, settings, tmp_path):
 
 
 def test_cancel_and_sync_all(tmp_path, monkeypatch):
-    with FakeFineTuneServer(step_seconds=0.15) as slow:
+    with FakeFineTuneServer(step_seconds=0.5) as slow:
         settings = load_settings(db=str(tmp_path / "c.duckdb"), upstream=slow.base_url, upstream_api_key="sk-test")
         store = Store(settings.db, data_dir=settings.data_path)
         try:
