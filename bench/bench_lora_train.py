@@ -220,22 +220,85 @@ def ci(metric_name: str, hyps: list[str], refs: list[str]) -> dict:
     return {"score": round(c.estimate, 4), "ci95": [round(c.low, 4), round(c.high, 4)], "n": c.n}
 
 
+def _print_new_events(store, seen: set[str]):
+    """A ``wait_job`` callback that prints the job's new events (step, loss, ETA) as they come."""
+    from protege.store import jobs as store_jobs
+
+    def show(job: dict) -> None:
+        events, _ = store_jobs.list_events(store, job["id"], limit=100)
+        for ev in reversed(events):
+            if ev["id"] not in seen:
+                seen.add(ev["id"])
+                print(f"  [{time.strftime('%H:%M:%S')}] {ev['message']}", flush=True)
+
+    return show
+
+
 def train_lora(store, gguf: Path, train: str, validation: str, name: str, hp: dict, threads: int) -> tuple[dict, float]:
     from protege.distill.finetune import jobs
 
+    print(f"training the LoRA student {name!r}: {json.dumps(hp)}", flush=True)
     t0 = time.perf_counter()
     job = jobs.start_job(store, backend="lora", model=str(gguf), training_file=train, validation_file=validation, name=name,
                          hyperparameters=hp, backend_options={"threads": threads})
-    job = jobs.wait_job(store, job["id"], interval=1.0, backend_options={"threads": threads})
+    job = jobs.wait_job(store, job["id"], interval=2.0, backend_options={"threads": threads}, on_update=_print_new_events(store, set()))
     assert job["status"] == "succeeded", job["error"]
     return job, time.perf_counter() - t0
+
+
+def topics(args, store, gguf: Path, base_model, base_tok, threads: int, tmp: Path) -> dict:
+    """Topic classification: the classifier student and the LoRA student on the same examples."""
+    from protege.distill.finetune import export, local_student
+
+    pairs = chatterbot()
+    train, held = stratified(pairs, args.train, args.heldout)
+    cats = sorted({c for _, c in pairs})
+    if args.topics_prompt == "list":  # the topics in the prompt: the base model's fair zero-shot chance
+        system = "Classify the user's message into one of these topics: " + ", ".join(cats) + ". Answer with the topic only."
+    else:  # ~2.5x fewer tokens a step; the students learn the topics from the examples
+        system = "Classify the user's message into its topic. Answer with the topic only."
+    tr_file = write_jsonl(tmp / "topics-train.jsonl", chat_rows(train, system))
+    va_file = write_jsonl(tmp / "topics-val.jsonl", chat_rows(held[:16], system))
+    refs = [c for _, c in held]
+    norm = local_student.normalise_label
+    prompts = [r["messages"][:2] for r in chat_rows(held, system)]
+    zero_shot = None
+    if not args.skip_zero_shot:
+        t0 = time.perf_counter()
+        zero = generate(base_model, base_tok, prompts, 8)
+        zero_shot = {"score": ci("exact_match", [norm(a) for a in zero], [norm(r) for r in refs]), "s_per_item": round((time.perf_counter() - t0) / len(held), 3)}
+        print(f"base zero-shot: {zero_shot}", flush=True)
+    clf = local_student.train(list(train), validation_pairs=list(held[:16]))
+    clf_answers = clf.predict_labels([q for q, _ in held])
+    clf_score = ci("exact_match", [norm(a) for a in clf_answers], [norm(r) for r in refs])
+    print(f"classifier student ({len(train)} examples): {clf_score}", flush=True)
+    hp = {"n_epochs": args.topics_epochs, "batch_size": args.topics_batch, "learning_rate": args.topics_lr, "warmup_ratio": args.topics_warmup,
+          "max_length": 160, "eval_generations": 16, "eval_max_new_tokens": 8, "save_steps": 10_000}
+    job, lora_s = train_lora(store, gguf, tr_file, va_file, "topics", hp, threads)
+    student = export.resolve_student(store, job["fine_tuned_model"])
+    model, tok = export.load_model(student, merged=True)
+    t0 = time.perf_counter()
+    answers = generate(model, tok, prompts, 8)
+    gen_s = time.perf_counter() - t0
+    return {
+        "corpus": "chatterbot-corpus 1.3.3 english, first line of each conversation -> its category",
+        "classes": len(cats), "train": len(train), "heldout": len(held), "system_prompt": system,
+        "metric": "exact_match of the normalised label",
+        "base_zero_shot": zero_shot and zero_shot["score"],
+        "classifier_student": clf_score,
+        "lora_hyperparameters": hp,
+        "lora_student": ci("exact_match", [norm(a) for a in answers], [norm(r) for r in refs]),
+        "lora_train_s": round(lora_s, 1), "lora_steps": job["result"]["metrics"]["train_steps"],
+        "lora_train_loss": job["result"]["metrics"]["train_loss"],
+        "generation_s_per_item": round(gen_s / len(held), 3), "zero_shot_s_per_item": zero_shot and zero_shot["s_per_item"],
+        "samples": [{"q": q, "ref": r, "lora": a, "classifier": c} for (q, r), a, c in list(zip(held, answers, clf_answers))[:8]],
+    }
 
 
 def quality(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from protege.distill.finetune import local_student
     from protege.distill.finetune import export
     from protege.distill.finetune.lora import default_threads
     from protege.store import Store
@@ -254,64 +317,33 @@ def quality(args) -> dict:
         base_tok = AutoTokenizer.from_pretrained(base)
 
         # (1) topics
-        pairs = chatterbot()
-        train, held = stratified(pairs, args.train, args.heldout)
-        cats = sorted({c for _, c in pairs})
-        system = "Classify the user's message into one of these topics: " + ", ".join(cats) + ". Answer with the topic only."
-        tr_file = write_jsonl(tmp / "topics-train.jsonl", chat_rows(train, system))
-        va_file = write_jsonl(tmp / "topics-val.jsonl", chat_rows(held[:16], system))
-        refs = [c for _, c in held]
-        prompts = [r["messages"][:2] for r in chat_rows(held, system)]
-        t0 = time.perf_counter()
-        zero = generate(base_model, base_tok, prompts, 8)
-        zero_s = time.perf_counter() - t0
-        clf = local_student.train(list(train), validation_pairs=list(held[:16]))
-        clf_answers = clf.predict_labels([q for q, _ in held])
-        hp = {"n_epochs": 1, "batch_size": 16, "max_length": 160, "eval_generations": 16, "eval_max_new_tokens": 8}
-        job, lora_s = train_lora(store, gguf, tr_file, va_file, "topics", hp, threads)
-        student = export.resolve_student(store, job["fine_tuned_model"])
-        model, tok = export.load_model(student, merged=True)
-        t0 = time.perf_counter()
-        answers = generate(model, tok, prompts, 8)
-        gen_s = time.perf_counter() - t0
-        norm = local_student.normalise_label
-        result["topics"] = {
-            "corpus": "chatterbot-corpus 1.3.3 english, first line of each conversation -> its category",
-            "classes": len(cats), "train": len(train), "heldout": len(held),
-            "metric": "exact_match of the normalised label",
-            "base_zero_shot": ci("exact_match", [norm(a) for a in zero], [norm(r) for r in refs]),
-            "classifier_student": ci("exact_match", [norm(a) for a in clf_answers], [norm(r) for r in refs]),
-            "lora_student": ci("exact_match", [norm(a) for a in answers], [norm(r) for r in refs]),
-            "lora_train_s": round(lora_s, 1), "lora_steps": job["result"]["metrics"]["train_steps"],
-            "lora_train_loss": job["result"]["metrics"]["train_loss"],
-            "generation_s_per_item": round(gen_s / len(held), 3), "zero_shot_s_per_item": round(zero_s / len(held), 3),
-            "samples": [{"q": q, "ref": r, "lora": a, "zero_shot": z} for (q, r), a, z in list(zip(held, answers, zero))[:5]],
-        }
-        print(json.dumps(result["topics"], indent=1), flush=True)
-        del model
+        if "topics" in args.tasks:
+            result["topics"] = topics(args, store, gguf, base_model, base_tok, threads, tmp)
+            print(json.dumps(result["topics"], indent=1), flush=True)
 
         # (2) extraction to JSON
-        items = extraction_items(args.extract_train + args.extract_heldout, seed=1)
-        ex_train, ex_held = items[: args.extract_train], items[args.extract_train :]
-        tr_file = write_jsonl(tmp / "extract-train.jsonl", chat_rows(ex_train, EXTRACT_SYSTEM))
-        va_file = write_jsonl(tmp / "extract-val.jsonl", chat_rows(ex_held[:8], EXTRACT_SYSTEM))
-        prompts = [r["messages"][:2] for r in chat_rows(ex_held, EXTRACT_SYSTEM)]
-        refs = [a for _, a in ex_held]
-        zero = generate(base_model, base_tok, prompts, 40)
-        hp = {"n_epochs": 1, "batch_size": 8, "max_length": 128, "eval_generations": 8, "eval_max_new_tokens": 40}
-        job, lora_s = train_lora(store, gguf, tr_file, va_file, "extract", hp, threads)
-        student = export.resolve_student(store, job["fine_tuned_model"])
-        model, tok = export.load_model(student, merged=True)
-        answers = generate(model, tok, prompts, 40)
-        result["extraction"] = {
-            "task": "sentence -> {name, age, city, job} JSON by a deterministic stand-in teacher",
-            "train": len(ex_train), "heldout": len(ex_held),
-            "base_zero_shot": {"json_valid": ci("json_valid", zero, refs), "exact_match": ci("exact_match", zero, refs)},
-            "lora_student": {"json_valid": ci("json_valid", answers, refs), "exact_match": ci("exact_match", answers, refs)},
-            "lora_train_s": round(lora_s, 1), "lora_steps": job["result"]["metrics"]["train_steps"],
-            "samples": [{"q": q, "ref": r, "lora": a} for (q, r), a in list(zip(ex_held, answers))[:3]],
-        }
-        print(json.dumps(result["extraction"], indent=1), flush=True)
+        if "extraction" in args.tasks:
+            items = extraction_items(args.extract_train + args.extract_heldout, seed=1)
+            ex_train, ex_held = items[: args.extract_train], items[args.extract_train :]
+            tr_file = write_jsonl(tmp / "extract-train.jsonl", chat_rows(ex_train, EXTRACT_SYSTEM))
+            va_file = write_jsonl(tmp / "extract-val.jsonl", chat_rows(ex_held[:8], EXTRACT_SYSTEM))
+            prompts = [r["messages"][:2] for r in chat_rows(ex_held, EXTRACT_SYSTEM)]
+            refs = [a for _, a in ex_held]
+            zero = generate(base_model, base_tok, prompts, 40)
+            hp = {"n_epochs": 1, "batch_size": 8, "max_length": 128, "eval_generations": 8, "eval_max_new_tokens": 40}
+            job, lora_s = train_lora(store, gguf, tr_file, va_file, "extract", hp, threads)
+            student = export.resolve_student(store, job["fine_tuned_model"])
+            model, tok = export.load_model(student, merged=True)
+            answers = generate(model, tok, prompts, 40)
+            result["extraction"] = {
+                "task": "sentence -> {name, age, city, job} JSON by a deterministic stand-in teacher",
+                "train": len(ex_train), "heldout": len(ex_held),
+                "base_zero_shot": {"json_valid": ci("json_valid", zero, refs), "exact_match": ci("exact_match", zero, refs)},
+                "lora_student": {"json_valid": ci("json_valid", answers, refs), "exact_match": ci("exact_match", answers, refs)},
+                "lora_train_s": round(lora_s, 1), "lora_steps": job["result"]["metrics"]["train_steps"],
+                "samples": [{"q": q, "ref": r, "lora": a} for (q, r), a in list(zip(ex_held, answers))[:3]],
+            }
+            print(json.dumps(result["extraction"], indent=1), flush=True)
         store.close()
     return result
 
@@ -328,8 +360,16 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=150)
     p.add_argument("--extract-train", type=int, default=128)
     p.add_argument("--extract-heldout", type=int, default=50)
+    p.add_argument("--tasks", default="topics,extraction", help="quality: which tasks, comma-separated (topics, extraction).")
+    p.add_argument("--skip-zero-shot", action="store_true", help="quality/topics: do not score the base model zero-shot (its held-out items do not depend on --train).")
+    p.add_argument("--topics-prompt", choices=["list", "short"], default="list", help="system prompt: with the topic list, or short")
+    p.add_argument("--topics-epochs", type=float, default=1)
+    p.add_argument("--topics-lr", type=float, default=1e-3)
+    p.add_argument("--topics-batch", type=int, default=16)
+    p.add_argument("--topics-warmup", type=float, default=0.0, help="warmup ratio")
     p.add_argument("--out", help="Write the JSON result here too.")
     args = p.parse_args()
+    args.tasks = {t.strip() for t in args.tasks.split(",") if t.strip()}
     res = overhead(args) if args.what == "overhead" else quality(args)
     text = json.dumps(res, indent=1)
     print(text)

@@ -35,6 +35,9 @@ _SPEC: dict[str, tuple[type, Any, Any, str]] = {
     "eval_generations": (int, 64, lambda v: 0 <= v <= 10000, "0..10000"),
     "eval_max_new_tokens": (int, 64, lambda v: 1 <= v <= 4096, "1..4096"),
     "seed": (int, 0, lambda v: 0 <= v <= 2147483647, "0..2147483647"),
+    # Data-parallel ranks through accelerate: 0 = every CUDA device when there are several, else one
+    # process; N > 1 on a machine without CUDA runs N CPU ranks (gloo), the same code path.
+    "processes": (int, 0, lambda v: 0 <= v <= 64, "0..64 (0: every CUDA device)"),
 }
 ALIASES = {"epochs": "n_epochs", "num_train_epochs": "n_epochs", "lr": "learning_rate", "r": "lora_r", "gradient_accumulation": "gradient_accumulation_steps"}
 NAMES = tuple(_SPEC)

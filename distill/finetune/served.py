@@ -54,7 +54,9 @@ class LoraStudent:
         tools = body.get("tools") if self.tools else None
         kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
         if tools:
-            kwargs["tools"] = [t.get("function", t) if isinstance(t, dict) else t for t in tools]
+            # As given (OpenAI's {"type": "function", "function": {...}}, the shape HF chat templates
+            # read): the job rendered its training prompts from the very same objects.
+            kwargs["tools"] = list(tools)
         try:
             text = self.tokenizer.apply_chat_template(messages, **kwargs)
         except Exception as exc:  # the template rejects the conversation (e.g. roles out of order)

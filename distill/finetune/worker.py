@@ -30,6 +30,7 @@ from protege.distill.finetune import base as base_mod, data, hyperparameters
 from protege.distill.finetune.interface import FineTuneError
 
 MAX_VALIDATION_BATCH = 8
+MODULE = "protege.distill.finetune.worker"  # not __name__: run with -m, this module is __main__
 
 
 class Job:
@@ -61,10 +62,12 @@ class Job:
 
 
 def _cap_threads(threads: int | None) -> None:
+    """The job's thread cap, shared among the data-parallel CPU ranks of this machine."""
     if threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
+        torch.set_num_threads(max(1, int(threads) // max(1, ranks)))
 
 
 def _on_sigterm(job: Job):
@@ -324,6 +327,7 @@ def train(job: Job) -> None:
     job.event(
         f"Training {spec['method']} LoRA (r={hp['lora_r']}, alpha={hp['lora_alpha']}) on {'CUDA bf16' if cuda else 'CPU fp32'}"
         + (f", {torch.get_num_threads()} threads" if not cuda else "")
+        + (f", {trainer.args.world_size} data-parallel processes" if trainer.args.world_size > 1 else "")
         + (f"; resuming from {Path(resume).name}" if resume else ""),
         data={"hyperparameters": hp, "device": "cuda" if cuda else "cpu", "resume_from": Path(resume).name if resume else None},
     )
@@ -334,6 +338,7 @@ def train(job: Job) -> None:
         job.event("Fine-tuning job cancelled")
         job.update(status="cancelled")
         return
+    ev = trainer.evaluate() if has_val else {}  # every rank: a data-parallel evaluation gathers across them
     if not trainer.is_world_process_zero():
         return
     metrics: dict[str, Any] = {
@@ -341,9 +346,9 @@ def train(job: Job) -> None:
         "train_steps": int(trainer.state.global_step),
         "train_seconds": round(train_seconds, 2),
         "train_examples": counts["train_examples"],
+        "train_processes": int(trainer.args.world_size),
     }
     if has_val:
-        ev = trainer.evaluate()
         if "eval_loss" in ev:
             metrics["validation_loss"] = round(float(ev["eval_loss"]), 6)
         for key in ("eval_rewards/accuracies", "eval_rewards/margins"):
@@ -397,18 +402,38 @@ def train(job: Job) -> None:
     job.event("The job has successfully completed")
 
 
-def _maybe_accelerate(job: Job) -> int | None:
-    """Several CUDA devices and not yet under a launcher: run data-parallel through accelerate.
-    Untested here (no multi-GPU machine); kept to a re-exec so the training code is the same."""
-    if os.environ.get("LOCAL_RANK") is not None or os.environ.get("PROTEGE_NO_ACCELERATE"):
-        return None
+def _ranks(job: Job) -> tuple[int, bool]:
+    """(data-parallel processes, on CUDA): the ``processes`` hyperparameter, else every CUDA device."""
     import torch
 
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = int((job.spec.get("hyperparameters") or {}).get("processes") or 0)
+    if n_cuda:
+        return (min(wanted, n_cuda) if wanted else n_cuda), True
+    return max(1, wanted), False
+
+
+def _maybe_accelerate(job: Job) -> int | None:
+    """Several ranks and not yet under a launcher: re-run this module under ``accelerate launch``
+    (data parallel, TRL's own launcher), so the training code is the same in every rank. Its
+    multi-process launcher starts the ranks with torch.distributed; on a machine without CUDA the
+    Trainer's ``use_cpu`` makes them CPU ranks over gloo (how the tests run it)."""
+    if os.environ.get("LOCAL_RANK") is not None or os.environ.get("PROTEGE_NO_ACCELERATE"):
+        return None
+    n, cuda = _ranks(job)
     if n <= 1:
         return None
-    job.event(f"{n} CUDA devices: training data-parallel through accelerate launch")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "-m", __name__, str(job.dir)]
+    import socket
+
+    with socket.socket() as sock:  # a free rendezvous port: two jobs at once must not share one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    job.event(f"Training data-parallel on {n} {'CUDA devices' if cuda else 'CPU processes (gloo)'} through accelerate launch", data={"processes": n, "device": "cuda" if cuda else "cpu"})
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "bf16" if cuda else "no",
+        "--dynamo_backend", "no", "-m", MODULE, str(job.dir),
+    ]
     return subprocess.call(cmd)
 
 
