@@ -19,7 +19,7 @@ from protege.settings import Settings
 from protege.store import Store
 from protege.store import jobs as store_jobs
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.fixtures.lora_train import write_jsonl
+from tests.fixtures.jsonl import write_jsonl
 from tests.fixtures.tool_models import WEATHER_TOOLS, build_tiny_tools_model, tool_call_example
 from tests.servers import AppServer
 
