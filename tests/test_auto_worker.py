@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 from protege.distill.auto.worker import Worker, due
 from protege.distill.auto.status import policy_status
@@ -21,15 +20,8 @@ from protege.distill.auto.policies import parse_policy, save_policy
 from protege.store import Store, insert_records
 from protege.store import auto as store_auto
 
-from tests.fixtures.auto import captured, corpus, fill, run_until, started_job_lines, teacher_answer, topic_policy
-
-POLICY = topic_policy(rollout={"stages": ["shadow", "canary", "full"], "canary_percent": 50, "agreement_threshold": 0.8, "min_compared": 20})
-
-
-def job_rows(store: Store) -> list[dict]:
-    from protege.store import jobs as store_jobs
-
-    return store_jobs.list_jobs(store, limit=100)[0]
+from tests.fixtures.auto import (POLICY, captured, corpus, fill, job_rows, policy_toml, run_until, started_job_lines,
+                                 teacher_answer)
 
 
 def test_trigger_train_gate_promote(tmp_path) -> None:
@@ -137,7 +129,7 @@ def test_sigkilled_worker_resumes_without_a_second_job(tmp_path) -> None:
     store.close()
     pfile = tmp_path / "policies.toml"
 
-    pfile.write_text(_toml(POLICY))
+    pfile.write_text(policy_toml(POLICY))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "protege", "--db", str(db), "worker", "--policies", str(pfile), "--interval", "0.05"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(Path(__file__).parent.parent))
@@ -162,23 +154,6 @@ def test_sigkilled_worker_resumes_without_a_second_job(tmp_path) -> None:
     assert len(students) == 1 and students[0]["job_id"] == job["id"]
     assert store_auto.last_cycle(store, pid).student_model == f"protege/topic@v{students[0]['version']}"
     store.close()
-
-
-def _toml(policy: dict) -> str:
-    def val(v):
-        if isinstance(v, str):
-            return orjson.dumps(v).decode()
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
-        raise TypeError(v)
-
-    return "[[policy]]\n" + "\n".join(f"{k} = {val(v)}" for k, v in policy.items()) + "\n"
 
 
 def test_local_job_whose_thread_died_is_retrained_into_the_same_job(tmp_path, monkeypatch) -> None:

@@ -10,7 +10,6 @@ the server, which is itself under test: the copy has every capture).
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -21,13 +20,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import openai
 import pytest
 
 from protege.store import served
 from tests.fakes.openai_upstream import start_fake_openai
+from tests.fixtures.beside import ServeProcess, clean_env
 
-ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "ak-beside-server-test-1"
 
 POLICIES = """\
@@ -53,59 +51,9 @@ IMPORTED = {
 }
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """A clean environment: no stray keys, no protege.toml, a fixed terminal width."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROTEGE_", "OPENAI_", "AZURE_OPENAI_"))}
-    env.update(PROTEGE_CONFIG="/nonexistent/protege.toml", COLUMNS="80", PYTHONPATH=str(ROOT))
-    env.update(extra)
-    return env
-
-
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "protege", *args], cwd=cwd, env=env or _env(),
+    return subprocess.run([sys.executable, "-m", "protege", *args], cwd=cwd, env=env or clean_env(),
                           capture_output=True, text=True, timeout=120)
-
-
-class Served:
-    """`protege serve --db DB --port 0` in ``cwd``, with some captures made through it."""
-
-    def __init__(self, db: Path, cwd: Path, upstream: str, env: dict[str, str]) -> None:
-        self.db, self.log = db, cwd / "serve.log"
-        with open(self.log, "wb") as log:
-            # --db after the subcommand: accepted there too
-            self.proc = subprocess.Popen([sys.executable, "-m", "protege", "serve", "--db", str(db), "--port", "0",
-                                          "--upstream", upstream], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while (record := served.read_record(db)) is None or record["pid"] != self.proc.pid:
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.1)
-        self.url = record["url"]
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", self.url) and not self.url.endswith(":0")
-
-    def capture(self, key: str = "sk-client") -> list[str]:
-        client = openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0)
-        ids = []
-        for i, stream in enumerate((False, True, False)):
-            kwargs = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": f"question {i}"}],
-                          metadata={"task": "topic"}, store=True)
-            if stream:
-                ids.append(next(iter(client.chat.completions.create(stream=True, **kwargs))).id)
-            else:
-                ids.append(client.chat.completions.create(**kwargs).id)
-        deadline = time.monotonic() + 30
-        for cid in ids:  # the Stored API waits (2 s) for the writer; a loaded machine may need more
-            while True:
-                try:
-                    assert client.chat.completions.retrieve(cid).id == cid
-                    break
-                except openai.NotFoundError:
-                    assert time.monotonic() < deadline, f"{cid} never reached the store"
-                    time.sleep(0.2)
-        return ids
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +68,7 @@ def open_server(tmp_path_factory, upstream):
     """A server with no keys (loopback): the CLI needs no key."""
     where = tmp_path_factory.mktemp("beside-open")
     (where / "server-cwd").mkdir()
-    srv = Served(where / "store.duckdb", where / "server-cwd", upstream.base_url, _env())
+    srv = ServeProcess(where / "store.duckdb", where / "server-cwd", upstream.base_url, clean_env())
     srv.ids = srv.capture()
     yield srv
     if srv.proc.poll() is None:
@@ -132,8 +80,8 @@ def open_server(tmp_path_factory, upstream):
 def keyed_server(tmp_path_factory, upstream):
     where = tmp_path_factory.mktemp("beside-keyed")
     (where / "server-cwd").mkdir()
-    env = _env(PROTEGE_ADMIN_KEYS=json.dumps([ADMIN]), PROTEGE_PROXY_KEYS=json.dumps(["pk-client"]))
-    srv = Served(where / "store.duckdb", where / "server-cwd", upstream.base_url, env)
+    env = clean_env(PROTEGE_ADMIN_KEYS=json.dumps([ADMIN]), PROTEGE_PROXY_KEYS=json.dumps(["pk-client"]))
+    srv = ServeProcess(where / "store.duckdb", where / "server-cwd", upstream.base_url, env)
     yield srv
     if srv.proc.poll() is None:
         srv.proc.kill()
@@ -148,35 +96,6 @@ def _post_cli(url: str, body: dict, key: str | None = None) -> tuple[int, dict |
             return resp.status, [json.loads(line) for line in resp.read().splitlines() if line.strip()]
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-@pytest.fixture
-def in_process(monkeypatch, capfd):
-    """``protege.cli.main(argv)`` in this process (the same code as `python -m protege`, without
-    paying a process start per command): ``run(*argv, cwd=...) -> (exit status, stdout, stderr)``."""
-    from protege.cli import main
-
-    for name in list(os.environ):
-        if name.startswith(("PROTEGE_", "OPENAI_", "AZURE_OPENAI_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PROTEGE_CONFIG", "/nonexistent/protege.toml")
-    monkeypatch.setenv("COLUMNS", "80")
-
-    def run(*argv: str, cwd: Path) -> tuple[int, str, str]:
-        monkeypatch.chdir(cwd)
-        capfd.readouterr()
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    yield run
-    from protege import clikit
-
-    clikit.forward_to(None)  # main() left the last command's server: later tests in this process run locally
 
 
 def test_commands_through_the_server_match_local_runs(open_server, tmp_path, in_process):
@@ -356,7 +275,7 @@ def test_a_caller_that_goes_away_interrupts_its_command(open_server, tmp_path):
         with open(caller / "eval.err", "wb") as err:
             proc = subprocess.Popen([sys.executable, "-m", "protege", "--db", db, "eval", "run", "--model", "gpt-4o-mini",
                                      "--candidate", f"name=slow,model=m,base_url={slow.base_url}", "--concurrency", "1",
-                                     "--metric", "exact_match"], cwd=caller, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+                                     "--metric", "exact_match"], cwd=caller, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 60
         while not slow.chat_requests:  # the command runs in the server and has asked the candidate
             assert proc.poll() is None and time.monotonic() < deadline, (caller / "eval.err").read_text()

@@ -15,8 +15,8 @@ import pytest
 
 from protege.distill.finetune import jobfiles, jobs
 from protege.store import Store
-from tests.fixtures.lora_train import sft_examples, write_jsonl
-from tests.test_lora_jobs import _all_events
+from tests.fixtures.jsonl import write_jsonl
+from tests.fixtures.lora_train import all_events, sft_examples
 
 pytest.importorskip("trl")
 pytest.importorskip("accelerate")
@@ -37,7 +37,7 @@ def test_two_cpu_ranks_train_one_student(tmp_path, tiny_chat_model):
     assert metrics["train_processes"] == 2  # torch.distributed really ran two ranks
     assert metrics["train_steps"] == 4 and metrics["validation_loss"] > 0  # evaluation gathered across both ranks
 
-    messages = [e["message"] for e in _all_events(store, job["id"])]
+    messages = [e["message"] for e in all_events(store, job["id"])]
     assert sum("data-parallel on 2 CPU processes (gloo) through accelerate launch" in m for m in messages) == 1
     assert sum(m.startswith("Training supervised LoRA") for m in messages) == 1  # rank 0 only
     assert "2 data-parallel processes" in next(m for m in messages if m.startswith("Training supervised LoRA"))

@@ -19,24 +19,13 @@ from protege.distill.finetune.lora import LoraBackend, lora_backend
 from protege.store import Store
 from protege.store import jobs as store_jobs
 from tests.fixtures.jsonl import write_jsonl
-from tests.fixtures.lora_train import lora_train_smollm2_base, seed_base, sft_examples, wait_until  # noqa: F401
+from tests.fixtures.lora_train import all_events, lora_train_smollm2_base, seed_base, sft_examples, wait_until  # noqa: F401
 
 pytest.importorskip("trl")
 
 
 def _job_dir(store, job) -> Path:
     return Path(store.data_dir) / "finetune" / job["id"]
-
-
-def _all_events(store, job_id: str) -> list[dict]:
-    """Oldest first, every page."""
-    out, after = [], None
-    while True:
-        page, more = store_jobs.list_events(store, job_id, after=after, limit=100)
-        out += page
-        if not more:
-            return list(reversed(out))
-        after = page[-1]["id"]
 
 
 def _step(job_dir: Path) -> int:
@@ -93,7 +82,7 @@ def test_a_killed_job_resumes_from_its_last_checkpoint(tmp_path, tiny_chat_model
     job = jobs.wait_job(store, job["id"], interval=0.3, timeout=240)
     assert job["status"] == "succeeded", job["error"]
 
-    events = _all_events(store, job["id"])
+    events = all_events(store, job["id"])
     messages = [e["message"] for e in events]
     restart = next(i for i, m in enumerate(messages) if m.startswith("The training process exited before finishing"))
     assert f"resuming from checkpoint-{resume_from}" in messages[restart]

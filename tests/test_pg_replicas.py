@@ -30,9 +30,9 @@ from protege.distill.auto.routing import REFRESH_SECONDS
 from protege.store import Store
 from protege.store import auto as store_auto
 from tests import postgres
+from tests.fixtures.auto import POLICY, TEACHER
 from tests.fixtures.http import free_port
 from tests.fixtures.terminal import run_protege
-from tests.test_auto_worker import POLICY, TEACHER
 
 pytestmark = pytest.mark.skipif(not postgres.available(), reason="no PostgreSQL server binaries")
 

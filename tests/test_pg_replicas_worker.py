@@ -18,8 +18,7 @@ from protege.distill.auto.worker import Worker
 from protege.store import Store
 from protege.store import auto as store_auto
 from tests import postgres
-from tests.fixtures.auto import corpus, run_until, started_job_lines, teacher_answer
-from tests.test_auto_worker import POLICY, _toml, fill, job_rows
+from tests.fixtures.auto import POLICY, corpus, fill, job_rows, policy_toml, run_until, started_job_lines, teacher_answer
 
 pytestmark = pytest.mark.skipif(not postgres.available(), reason="no PostgreSQL server binaries")
 
@@ -64,7 +63,7 @@ def test_two_workers_run_a_cycle_once_and_the_survivor_resumes_a_killed_ones(pos
     store = Store(db, data_dir=data)
     fill(store)
     pfile = tmp_path / "policies.toml"
-    pfile.write_text(_toml({**POLICY, "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14"}}))
+    pfile.write_text(policy_toml({**POLICY, "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14"}}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PROTEGE_UPSTREAM": ft.base_url, "OPENAI_API_KEY": "sk-test-ft"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "protege", "--db", db, "--data-dir", str(data), "worker", "--policies", str(pfile), "--interval", "0.05"],

@@ -21,14 +21,14 @@ from protege.store.migrations import migrate
 
 from tests import postgres
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.test_cli_beside_server import Served, _env, in_process  # noqa: F401 - in_process: a fixture
-from tests.test_store_copy import rec, seeded, snapshot
+from tests.fixtures.beside import ServeProcess, clean_env
+from tests.fixtures.stores import seeded_store, store_record, store_snapshot
 
 pytestmark = pytest.mark.skipif(not postgres.available(), reason="no PostgreSQL server binaries")
 
 
 @pytest.fixture
-def cli(in_process):  # noqa: F811 - the imported fixture
+def cli(in_process):
     """``cli(*args, cwd=...)``: `protege store copy ARGS` -> (exit status, stdout, stderr)."""
     return lambda *args, cwd: in_process("store", "copy", *args, cwd=cwd)
 
@@ -40,8 +40,8 @@ def copied(out: tuple[int, str, str]) -> dict:
 
 
 def test_copy_there_and_back_with_counts(postgres_server, tmp_path, cli):
-    src = seeded(str(tmp_path / "src.duckdb"), tmp_path / "src-data")
-    want = snapshot(src)
+    src = seeded_store(str(tmp_path / "src.duckdb"), tmp_path / "src-data")
+    want = store_snapshot(src)
     src.close()
     url = postgres_server.database()
 
@@ -63,10 +63,10 @@ def test_copy_there_and_back_with_counts(postgres_server, tmp_path, cli):
     assert copied(cli("src.duckdb", "twin.duckdb", "--json", cwd=tmp_path))["tables"]["completions"]["copied"] == 25
     for name in ("back.duckdb", "twin.duckdb"):
         s = Store(str(tmp_path / name), read_only=True)
-        assert snapshot(s) == want
+        assert store_snapshot(s) == want
         s.close()
     pg = Store(url)
-    assert snapshot(pg) == want
+    assert store_snapshot(pg) == want
     # the copy left fresh statistics behind (the filtered list's plan choice reads them)
     assert pg.cursor().execute("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'completions'").fetchone()[0]
     pg.close()
@@ -77,11 +77,11 @@ def test_a_killed_copy_is_finished_by_a_rerun(postgres_server, tmp_path, cli):
     # ends it the same way); whole batches are in, the one being written is not.
     n = 4000
     src = Store(str(tmp_path / "src.duckdb"))
-    insert_records(src, [rec(i) for i in range(n)])
+    insert_records(src, [store_record(i) for i in range(n)])
     src.close()
     url = postgres_server.database()
     proc = subprocess.Popen([sys.executable, "-m", "protege", "store", "copy", "src.duckdb", url, "--batch-size", "40"],
-                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     with psycopg.connect(url, autocommit=True) as conn:
         deadline = time.monotonic() + 60
         while True:  # the schema exists once the copy has opened the destination
@@ -112,7 +112,7 @@ def one_line_error(out: tuple[int, str, str]) -> str:
 
 
 def test_refusals_are_one_line(postgres_server, tmp_path, cli):
-    seeded(str(tmp_path / "src.duckdb"), tmp_path / "src-data").close()
+    seeded_store(str(tmp_path / "src.duckdb"), tmp_path / "src-data").close()
     url = postgres_server.database()
 
     assert "same store" in one_line_error(cli("src.duckdb", f"{tmp_path}/./src.duckdb", cwd=tmp_path))
@@ -137,9 +137,9 @@ def test_refusals_are_one_line(postgres_server, tmp_path, cli):
 def test_a_store_a_running_server_holds_is_refused(tmp_path, cli):
     upstream = start_fake_openai()
     (tmp_path / "srv").mkdir()
-    srv = Served(tmp_path / "held.duckdb", tmp_path / "srv", upstream.base_url, _env())
+    srv = ServeProcess(tmp_path / "held.duckdb", tmp_path / "srv", upstream.base_url, clean_env())
     try:
-        seeded(str(tmp_path / "src.duckdb"), tmp_path / "src-data").close()
+        seeded_store(str(tmp_path / "src.duckdb"), tmp_path / "src-data").close()
         err = one_line_error(cli("src.duckdb", "held.duckdb", cwd=tmp_path))
         assert f"DST held.duckdb is held by a running server (PID {srv.proc.pid}" in err
         err = one_line_error(cli("held.duckdb", "other.duckdb", cwd=tmp_path))

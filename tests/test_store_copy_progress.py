@@ -4,13 +4,13 @@ needed); its counts go to stdout."""
 from __future__ import annotations
 
 from protege.store import Store, insert_records
+from tests.fixtures.stores import store_record
 from tests.fixtures.terminal import run_protege
-from tests.test_store_copy import rec
 
 
 def test_a_bar_on_a_terminal(tmp_path):
     src = Store(str(tmp_path / "src.duckdb"))
-    insert_records(src, [rec(i) for i in range(50)])
+    insert_records(src, [store_record(i) for i in range(50)])
     src.close()
     code, out, err = run_protege(["store", "copy", str(tmp_path / "src.duckdb"), str(tmp_path / "tty.duckdb"),
                                   "--batch-size", "10"], tty=True)

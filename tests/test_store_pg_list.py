@@ -10,7 +10,7 @@ import pytest
 
 from protege.store import Store, insert_records, list_stored
 from tests import postgres
-from tests.test_store_copy import rec
+from tests.fixtures.stores import store_record
 
 pytestmark = pytest.mark.skipif(not postgres.available(), reason="no PostgreSQL server binaries")
 
@@ -26,7 +26,7 @@ def pages(store: Store, **kw) -> list[list[str]]:
 
 
 def test_filtered_pages_match_duckdb(postgres_server, tmp_path):
-    records = [rec(i) for i in range(300)]
+    records = [store_record(i) for i in range(300)]
     for i, r in enumerate(records):
         r["metadata"] = {"env": "dev" if i % 10 == 0 else "prod", "user": f"u{i % 100}", "rare": "yes" if i == 123 else "no"}
         r["created"] = 1_700_000_000 + i // 3  # ties on created: seq decides
