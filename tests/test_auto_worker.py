@@ -205,7 +205,7 @@ def test_openai_backend_cycle_against_fakes(tmp_path) -> None:
         return teacher_answer(labels.get(body["messages"][-1]["content"], "tech"))
 
     chat = start_fake_openai(student)
-    ft = FakeFineTuneServer(step_seconds=0.1).start()
+    ft = FakeFineTuneServer(step_seconds=0.5).start()  # ~3 s a job: a loaded machine must not finish it within the first pass
     store = Store(str(tmp_path / "o.duckdb"))
     try:
         policy = {**POLICY, "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14", "hyperparameters": {"n_epochs": 2}}}
