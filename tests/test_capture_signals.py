@@ -26,7 +26,7 @@ import pytest
 
 from protege.store import CaptureWriter, Store, iter_records
 from tests.fakes.openai_upstream import start_fake_openai
-from tests.fixtures.http import free_port as _free_port
+from tests.fixtures.http import free_port as _free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-signals-test"
@@ -85,17 +85,11 @@ class Serve:
                 [sys.executable, "-m", "protege", "--db", str(db), "serve", "--port", str(self.port), "--upstream", upstream],
                 stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(ROOT), preexec_fn=enter_cgroup,
             )
-        deadline = time.monotonic() + 90  # a loaded 2-core machine
-        while True:
-            try:
-                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()  # never leave a proxy behind holding the test's disk
-                raise AssertionError(f"protege serve did not start: {self.log_path.read_text()}")
-            time.sleep(0.1)
+        try:
+            wait_healthy(self.base, self.proc, self.log_path)
+        except AssertionError:
+            self.kill()  # never leave a proxy behind holding the test's disk
+            raise
 
     def depth(self) -> int:
         text = httpx.get(self.base + "/metrics", timeout=5).text

@@ -31,7 +31,7 @@ from protege.store import Store
 from protege.store import auto as store_auto
 from tests import postgres
 from tests.fixtures.auto import POLICY, TEACHER
-from tests.fixtures.http import free_port
+from tests.fixtures.http import free_port, wait_healthy
 from tests.fixtures.terminal import run_protege
 
 pytestmark = pytest.mark.skipif(not postgres.available(), reason="no PostgreSQL server binaries")
@@ -62,15 +62,7 @@ class Replica:
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="sk-replica-client", max_retries=0, timeout=20)
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.1)
+        wait_healthy(self.url, self.proc, self.log, timeout)
 
     def ask(self, content: str, **extra) -> tuple[str, str]:
         """(completion id, model that answered) of one chat completion through this replica."""

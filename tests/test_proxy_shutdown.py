@@ -14,7 +14,7 @@ import httpx2 as httpx
 
 from protege.store import Store
 from protege.store.completions import count
-from tests.fixtures.http import free_port as _free_port
+from tests.fixtures.http import free_port as _free_port, wait_healthy
 
 KEY = "sk-shutdown-secret-777"
 
@@ -36,15 +36,7 @@ def test_sigterm_under_load_loses_no_capture(tmp_path, fake_openai):
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60  # start-up only: a loaded CI machine imports slowly
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_healthy(base, proc, log_path)
 
         answered = []
         stop = threading.Event()
