@@ -198,6 +198,7 @@ def main() -> int:
                     t = time.perf_counter()
                     ds = build_dataset(store, opts)
                     out.append(time.perf_counter() - t)
+                    print(f"  {store.dialect.name} phases (s): {ds.stats['timings']}", flush=True)
                     shutil.rmtree(Path(ds.files["train"]["path"]).parent, ignore_errors=True)
                 print(f"build run {run + 1}: postgresql {pg_s[-1]:.1f} s, duckdb {duck_s[-1]:.1f} s "
                       f"(counts {ds.counts})", flush=True)
