@@ -98,7 +98,8 @@ class Store:
         self.read_only = read_only
         self.conn = None  # no base connection: each thread has its own (store/pg.py)
         self._pg = PgConnections(url, read_only=read_only)
-        self.data_dir = Path(data_dir if data_dir is not None else "protege-data")
+        # Absolute: a relative default is the directory the process started in, even after a chdir.
+        self.data_dir = Path(data_dir if data_dir is not None else "protege-data").absolute()
         self.engine = create_engine(
             sqlalchemy_url(url),
             pool_size=4,

@@ -46,13 +46,62 @@ def postgres_server():
     server.stop()
 
 
-@pytest.fixture(params=["duckdb", "postgresql"])
-def store_db(request, tmp_path) -> str:
-    """The ``--db`` of a fresh, empty store, once per backend: a DuckDB file, or a new database
-    on the session's PostgreSQL server. Store-level tests take it to run on both."""
-    if request.param == "duckdb":
-        return str(tmp_path / "store.duckdb")
-    return request.getfixturevalue("postgres_server").database()
+BACKENDS = ("duckdb", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backends(*names): the store backends a test runs on (default: both of BACKENDS); "
+        "for what only one backend has, e.g. a DuckDB file's single-writer lock, with the reason beside it",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that takes a store (``backend``, ``make_db``, ``store_db``, ``run_proxy``) runs
+    once per backend: the suite is the proof that every feature works on both."""
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        names = marker.args if marker else BACKENDS
+        unknown = set(names) - set(BACKENDS)
+        if unknown:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown backend(s) {sorted(unknown)}")
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """This test's store backend, ``"duckdb"`` or ``"postgresql"`` (a parameter: see
+    pytest_generate_tests). On PostgreSQL the test runs in its tmp_path: a database URL's
+    artifacts go to ./protege-data, as they do for a replica started in its own directory."""
+    if request.param == "postgresql":
+        request.getfixturevalue("postgres_server")
+        request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+    return request.param
+
+
+@pytest.fixture
+def make_db(backend, tmp_path, request):
+    """Factory: ``make_db(name="store")`` -> the ``--db`` of a fresh, empty store on this test's
+    backend: ``<tmp_path>/<name>.duckdb``, or a new database on the session's PostgreSQL server.
+    Each call is a new store (a name used twice is an error: keep the value to reopen a store)."""
+    used: set[str] = set()
+
+    def make(name: str = "store") -> str:
+        if name in used:
+            raise ValueError(f"make_db({name!r}) twice: keep the first value to reopen that store")
+        used.add(name)
+        if backend == "postgresql":
+            return request.getfixturevalue("postgres_server").database()
+        return str(tmp_path / f"{name}.duckdb")
+
+    return make
+
+
+@pytest.fixture
+def store_db(make_db) -> str:
+    """The ``--db`` of a fresh, empty store, once per backend."""
+    return make_db("store")
 
 
 @pytest.fixture
@@ -89,14 +138,18 @@ class ProxyServer:
 
 
 @pytest.fixture
-def run_proxy(tmp_path):
-    """Factory: ``run_proxy(upstream=fake.base_url, **settings)`` -> a started :class:`ProxyServer`."""
+def run_proxy(make_db, tmp_path):
+    """Factory: ``run_proxy(upstream=fake.base_url, **settings)`` -> a started :class:`ProxyServer`,
+    on a fresh store of this test's backend unless ``db=`` is given."""
     from protege.settings import Settings
 
     servers = []
 
     def start(local_models=None, router=None, **overrides) -> ProxyServer:
-        overrides.setdefault("db", str(tmp_path / f"proxy{len(servers)}.duckdb"))
+        if "db" not in overrides:
+            overrides["db"] = make_db(f"proxy{len(servers)}")
+        if "://" in overrides["db"]:  # each replica keeps its own spool and artifacts
+            overrides.setdefault("data_dir", str(tmp_path / f"proxy{len(servers)}-data"))
         settings = Settings(**overrides)
         srv = ProxyServer(settings, local_models=local_models, router=router)
         servers.append(srv)
