@@ -20,6 +20,7 @@ from protege.settings import Settings
 from protege.startup import StartupError, check_exposure
 from tests.fakes.openai_upstream import start_fake_openai
 from tests.fixtures.http import Served
+from tests.fixtures.stores import stored_bytes
 
 MSG = [{"role": "user", "content": "hello there"}]
 ADMIN_API = [
@@ -64,11 +65,12 @@ def fake():
 
 
 @pytest.fixture
-def serve(tmp_path):
+def serve(tmp_path, make_db):
     apps: list[App] = []
 
     def start(**overrides) -> App:
-        overrides.setdefault("db", str(tmp_path / f"app{len(apps)}.duckdb"))
+        overrides.setdefault("db", make_db(f"app{len(apps)}"))
+        overrides.setdefault("data_dir", str(tmp_path / f"app{len(apps)}-data"))  # each app its own, on PostgreSQL too
         app = App(Settings(**overrides))
         apps.append(app)
         return app
@@ -248,8 +250,8 @@ def _cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_protege_serve_refuses_a_public_bind_without_keys(tmp_path) -> None:
-    cmd = [sys.executable, "-m", "protege", "--db", str(tmp_path / "s.duckdb"), "serve", "--host", "0.0.0.0", "--port", "0"]
+def test_protege_serve_refuses_a_public_bind_without_keys(tmp_path, make_db) -> None:
+    cmd = [sys.executable, "-m", "protege", "--db", make_db("s"), "serve", "--host", "0.0.0.0", "--port", "0"]
     try:
         proc = subprocess.run(cmd, env=_cli_env(tmp_path), capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
@@ -262,15 +264,15 @@ def test_protege_serve_refuses_a_public_bind_without_keys(tmp_path) -> None:
 # -- credentials in the upstream URL ---------------------------------------------------------------
 
 
-def test_upstream_url_credentials_are_basic_auth_and_never_stored(fake, run_proxy, tmp_path, caplog) -> None:
+def test_upstream_url_credentials_are_basic_auth_and_never_stored(fake, run_proxy, make_db, tmp_path, caplog) -> None:
     from protege.store import Store
     from protege.store.io import export_jsonl, export_parquet
 
     caplog.set_level(logging.DEBUG)
     secret = "pw-SECRET-1b2c3d"
     root = fake.base_url.replace("http://", f"http://alice:{secret}@")
-    db = tmp_path / "cred.duckdb"
-    proxy = run_proxy(upstream=root, proxy_keys=["pk-user"], db=str(db))
+    db, db2 = make_db("cred"), make_db("cred2")
+    proxy = run_proxy(upstream=root, proxy_keys=["pk-user"], db=db)
     c = openai.OpenAI(base_url=proxy.base_url, api_key="pk-user", max_retries=0)
     c.chat.completions.create(model="m", messages=MSG)
     list(c.chat.completions.create(model="m", messages=MSG, stream=True))
@@ -284,33 +286,35 @@ def test_upstream_url_credentials_are_basic_auth_and_never_stored(fake, run_prox
     proxy.stop()
 
     # A client's own key on top (no proxy keys): its key goes upstream instead, no 500.
-    open_proxy = run_proxy(upstream=root, db=str(tmp_path / "cred2.duckdb"))
+    open_proxy = run_proxy(upstream=root, db=db2)
     own = openai.OpenAI(base_url=open_proxy.base_url, api_key="sk-client-own", max_retries=0)
     assert own.chat.completions.create(model="m", messages=MSG).choices[0].message.content
     assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-client-own"
     assert open_proxy.records()[0]["upstream"] == fake.base_url
     open_proxy.stop()
 
-    store = Store(str(db))
+    store = Store(db, data_dir=tmp_path / "export-data")
     export_jsonl(store, tmp_path / "out.jsonl")
     export_parquet(store, tmp_path / "out.parquet")
     store.close()
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f
+    for stored in (db, db2):  # a PostgreSQL store's rows are not under tmp_path
+        assert secret.encode() not in stored_bytes(stored), stored
     assert secret not in caplog.text
 
 
-def test_url_credentials_and_an_upstream_key_are_refused_at_start(fake, tmp_path) -> None:
+def test_url_credentials_and_an_upstream_key_are_refused_at_start(fake, tmp_path, make_db) -> None:
     from protege.app import build_app
 
     secret = "pw-SECRET-9z8y"
-    settings = Settings(db=str(tmp_path / "r.duckdb"), upstream=fake.base_url.replace("http://", f"http://u:{secret}@"),
+    settings = Settings(db=make_db("r"), upstream=fake.base_url.replace("http://", f"http://u:{secret}@"),
                         upstream_api_key="sk-server")
     with pytest.raises(StartupError) as exc:
         build_app(settings)
     assert "user:password@" in str(exc.value) and secret not in str(exc.value)
-    cmd = [sys.executable, "-m", "protege", "--db", str(tmp_path / "c.duckdb"), "serve", "--port", "0",
+    cmd = [sys.executable, "-m", "protege", "--db", make_db("c"), "serve", "--port", "0",
            "--upstream", fake.base_url.replace("http://", f"http://u:{secret}@")]
     env = dict(_cli_env(tmp_path), OPENAI_API_KEY="sk-server")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)

@@ -28,21 +28,21 @@ LISTS = (
 ADMIN_ONLY = LISTS[:-1] + ("/protege/v1/policies", "/protege/v1/routes", "/protege/v1/students")
 
 
-def _app(tmp_path, **settings) -> tuple[TestClient, Store]:
-    store = Store(str(tmp_path / "kit.duckdb"))
+def _app(tmp_path, db: str, **settings) -> tuple[TestClient, Store]:
+    store = Store(db, data_dir=tmp_path / "kit-data")
     app = FastAPI()
     apikit.install(app)
     for r in (feedback_router, datasets_router, auto_router, finetune_router, students_router, evals_router):
         app.include_router(r)
-    app.state.protege_settings = Settings(db=str(tmp_path / "kit.duckdb"), **settings)
+    app.state.protege_settings = Settings(db=db, data_dir=str(tmp_path / "kit-data"), **settings)
     app.state.protege_store = store
     app.include_router(stored_router(store, list(app.state.protege_settings.proxy_keys), list(app.state.protege_settings.admin_keys)))
     return TestClient(app), store
 
 
 @pytest.fixture
-def client(tmp_path):
-    c, store = _app(tmp_path)
+def client(tmp_path, store_db):
+    c, store = _app(tmp_path, store_db)
     with c:
         yield c
     store.close()
@@ -70,8 +70,8 @@ def test_unknown_paths_and_methods_are_openai_errors(client) -> None:
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_one_admin_check_for_every_router(tmp_path) -> None:
-    c, store = _app(tmp_path, admin_keys=["ak-admin"], proxy_keys=["pk-user"])
+def test_one_admin_check_for_every_router(tmp_path, store_db) -> None:
+    c, store = _app(tmp_path, store_db, admin_keys=["ak-admin"], proxy_keys=["pk-user"])
     with c:
         for path in ADMIN_ONLY:
             missing = c.get(path)

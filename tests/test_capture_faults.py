@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 import orjson
+import psycopg
 import pytest
 
 from protege.settings import Settings
@@ -74,10 +75,10 @@ BAD = {
 }
 
 
-def test_bad_upstream_answers_are_stored_alone_and_never_block_others(tmp_path, proxies):
+def test_bad_upstream_answers_are_stored_alone_and_never_block_others(make_db, proxies):
     fake = start_fake_openai(fields=lambda body: BAD.get(body["messages"][-1]["content"].split(":")[0], {}))
     try:
-        proxy = proxies(Settings(db=str(tmp_path / "bad.duckdb"), upstream=fake.base_url), flush_interval=0.3, batch_size=500)
+        proxy = proxies(Settings(db=make_db("bad"), upstream=fake.base_url), flush_interval=0.3, batch_size=500)
         client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
         good_ids, answered, client_ids = [], 0, {}
         with httpx.Client(timeout=10) as http:
@@ -134,8 +135,8 @@ def _rec(i: int, **over) -> dict:
     return rec
 
 
-def test_spool_reload_is_per_record_idempotent_and_quarantines(tmp_path):
-    store = Store(str(tmp_path / "s.duckdb"), data_dir=tmp_path / "data")
+def test_spool_reload_is_per_record_idempotent_and_quarantines(tmp_path, make_db):
+    store = Store(make_db("s"), data_dir=tmp_path / "data")
     spool = store.data_dir / "capture-spool.jsonl"
     spool.parent.mkdir(parents=True)
     good = [_rec(i) for i in range(12)]
@@ -162,9 +163,9 @@ def test_spool_reload_is_per_record_idempotent_and_quarantines(tmp_path):
     store.close()
 
 
-def test_journal_left_by_a_crash_loads_once(tmp_path):
+def test_journal_left_by_a_crash_loads_once(tmp_path, make_db):
     """A writer killed after its journal write (some rows inserted, the segment not yet removed)."""
-    store = Store(str(tmp_path / "j.duckdb"), data_dir=tmp_path / "data")
+    store = Store(make_db("j"), data_dir=tmp_path / "data")
     jdir = store.data_dir / "capture-journal"
     jdir.mkdir(parents=True)
     recs = [_rec(i) for i in range(20)]
@@ -209,19 +210,51 @@ def fill(path: Path) -> Path:
     return filler
 
 
-def test_disk_full_keeps_captures_in_memory_reports_degraded_and_loses_none(tmp_path, proxies):
+REFUSE = """CREATE FUNCTION protege_test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+  RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$;
+CREATE TRIGGER protege_test_disk_full BEFORE INSERT ON completions EXECUTE FUNCTION protege_test_disk_full()"""
+
+
+@contextlib.contextmanager
+def nowhere_to_write(disk: Path, db: str):
+    """Nothing can be written anywhere while inside: the filesystem at ``disk`` (the DuckDB file,
+    or a PostgreSQL store's data_dir: the journal and the spool) filled to 100 %, and a PostgreSQL
+    database, whose files are on its server's disk, refusing every insert as a full disk makes it
+    (SQLSTATE 53100). Everything is freed on the way out."""
+    filler = fill(disk)
+    try:
+        if "://" in db:
+            with psycopg.connect(db, autocommit=True) as conn:
+                conn.execute(REFUSE)
+        try:
+            yield
+        finally:
+            if "://" in db:
+                with psycopg.connect(db, autocommit=True) as conn:
+                    conn.execute("DROP TRIGGER protege_test_disk_full ON completions; DROP FUNCTION protege_test_disk_full()")
+    finally:
+        filler.unlink()
+
+
+def store_on(disk: Path, backend: str, make_db) -> tuple[str, Path]:
+    """The ``db`` and data_dir of a store whose local files are on ``disk``: a DuckDB file there, or
+    a PostgreSQL database (on its server) whose data_dir is there."""
+    return (str(disk / "store.duckdb") if backend == "duckdb" else make_db("store")), disk / "data"
+
+
+def test_disk_full_keeps_captures_in_memory_reports_degraded_and_loses_none(tmp_path, proxies, backend, make_db):
     fake = start_fake_openai()
     try:
         with small_disk(tmp_path / "disk", "24m") as disk:
-            proxy = proxies(Settings(db=str(disk / "full.duckdb"), upstream=fake.base_url), flush_interval=0.05)
+            db, data_dir = store_on(disk, backend, make_db)
+            proxy = proxies(Settings(db=db, data_dir=str(data_dir), upstream=fake.base_url), flush_interval=0.05)
             client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
             answered = 0
             for i in range(30):
                 client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"before {i}"}], stream=i % 2 == 0)
                 answered += 1
             assert proxy.writer.flush(10)
-            filler = fill(disk)
-            try:
+            with nowhere_to_write(disk, db):
                 for i in range(300):  # the disk is full: the proxy keeps answering
                     r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"full {i}"}])
                     assert r.choices[0].message.content
@@ -234,8 +267,6 @@ def test_disk_full_keeps_captures_in_memory_reports_degraded_and_loses_none(tmp_
                 assert any("held only in memory" in p for p in body["capture"]["problems"])
                 metrics = httpx.get(proxy.url + "/metrics").text
                 assert "protege_capture_degraded 1" in metrics and "protege_captures_dropped_total 0" in metrics
-            finally:
-                filler.unlink()
             # Retried until written once the disk has room again (straight in, or via the spool,
             # which the writer loads back by itself).
             deadline = time.monotonic() + 30
@@ -266,31 +297,66 @@ class Sized:
         return _rec(self.i, seq=None)
 
 
-def test_disk_full_past_the_memory_budget_drops_and_counts(tmp_path):
+def test_disk_full_past_the_memory_budget_drops_and_counts(tmp_path, backend, make_db):
     with small_disk(tmp_path / "disk", "24m") as disk:
-        store = Store(str(disk / "b.duckdb"), data_dir=disk / "data")
+        db, data_dir = store_on(disk, backend, make_db)
+        store = Store(db, data_dir=data_dir)
         w = CaptureWriter(store, flush_interval=0.02, memory_budget=100_000).start()
-        filler = fill(disk)
-        try:
+        with nowhere_to_write(disk, db):
             for i in range(25):
                 w.submit(Sized(i))
             time.sleep(0.3)
             assert w.dropped == 15  # 10 x 10 kB fit the budget; every one over it is counted
             health = w.health()
             assert health["status"] == "degraded" and any("dropped" in p for p in health["problems"])
-        finally:
-            filler.unlink()
         assert w.flush(20)
         assert count(store) == 10 == 25 - w.dropped
         w.close()
         store.close()
 
 
+# Only PostgreSQL has it: a DuckDB store's database file is on the same disk as its data_dir (the tests above).
+@pytest.mark.backends("postgresql")
+def test_a_full_data_dir_disk_on_postgresql_stores_straight_into_the_database(tmp_path, proxies, make_db):
+    """A PostgreSQL store's data is on its server's disk; only the journal and the spool are in the
+    local data_dir. When that disk fills, captures still go straight into the database (none waits
+    for the disk, none is spooled or lost) and /healthz says that the journal cannot be written."""
+    fake = start_fake_openai()
+    try:
+        with small_disk(tmp_path / "disk", "24m") as disk:
+            proxy = proxies(Settings(db=make_db("full"), data_dir=str(disk / "data"), upstream=fake.base_url), flush_interval=0.05)
+            client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "before"}])
+            assert proxy.writer.flush(10)
+            filler = fill(disk)
+            try:
+                for i in range(50):
+                    client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"full {i}"}], stream=i % 2 == 0)
+                assert proxy.writer.flush(10)  # into the database, disk or no disk
+                assert sorted(user_texts(proxy.store)) == sorted(["before"] + [f"full {i}" for i in range(50)])
+                health = httpx.get(proxy.url + "/healthz")
+                assert health.status_code == 503
+                assert any(p.startswith("journal: ") for p in health.json()["capture"]["problems"])
+            finally:
+                filler.unlink()
+            deadline = time.monotonic() + 10  # room again: the journal's probe clears the problem
+            while httpx.get(proxy.url + "/healthz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert httpx.get(proxy.url + "/healthz").json()["status"] == "ok"
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "after"}])
+            assert proxy.writer.flush(10) and count(proxy.store) == 52
+            assert proxy.writer.spooled == 0 and proxy.writer.dropped == 0
+            proxy.stop()
+            proxy.store.close()
+    finally:
+        fake.stop()
+
+
 # -- read-your-writes --------------------------------------------------------------------------------
 
-def test_read_your_writes_without_waiting_on_the_request_path(tmp_path, proxies, fake_openai):
+def test_read_your_writes_without_waiting_on_the_request_path(make_db, proxies, fake_openai):
     # A long flush interval: before, each of these reads was a 404 for up to 2 x flush_interval.
-    proxy = proxies(Settings(db=str(tmp_path / "ryw.duckdb"), upstream=fake_openai.base_url), flush_interval=1.5)
+    proxy = proxies(Settings(db=make_db("ryw"), upstream=fake_openai.base_url), flush_interval=1.5)
     client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
     for i in range(5):
         t0 = time.monotonic()
@@ -320,13 +386,13 @@ def test_read_your_writes_without_waiting_on_the_request_path(tmp_path, proxies,
     assert status == 404 and time.monotonic() - t0 < 0.5
 
 
-def test_a_streamed_answer_is_readable_once_the_sdk_has_it(tmp_path, proxies):
+def test_a_streamed_answer_is_readable_once_the_sdk_has_it(make_db, proxies):
     """The SDK returns at ``data: [DONE]``; the upstream may close the stream later. The capture is
     submitted before ``[DONE]`` reaches the client, so retrieve and feedback find it at once (before,
     a 404 until the upstream closed: here 1.5 s)."""
     fake = start_fake_openai(linger=1.5)
     try:
-        proxy = proxies(Settings(db=str(tmp_path / "ryws.duckdb"), upstream=fake.base_url), flush_interval=0.05)
+        proxy = proxies(Settings(db=make_db("ryws"), upstream=fake.base_url), flush_interval=0.05)
         client = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
         for i in range(2):
             with client.chat.completions.stream(model="m", messages=[{"role": "user", "content": f"streamed {i}"}]) as s:
@@ -343,10 +409,10 @@ def test_a_streamed_answer_is_readable_once_the_sdk_has_it(tmp_path, proxies):
         fake.stop()
 
 
-def test_a_spool_written_before_minted_ids_loads_without_duplicate_ids(tmp_path):
+def test_a_spool_written_before_minted_ids_loads_without_duplicate_ids(tmp_path, make_db):
     """Spool lines from before migration 5 carry the upstream's id (no ``upstream_id``, no ``seq``):
     a repeated upstream id gets a fresh id, a line already stored is skipped."""
-    store = Store(str(tmp_path / "s.duckdb"), data_dir=tmp_path / "data")
+    store = Store(make_db("s"), data_dir=tmp_path / "data")
     stored = _rec(1, id="chatcmpl-123")
     stored.pop("seq")
     insert_records(store, [dict(stored)])

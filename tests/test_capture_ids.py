@@ -193,13 +193,13 @@ def test_stream_rewriter_handles_pairs_split_across_reads_and_odd_ids():
     assert rewrite_body(b"not json", "n") == (b"not json", None)
 
 
-def test_feedback_api_on_a_repeating_upstream_corrects_one_example(tmp_path, repeating):
+def test_feedback_api_on_a_repeating_upstream_corrects_one_example(store_db, tmp_path, repeating):
     """The whole app (proxy + feedback and dataset API), as a user runs it in front of Ollama."""
     from protege.app import build_app
     from protege.settings import load_settings
     from tests.fixtures.http import call
 
-    app, _store, writer = build_app(load_settings(db=str(tmp_path / "app.duckdb"), upstream=repeating.base_url))
+    app, _store, writer = build_app(load_settings(db=store_db, data_dir=str(tmp_path / "app-data"), upstream=repeating.base_url))
     served = Served(app, fast=False)
     try:
         root = served.url

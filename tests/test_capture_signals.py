@@ -66,7 +66,7 @@ def slow_disk(tmp: Path, write_bps: int, write_iops: int):
 
 
 class Serve:
-    def __init__(self, tmp: Path, db: Path, upstream: str, env: dict[str, str], cgroup: Path | None = None) -> None:
+    def __init__(self, tmp: Path, db: str, data_dir: Path, upstream: str, env: dict[str, str], cgroup: Path | None = None) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"serve-{self.port}.log"
@@ -74,7 +74,7 @@ class Serve:
         full_env.pop("OPENAI_API_KEY", None)
 
         if cgroup is not None:  # the schema is created unthrottled: the test is about captures, not migrations
-            Store(str(db)).close()
+            Store(db, data_dir=data_dir).close()
 
         def enter_cgroup() -> None:
             if cgroup is not None:
@@ -82,7 +82,8 @@ class Serve:
 
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "protege", "--db", str(db), "serve", "--port", str(self.port), "--upstream", upstream],
+                [sys.executable, "-m", "protege", "--db", db, "--data-dir", str(data_dir), "serve", "--port", str(self.port),
+                 "--upstream", upstream],
                 stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(ROOT), preexec_fn=enter_cgroup,
             )
         try:
@@ -145,9 +146,9 @@ class Load:
             t.join(30)
 
 
-def stored_messages(db: Path) -> set[str]:
+def stored_messages(db: str, data_dir: Path) -> set[str]:
     """Open the store as the next start would (the journal and spool are loaded), then read it."""
-    store = Store(str(db))
+    store = Store(db, data_dir=data_dir)
     CaptureWriter(store).start().close()
     try:
         return {orjson.loads(r["request"])["messages"][-1]["content"] for r in iter_records(store)}
@@ -167,8 +168,9 @@ def upstream():
     fake.stop()
 
 
-def _sigkill_window(tmp_path: Path, upstream, db: Path, cgroup: Path | None, flush: float, margin: float, pad: int) -> tuple[int, int, int]:
-    srv = Serve(tmp_path, db, upstream.base_url, {"PROTEGE_FLUSH_INTERVAL": str(flush)}, cgroup)
+def _sigkill_window(tmp_path: Path, upstream, db: str, data_dir: Path, cgroup: Path | None, flush: float, margin: float,
+                    pad: int) -> tuple[int, int, int]:
+    srv = Serve(tmp_path, db, data_dir, upstream.base_url, {"PROTEGE_FLUSH_INTERVAL": str(flush)}, cgroup)
     load = Load(srv.base, content_bytes=pad)
     try:
         load.wait_for(200, at_least=3.0)
@@ -179,7 +181,7 @@ def _sigkill_window(tmp_path: Path, upstream, db: Path, cgroup: Path | None, flu
     finally:
         load.finish()
         srv.kill()
-    stored = stored_messages(db)
+    stored = stored_messages(db, data_dir)
     answered = dict(load.answered)
     missing = {m: t for m, t in answered.items() if m not in stored}
     # Lost at most: what was answered within the last flush interval (plus one journal write).
@@ -190,26 +192,30 @@ def _sigkill_window(tmp_path: Path, upstream, db: Path, cgroup: Path | None, flu
     return len(answered), len(missing), depth
 
 
-def test_sigkill_loses_at_most_the_flush_window(tmp_path, upstream):
-    answered, missing, _ = _sigkill_window(tmp_path, upstream, tmp_path / "kill.duckdb", None, 0.2, 0.5, 0)
+def test_sigkill_loses_at_most_the_flush_window(tmp_path, upstream, make_db):
+    answered, missing, _ = _sigkill_window(tmp_path, upstream, make_db("kill"), tmp_path / "kill-data", None, 0.2, 0.5, 0)
     assert missing < answered / 4
 
 
-def test_sigkill_on_a_slow_disk_loses_at_most_the_flush_window(tmp_path, upstream):
+# The throttled disk is the one under the DuckDB file, whose inserts fall behind; a PostgreSQL
+# database that falls behind is tests/test_store_postgres.py::test_a_stuck_database_never_holds_up_the_journal.
+@pytest.mark.backends("duckdb")
+def test_sigkill_on_a_slow_disk_loses_at_most_the_flush_window(tmp_path, upstream, backend):
     # The database's inserts fall behind, so the queue is long when the kill comes; the journal keeps up.
     # The margin is "one journal write" on this device: throttled to SLOW_IOPS writes/s, the journal's
     # fdatasync queues behind DuckDB's own writes, which took up to ~1.4 s in runs here (1.0 s failed
     # 2 of 6 full runs). What tells this writer from the old one is the next line: the old writer lost
     # the whole queue.
     with slow_disk(tmp_path, SLOW_BPS, SLOW_IOPS) as (mnt, group):
-        answered, missing, depth = _sigkill_window(tmp_path, upstream, mnt / "slow.duckdb", group, 0.2, 2.0, PROMPT)
+        answered, missing, depth = _sigkill_window(tmp_path, upstream, str(mnt / "slow.duckdb"), mnt / "slow-data", group, 0.2, 2.0, PROMPT)
     assert depth > missing  # the old writer lost the whole queue; this one loses the last window
 
 
-def test_sigterm_on_a_slow_disk_drains_within_the_time_limit_and_keeps_everything(tmp_path, upstream):
+def test_sigterm_on_a_slow_disk_drains_within_the_time_limit_and_keeps_everything(tmp_path, upstream, backend, make_db):
+    # On PostgreSQL the slow disk is the replica's own: its data_dir (the journal and the spool).
     with slow_disk(tmp_path, SLOW_BPS, SLOW_IOPS) as (mnt, group):
-        db = mnt / "term.duckdb"
-        srv = Serve(tmp_path, db, upstream.base_url, {"PROTEGE_DRAIN_TIMEOUT": "2"}, group)
+        db, data_dir = (str(mnt / "term.duckdb") if backend == "duckdb" else make_db("term")), mnt / "term-data"
+        srv = Serve(tmp_path, db, data_dir, upstream.base_url, {"PROTEGE_DRAIN_TIMEOUT": "2"}, group)
         load = Load(srv.base, content_bytes=PROMPT)
         try:
             load.wait_for(100, at_least=5.0)
@@ -225,7 +231,7 @@ def test_sigterm_on_a_slow_disk_drains_within_the_time_limit_and_keeps_everythin
         # drain_timeout (2 s), the last journal write, and the kernel finishing writes already
         # queued on the throttled device: well under the common 30 s stop timeout.
         assert took < 20, (took, srv.log_path.read_text()[-2000:])
-        stored = stored_messages(db)
+        stored = stored_messages(db, data_dir)
     answered = set(load.answered)
     print(f"SIGTERM: answered {len(answered)}, stored {len(answered & stored)}, queue at the signal {depth}, exit after {took:.1f} s")
     assert len(answered) > 100 and depth > 0

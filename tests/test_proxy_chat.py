@@ -15,6 +15,7 @@ import pytest
 
 from tests.fakes.openai_upstream import FakeError, start_fake_openai
 from tests.fixtures.http import free_port as _free_port
+from tests.fixtures.stores import stored_bytes
 
 KEY = "sk-client-secret-4242"
 MSG = [{"role": "user", "content": "hello proxy world"}]
@@ -314,16 +315,17 @@ def test_proxy_and_admin_keys(fake_openai, run_proxy):
     assert fake_openai.requests[-1]["headers"]["authorization"] == "Bearer sk-server-key"
 
 
-def test_client_key_never_written(fake_openai, run_proxy, caplog, tmp_path):
+def test_client_key_never_written(fake_openai, run_proxy, make_db, caplog):
     caplog.set_level(logging.DEBUG)
-    proxy = run_proxy(upstream=fake_openai.base_url, db=str(tmp_path / "keys.duckdb"))
+    db = make_db("keys")
+    proxy = run_proxy(upstream=fake_openai.base_url, db=db)
     c = client(proxy)
     c.chat.completions.create(model="m", messages=MSG, store=True)
     list(c.chat.completions.create(model="m", messages=MSG, stream=True))
     openai.AzureOpenAI(azure_endpoint=proxy.url, api_key=KEY, api_version="2025-02-01-preview", max_retries=0).chat.completions.create(model="d", messages=MSG)
     assert len(proxy.records()) == 3
     proxy.stop()
-    raw = (tmp_path / "keys.duckdb").read_bytes()
+    raw = stored_bytes(db)
     assert KEY.encode() not in raw and b"client-secret" not in raw
     assert KEY not in caplog.text
 

@@ -15,23 +15,24 @@ import httpx2 as httpx
 from protege.store import Store
 from protege.store.completions import count
 from tests.fixtures.http import free_port as _free_port, wait_healthy
+from tests.fixtures.stores import stored_bytes
 
 KEY = "sk-shutdown-secret-777"
 
 
 
-def test_sigterm_under_load_loses_no_capture(tmp_path, fake_openai):
+def test_sigterm_under_load_loses_no_capture(tmp_path, fake_openai, make_db):
     from tests.fakes.openai_upstream import start_fake_openai
 
     slow = start_fake_openai(delay=0.05)
-    db = tmp_path / "serve.duckdb"
+    db = make_db("serve")
     port = _free_port()
     env = dict(os.environ, PROTEGE_LOG_LEVEL="DEBUG")
     env.pop("OPENAI_API_KEY", None)
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "protege", "--db", str(db), "serve", "--port", str(port), "--upstream", slow.base_url],
+            [sys.executable, "-m", "protege", "--db", db, "--data-dir", str(tmp_path / "serve-data"), "serve", "--port", str(port), "--upstream", slow.base_url],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parent.parent),
         )
     try:
@@ -72,11 +73,11 @@ def test_sigterm_under_load_loses_no_capture(tmp_path, fake_openai):
             proc.kill()
         slow.stop()
     assert len(answered) > 20
-    store = Store(str(db), read_only=True)
+    store = Store(db, data_dir=tmp_path / "serve-data", read_only=True)
     try:
         rows = count(store)
         assert rows >= len(answered), (rows, len(answered))
     finally:
         store.close()
-    assert KEY.encode() not in db.read_bytes()
+    assert KEY.encode() not in stored_bytes(db)
     assert KEY not in log_path.read_text()

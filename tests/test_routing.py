@@ -14,8 +14,8 @@ def _route(store, pid, model, md, stage="canary", student="protege/s", percent=1
                                    compare_percent=100.0, timeout=2.0)
 
 
-def test_matching(tmp_path) -> None:
-    store = Store(str(tmp_path / "r.duckdb"))
+def test_matching(tmp_path, store_db) -> None:
+    store = Store(store_db, data_dir=tmp_path / "data")
     router = StoreRouter(store)
     assert router.route("gpt-4o", {"task": "intent"}) is None
     a = _route(store, "policy_a", "gpt-4o", {"task": "intent"}, student="protege/a")
@@ -41,8 +41,8 @@ def test_matching(tmp_path) -> None:
     store.close()
 
 
-def test_stage_change_is_seen(tmp_path) -> None:
-    store = Store(str(tmp_path / "r.duckdb"))
+def test_stage_change_is_seen(tmp_path, store_db) -> None:
+    store = Store(store_db, data_dir=tmp_path / "data")
     router = StoreRouter(store)
     r = _route(store, "policy_a", "m", {"k": "v"}, stage="shadow", percent=0)
     assert router.route("m", {"k": "v"}).stage == "shadow"
@@ -52,8 +52,8 @@ def test_stage_change_is_seen(tmp_path) -> None:
     store.close()
 
 
-def test_no_query_per_request_and_background_refresh_for_other_writers(tmp_path) -> None:
-    store = Store(str(tmp_path / "r.duckdb"))
+def test_no_query_per_request_and_background_refresh_for_other_writers(tmp_path, store_db) -> None:
+    store = Store(store_db, data_dir=tmp_path / "data")
     router = StoreRouter(store, ttl=0.2)
     _route(store, "policy_a", "m", {"k": "v"})
     router.route("m", {"k": "v"})
@@ -81,8 +81,8 @@ def test_no_query_per_request_and_background_refresh_for_other_writers(tmp_path)
     store.close()
 
 
-def test_new_route_replaces_the_policy_s_old_one(tmp_path) -> None:
-    store = Store(str(tmp_path / "r.duckdb"))
+def test_new_route_replaces_the_policy_s_old_one(tmp_path, store_db) -> None:
+    store = Store(store_db, data_dir=tmp_path / "data")
     router = StoreRouter(store)
     old = _route(store, "policy_a", "m", {}, student="protege/a@v1")
     new = _route(store, "policy_a", "m", {}, student="protege/a@v2")
@@ -92,7 +92,7 @@ def test_new_route_replaces_the_policy_s_old_one(tmp_path) -> None:
     store.close()
 
 
-def test_a_local_change_is_served_at_once_without_a_query_on_the_event_loop(tmp_path) -> None:
+def test_a_local_change_is_served_at_once_without_a_query_on_the_event_loop(tmp_path, store_db) -> None:
     """The proxy calls route() on its event loop: after a change made through this process's Store
     (in a worker thread, as the API and the worker make them), the next route() already answers
     with it, and no store call ran on the loop (the changing thread reloaded the table)."""
@@ -100,7 +100,7 @@ def test_a_local_change_is_served_at_once_without_a_query_on_the_event_loop(tmp_
 
     from tests.fixtures.evals import WatchedStore
 
-    store = WatchedStore(str(tmp_path / "r.duckdb"))
+    store = WatchedStore(store_db, data_dir=tmp_path / "data")
     router = StoreRouter(store, ttl=3600)
     a = _route(store, "policy_a", "m", {"k": "v"}, student="protege/a")
     c = _route(store, "policy_c", "m", {}, student="protege/c", stage="shadow", percent=0)
