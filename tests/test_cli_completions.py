@@ -41,9 +41,9 @@ def record(i: int, *, model: str = "gpt-4o-mini", created: int = T0, metadata: d
 
 
 @pytest.fixture
-def db(tmp_path) -> Path:
-    path = tmp_path / "cli.duckdb"
-    s = Store(str(path))
+def db(make_db) -> str:
+    path = make_db("cli")
+    s = Store(path)
     insert_records(s, [
         record(0, created=T0, metadata={"env": "prod", "team": "a"}),
         record(1, created=T0 + 60, metadata={"env": "prod", "team": "b"}),
@@ -55,7 +55,7 @@ def db(tmp_path) -> Path:
     return path
 
 
-def run(db: Path, *args: str):
+def run(db: str | Path, *args: str):
     return runner.invoke(app, ["--db", str(db), "completions", *args])
 
 
@@ -136,7 +136,7 @@ def test_stats(db):
     assert r.exit_code == 0 and "captures     2 (2 ok, 0 errors" in r.stdout and "2025-01-01" in r.stdout
 
 
-def test_export_import_roundtrip(db, tmp_path):
+def test_export_import_roundtrip(db, tmp_path, make_db):
     out = tmp_path / "out.jsonl"
     r = run(db, "export", "--out", str(out), "--json")
     assert r.exit_code == 0, r.output
@@ -145,7 +145,7 @@ def test_export_import_roundtrip(db, tmp_path):
     assert [l["object"] for l in lines] == ["chat.completion"] * 3
     assert lines[0]["messages"] == [{"role": "user", "content": "question 0"}]
 
-    other = tmp_path / "other.duckdb"
+    other = make_db("other")
     r = runner.invoke(app, ["--db", str(other), "completions", "import", str(out), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == {"lines": 3, "imported": 3, "failed": 0, "errors": [],
@@ -163,33 +163,36 @@ def test_export_parquet(db, tmp_path):
     assert rows == [("chatcmpl-2", "ok"), ("chatcmpl-3", "upstream_error")]
 
 
-def test_import_reports_line_numbers(tmp_path):
+def test_import_reports_line_numbers(tmp_path, make_db):
     f = tmp_path / "in.jsonl"
     f.write_text(
         json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n"
         + "garbage\n"
         + json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n"
     )
-    r = run(tmp_path / "imp.duckdb", "import", str(f), "--model", "gpt-4o-mini")
+    imp = make_db("imp")
+    r = run(imp, "import", str(f), "--model", "gpt-4o-mini")
     assert r.exit_code == 1
     assert "imported 1 of 3 lines" in r.stdout and "2 failed" in r.stdout
     assert r.stderr.splitlines()[0].startswith("error: line 2: invalid JSON")
     assert r.stderr.splitlines()[1] == "error: line 3: a fine-tuning line must end with an assistant message"
-    r = run(tmp_path / "imp.duckdb", "import", str(f), "--json")
+    r = run(imp, "import", str(f), "--json")
     body = json.loads(r.stdout)
     assert r.exit_code == 1 and body["imported"] == 1 and [e["line"] for e in body["errors"]] == [2, 3]
 
 
 def test_newer_schema_is_one_line(db):
-    conn = duckdb.connect(str(db))
-    conn.execute("INSERT INTO protege_schema (version, name) VALUES (?, 'future')", [SCHEMA_VERSION + 1])
-    conn.close()
+    store = Store(db)  # a newer release's migration, as it would have left the schema table
+    store.cursor().execute("INSERT INTO protege_schema (version, name) VALUES (?, 'future')", [SCHEMA_VERSION + 1])
+    store.close()
     r = run(db, "list")
     assert r.exit_code == 1 and r.stderr.count("\n") == 1
     assert f"schema version {SCHEMA_VERSION + 1}, newer than this release" in r.stderr
 
 
-def test_not_a_database_is_one_line(tmp_path):
+# A file that is not a DuckDB database; PostgreSQL's counterpart (no server there) is the next test.
+@pytest.mark.backends("duckdb")
+def test_not_a_database_is_one_line(tmp_path, backend):
     bad = tmp_path / "notes.duckdb"
     bad.write_text("this is not a database\n" * 100)
     r = run(bad, "list")
@@ -197,17 +200,35 @@ def test_not_a_database_is_one_line(tmp_path):
     assert r.stderr.startswith(f"error: cannot open {bad}:") and "in use" not in r.stderr
 
 
+@pytest.mark.backends("postgresql")
+def test_no_database_server_is_one_line_without_the_password(backend):
+    from tests.fixtures.http import free_port
+
+    url = f"postgresql://protege:pw-SECRET-77@127.0.0.1:{free_port()}/nowhere"  # nothing listens there
+    r = run(url, "list")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: cannot open postgresql://protege:***@127.0.0.1:") and "pw-SECRET-77" not in r.stderr
+
+
 # -- through the installed console script, in other processes ----------------------------------
 
 
-def test_held_file_gives_one_line_error(db):
-    """While another process (as `protege serve` does) holds the file, the CLI says so in one line."""
+def _holder(db: str) -> subprocess.Popen:
+    """Another process with the store open (as `protege serve` has it) until its stdin closes."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from protege.store import Store; s = Store(sys.argv[1]); print('ready', flush=True); "
-         "sys.stdin.readline()", str(db)],
+         "sys.stdin.readline()", db],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
+    return holder
+
+
+# The single-writer lock is a DuckDB file's: a PostgreSQL database is shared (the next test).
+@pytest.mark.backends("duckdb")
+def test_held_file_gives_one_line_error(db):
+    """While another process (as `protege serve` does) holds the file, the CLI says so in one line."""
+    holder = _holder(db)
     try:
         assert holder.stdout.readline().strip() == "ready"
         # just the completions group in a second process (the full console script is run below)
@@ -229,3 +250,19 @@ def test_held_file_gives_one_line_error(db):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["data"][0]["id"] == "chatcmpl-3"
+
+
+@pytest.mark.backends("postgresql")
+def test_a_database_another_process_has_open_is_used_beside_it(db):
+    """On PostgreSQL, replicas share the database: the installed console script works while another
+    process has the store open."""
+    holder = _holder(db)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        p = subprocess.run([PROTEGE, "--db", db, "completions", "list", "--json", "--limit", "1"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["data"][0]["id"] == "chatcmpl-3"
+    finally:
+        holder.stdin.close()
+        holder.wait(30)

@@ -101,9 +101,9 @@ def test_datasets_api(api):
     assert status == 400 and "nothing to build" in body["error"]["message"]
 
 
-def test_admin_key_required_when_configured(api, tmp_path):
+def test_admin_key_required_when_configured(api):
     url, app = api
-    app.state.protege_settings = Settings(db=str(tmp_path / "api.duckdb"), admin_keys=["admin-test-key"])
+    app.state.protege_settings = app.state.protege_settings.model_copy(update={"admin_keys": ["admin-test-key"]})
     status, body = call("GET", f"{url}/protege/v1/feedback")
     assert status == 401 and body["error"]["code"] == "missing_api_key"
     status, body = call("GET", f"{url}/protege/v1/feedback", headers={"authorization": "Bearer wrong"})

@@ -39,11 +39,11 @@ def _isolated(tmp_path, monkeypatch):
         monkeypatch.delenv(key)
 
 
-def test_importing_twice_stores_once(tmp_path):
+def test_importing_twice_stores_once(tmp_path, store_db):
     f = tmp_path / "a.jsonl"
     ft = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}  # no id, no created
     write(f, [line("chatcmpl-1", "q1", "a1"), line("chatcmpl-2", "q2", "a2"), ft, line("chatcmpl-1", "q1", "a1")])
-    store = Store(str(tmp_path / "s.duckdb"))
+    store = Store(store_db)
     try:
         first = import_jsonl(store, f)
         assert (first.imported, first.skipped, first.reided_count) == (3, 1, 0)  # the repeated line, once
@@ -55,8 +55,8 @@ def test_importing_twice_stores_once(tmp_path):
         store.close()
 
 
-def test_a_conflicting_id_gets_a_new_one_and_is_reported(tmp_path):
-    db = tmp_path / "c.duckdb"
+def test_a_conflicting_id_gets_a_new_one_and_is_reported(tmp_path, store_db):
+    db = store_db
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     write(a, [line("0", "is the pizza good?", "yes")])
     write(b, [line("0", "is the soup good?", "no"), line("0", "is the cake good?", "maybe")])  # "0", as some servers say
@@ -74,7 +74,7 @@ def test_a_conflicting_id_gets_a_new_one_and_is_reported(tmp_path):
     assert (body["imported"], body["skipped_duplicates"], body["reided"], body["reided_ids"]) == (0, 2, 0, [])
     r = runner.invoke(app, ["--db", str(db), "completions", "show", new_ids[0]])
     assert r.exit_code == 0 and "upstream id  0\n" in r.stdout
-    store = Store(str(db))
+    store = Store(db)
     try:
         assert count(store) == 3
         assert get_stored(store, "0")["choices"][0]["message"]["content"] == "yes"
@@ -98,7 +98,9 @@ def v4_row(conn, seq: int, cid: str, question: str, source: str = "proxy", paire
     conn.execute(V4_INSERT, [seq, cid, 1_700_000_000, 1_700_000_000.0 + seq, request, response, source, paired_with])
 
 
-def test_migration_gives_old_duplicates_fresh_ids(tmp_path):
+# Upgrading a DuckDB file a version-4 release wrote: PostgreSQL stores came after migration 5.
+@pytest.mark.backends("duckdb")
+def test_migration_gives_old_duplicates_fresh_ids(tmp_path, backend):
     path = str(tmp_path / "v4.duckdb")
     conn = duckdb.connect(path)
     assert migrate(conn, target=4) == 4
@@ -133,7 +135,7 @@ def test_migration_gives_old_duplicates_fresh_ids(tmp_path):
         store.close()
 
 
-def test_resolve_ids_for_records_that_bring_their_own_ids(tmp_path):
+def test_resolve_ids_for_records_that_bring_their_own_ids(store_db):
     """What a spool reload needs: loading the same records again adds nothing; a record from a release
     before minted ids whose id is taken by another completion gets a fresh one; upstream_id is kept."""
     from protege.store import insert_records, record_from_completion
@@ -145,7 +147,7 @@ def test_resolve_ids_for_records_that_bring_their_own_ids(tmp_path):
         return record_from_completion(resp, {"model": "m", "messages": [{"role": "user", "content": question}]},
                                       source="proxy", **extra)
 
-    store = Store(str(tmp_path / "r.duckdb"))
+    store = Store(store_db)
     try:
         minted = rec("chatcmpl-minted", "a", upstream_id="0")
         failed = rec("chatcmpl-failed", "b") | {"outcome": "timeout", "response": None}

@@ -82,9 +82,9 @@ def test_fake_stored_completions_behave_like_openai(fake) -> None:
         client.chat.completions.messages.list("chatcmpl-nope")
 
 
-def test_pull_is_idempotent_and_keeps_what_openai_kept(fake, tmp_path) -> None:
+def test_pull_is_idempotent_and_keeps_what_openai_kept(fake, store_db) -> None:
     ids = seed(fake, 25)
-    store = Store(str(tmp_path / "p.duckdb"))
+    store = Store(store_db)
     try:
         seen: list[int] = []
         res = pull_stored_completions(store, sdk(fake), progress=seen.append)
@@ -110,7 +110,7 @@ def test_pull_is_idempotent_and_keeps_what_openai_kept(fake, tmp_path) -> None:
         store.close()
 
 
-def test_filters_and_content_parts(fake, tmp_path) -> None:
+def test_filters_and_content_parts(fake, store_db) -> None:
     seed(fake, 25)
     parts = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}]
     tool_turns = [{"role": "user", "content": parts},
@@ -118,7 +118,7 @@ def test_filters_and_content_parts(fake, tmp_path) -> None:
                                                                         "function": {"name": "look", "arguments": "{}"}}]},
                   {"role": "tool", "tool_call_id": "call_1", "content": "a cat"}]
     cid = fake.add_stored(tool_turns, "a cat", metadata={"task": "vision"})
-    store = Store(str(tmp_path / "p.duckdb"))
+    store = Store(store_db)
     try:
         res = pull_stored_completions(store, sdk(fake), metadata={"task": "intent"}, model="gpt-4o-mini-2024-07-18", limit=10)
         assert (res.listed, res.imported) == (10, 10)
@@ -133,11 +133,11 @@ def test_filters_and_content_parts(fake, tmp_path) -> None:
         store.close()
 
 
-def test_cli_from_openai_with_counts_and_env_config(fake, tmp_path, monkeypatch) -> None:
+def test_cli_from_openai_with_counts_and_env_config(fake, store_db, monkeypatch) -> None:
     seed(fake, 25)
     monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-team")
-    db = str(tmp_path / "cli.duckdb")
+    db = store_db
     r = runner.invoke(app, ["--db", db, "completions", "import", "--from-openai", "--metadata", "task=intent", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == {"listed": 15, "imported": 15, "skipped_existing": 0, "failed": 0, "errors": []}
@@ -151,8 +151,8 @@ def test_cli_from_openai_with_counts_and_env_config(fake, tmp_path, monkeypatch)
     assert r.exit_code == 0 and len(json.loads(r.stdout)["data"]) == 20  # the CLI's default page
 
 
-def test_cli_errors_are_one_line(fake, tmp_path, monkeypatch) -> None:
-    db = str(tmp_path / "e.duckdb")
+def test_cli_errors_are_one_line(fake, store_db, monkeypatch) -> None:
+    db = store_db
     r = runner.invoke(app, ["--db", db, "completions", "import", "--from-openai"])
     assert r.exit_code == 1 and r.stderr.strip() == "error: no OpenAI API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-team")
