@@ -259,8 +259,8 @@ def test_a_database_another_process_has_open_is_used_beside_it(db):
     holder = _holder(db)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        p = subprocess.run([PROTEGE, "--db", db, "completions", "list", "--json", "--limit", "1"],
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run([PROTEGE, "--db", db, "--data-dir", "cli-data", "completions", "list", "--json", "--limit", "1"],
+                           capture_output=True, text=True, timeout=60)  # a data_dir of its own, as a replica has
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["data"][0]["id"] == "chatcmpl-3"
     finally:
