@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from protege.store import Store, copy_store, count, get_stored, insert_records
+from protege.store import auto as store_auto
 from protege.store import feedback as store_feedback
 from protege.store.copy import DestinationHasOwnRows
 from tests import postgres
@@ -82,6 +83,9 @@ def test_a_destination_with_captures_of_its_own(postgres_server, tmp_path, direc
     dst = _with_own_captures(dst_at, tmp_path / "dst-data")
     own = _seq_of(dst)
     src_seq = _seq_of(src)
+    # seq watermarks: the route's stage started at capture 10, a cycle covers captures up to 20
+    src.cursor().execute("UPDATE auto_routes SET stage_started_seq = 10")
+    store_auto.create_cycle(src, store_auto.get_policy(src, "p").id, until_seq=20)
     route_start = src.cursor().execute("SELECT stage_started_seq FROM auto_routes").fetchone()[0]
 
     with pytest.raises(DestinationHasOwnRows) as refused:
@@ -104,7 +108,9 @@ def test_a_destination_with_captures_of_its_own(postgres_server, tmp_path, direc
     assert [(int(s), i) for s, i in links] == [(seqs["chatcmpl-0"], "chatcmpl-0"), (seqs["chatcmpl-1"], "chatcmpl-1")]
     # the route's watermark moved with the numbers: the same captures lie before it
     moved = cur.execute("SELECT stage_started_seq FROM auto_routes").fetchone()[0]
-    assert sum(1 for i in copied_ids if seqs[i] <= moved) == sum(1 for v in src_seq.values() if v <= route_start)
+    assert sum(1 for i in copied_ids if seqs[i] <= moved) == sum(1 for v in src_seq.values() if v <= route_start) == 10
+    until = cur.execute("SELECT until_seq FROM auto_cycles").fetchone()[0]
+    assert sum(1 for i in copied_ids if seqs[i] <= until) == 20
 
     again = copy_store(src, dst, batch_size=10, append=True)  # a rerun copies nothing
     assert not any(again.copied.values()) and count(dst) == 30
