@@ -4,7 +4,8 @@ Both stores are opened by the caller and must have the same schema version (chec
 store copy` opens the source read-only, so an older source is refused, not migrated). Every table
 is copied in batches; a row already in the destination (by its key) is skipped, so an interrupted
 copy is resumed by running it again, and the counts say how many rows were copied and skipped.
-Captured completions keep their ``seq`` (their order, and what feedback and datasets point at) and
+Captured completions keep their ``seq`` (their order, and what feedback and datasets point at; see
+``append`` below for the one exception) and
 are read as Arrow tables, a range of ``seq`` at a time, and written by :func:`insert_table` (Arrow
 on DuckDB; Arrow's CSV through one ``COPY`` on PostgreSQL), with no Python object per row; afterwards
 the destination's sequence (or counter) is moved past the copied numbers.

@@ -52,7 +52,7 @@ class DirLock:
         if self._fh is not None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+b", buffering=0)
+        fh = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - held open for the lock's lifetime
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -84,4 +84,4 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-__all__ = ["DirLock", "JournalInUseError", "LOCK_NAME"]
+__all__ = ["LOCK_NAME", "DirLock", "JournalInUseError"]

@@ -16,8 +16,8 @@ import sys
 
 import openai
 import pytest
-
 from protege.store import CaptureWriter, JournalInUseError, Store, count, get_record
+
 from tests import postgres
 from tests.fakes.openai_upstream import start_fake_openai
 from tests.fixtures.beside import clean_env
@@ -67,7 +67,7 @@ def test_two_servers_in_one_directory(postgres_server, tmp_path):
 
     def serve(name: str) -> tuple[subprocess.Popen, str]:
         port = free_port()
-        log = open(tmp_path / f"{name}.log", "wb")
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child, closed here after
         # no --data-dir: both take ./protege-data in their working directory, the same one here
         proc = subprocess.Popen([sys.executable, "-m", "protege", "--db", url, "serve", "--port", str(port),
                                  "--upstream", upstream.base_url], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
