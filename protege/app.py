@@ -46,12 +46,21 @@ def build_app(settings: Settings, store: Store | None = None) -> tuple[Any, Stor
     from .startup import split_upstream
 
     split_upstream(settings)  # a refused upstream URL fails before the store is opened
+    opened = store is None
     store = store or Store(settings.db, data_dir=settings.data_path)
     writer = CaptureWriter(
         store, max_queue=settings.queue_size, batch_size=settings.batch_size, flush_interval=settings.flush_interval,
         memory_budget=settings.capture_memory_bytes, drain_timeout=settings.drain_timeout,
         journal_fsync=settings.journal_fsync, read_timeout=settings.read_your_writes_timeout,
     )
+    # One writer per journal directory: a second process on this data dir fails here, before it
+    # listens or replays (and deletes) the journal segment the first is writing.
+    try:
+        writer.claim()
+    except BaseException:
+        if opened:
+            store.close()
+        raise
     routers = [r for r in (_optional(p) for p in _ROUTERS) if r is not None]
     registry_cls = _optional("protege.distill.finetune.students:StudentRegistry")
     local_models = registry_cls(store, timeout=settings.student_timeout) if registry_cls is not None else None

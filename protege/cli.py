@@ -47,7 +47,7 @@ def serve(
     settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if settings.capture not in ("all", "store", "none"):
         clikit.fail(f"--capture must be all, store or none, not {settings.capture!r}")
-    from protege.store import StoreLockedError
+    from protege.store import JournalInUseError, StoreLockedError
     from protege.store.served import read_record
 
     from .app import serve as run
@@ -64,6 +64,8 @@ def serve(
     except StartupError as exc:
         clikit.fail(str(exc))
     except StoreLockedError as exc:  # held by a process that is not a server (a CLI command, a worker)
+        clikit.fail(str(exc))
+    except JournalInUseError as exc:  # another replica on this data dir
         clikit.fail(str(exc))
 
 

@@ -31,7 +31,8 @@ Which completions
     Feedback applied: ``feedback.LATEST_FEEDBACK``, each capture's latest verdict per field.
 
 Capture, import, export, statistics
-    :class:`CaptureWriter`, :class:`Capture`, :class:`Spool` (the proxy's off-loop writer);
+    :class:`CaptureWriter`, :class:`Capture`, :class:`Spool` (the proxy's off-loop writer;
+    :class:`JournalInUseError` when another writer holds its journal directory);
     :func:`import_jsonl` / :class:`ImportResult`, :func:`export_jsonl`, :func:`export_parquet`;
     :func:`completion_stats`.
 
@@ -72,7 +73,7 @@ from .db import Store, StoreLockedError, open_store
 from .ids import new_completion_id
 from .migrations import SCHEMA_VERSION, SchemaTooNewError, migrate
 from .records import record_problems, value_problem
-from .writer import Capture, CaptureWriter, Spool
+from .writer import Capture, CaptureWriter, JournalInUseError, Spool
 from .io import ImportResult, export_jsonl, export_parquet, import_jsonl
 from .stats import completion_stats
 
@@ -86,6 +87,7 @@ __all__ = [
     "CaptureWriter",
     "Completion",
     "CopyResult",
+    "JournalInUseError",
     "Page",
     "SCHEMA_VERSION",
     "SchemaTooNewError",

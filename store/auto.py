@@ -401,70 +401,135 @@ def _lock_key(policy_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-class PolicyLock:
-    """Whether this worker may run a policy's cycle: on PostgreSQL, ``pg_try_advisory_lock`` on a
-    connection of its own that stays open while the cycle is open, so at most one worker of all the
-    processes on the database advances it. The lock lives with that connection: a worker that is
-    killed (SIGKILL, a crash) drops it, PostgreSQL releases the lock as the session ends, and the next
-    worker that asks takes the policy over and resumes its cycle from the store.
+LOCK_APPLICATION_NAME = "protege-policy-locks"  # how the locks' connection shows in pg_stat_activity
 
-    On DuckDB one process writes the file anyway, so the lock is always granted (today's behaviour).
-    Not thread-safe: one worker thread uses it."""
 
-    def __init__(self, store: Store, policy_id: str) -> None:
-        self.policy_id = policy_id
+class PolicyLocks:
+    """Which policies' cycles this worker may run: on PostgreSQL, ``pg_try_advisory_lock`` per policy,
+    all over ONE connection of this worker's (advisory locks belong to a session, and a session may
+    hold many), so a worker costs the database one connection for its locks whatever the number of
+    policies, held or locked out (a connection per policy per pass exhausted ``max_connections``
+    with many policies and several workers). A lock stays while its cycle is open, across passes, so
+    at most one worker of all the processes on the database advances a policy. The locks live with
+    that connection: a worker that is killed (SIGKILL, a crash) drops them all, PostgreSQL releases
+    them as the session ends, and the next worker that asks takes the policies over and resumes
+    their cycles from the store. A connection that died under a live worker (a server restart) is
+    noticed at the next :meth:`acquire` of a policy it held, and taken again if still free.
+
+    On DuckDB one process writes the file anyway, so every lock is always granted (today's
+    behaviour). ``keep_open=False`` closes the connection whenever it holds nothing."""
+
+    def __init__(self, store: Store, *, keep_open: bool = True) -> None:
         self._url = store.path if store.dialect.name == "postgresql" else None
+        self._keep_open = keep_open
         self._conn: Any = None
+        self._held: set[str] = set()
+        self._mutex = threading.Lock()  # the worker's thread, and stop() from another after it
 
     @property
     def shared(self) -> bool:
-        """Whether other processes may write this store (PostgreSQL): only then does the lock lock."""
+        """Whether other processes may write this store (PostgreSQL): only then does a lock lock."""
         return self._url is not None
 
     @property
-    def held(self) -> bool:
-        return self._url is None or self._conn is not None
+    def holding(self) -> frozenset[str]:
+        """The policies whose locks this worker holds (none on DuckDB: nothing to let go)."""
+        return frozenset(self._held)
 
-    def acquire(self) -> bool:
-        """Take (or confirm, with one round trip) the lock; False while another worker holds it."""
+    def held(self, policy_id: str) -> bool:
+        return self._url is None or policy_id in self._held
+
+    def acquire(self, policy_id: str) -> bool:
+        """Take (or confirm, with one round trip) the policy's lock; False while another worker holds it."""
         if self._url is None:
             return True
-        from . import pg
-
-        if self._conn is not None:
+        with self._mutex:
+            if policy_id in self._held:
+                try:
+                    self._conn.execute("SELECT 1")
+                    return True
+                except Exception:  # the connection died (a server restart): every lock went with it
+                    log.warning("lost the locks of policies %s with their connection; taking them again as asked",
+                                ", ".join(sorted(self._held)))
+                    self._drop()
+            fresh = self._conn is None
             try:
-                self._conn.execute("SELECT 1")
-                return True
-            except Exception:  # the connection died (a server restart): the lock went with it
-                log.warning("lost the lock of policy %s with its connection; taking it again", self.policy_id)
-                self._drop()
-        conn = pg.connect(self._url)
-        try:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(self.policy_id)]).fetchone()[0]
-        except BaseException:
-            conn.close()
-            raise
-        if not got:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
+                got = self._try(policy_id)
+            except Exception:
+                if fresh:
+                    self._close_if_idle()
+                    raise
+                self._drop()  # an idle connection the server closed: one more try on a new one
+                try:
+                    got = self._try(policy_id)
+                except BaseException:
+                    self._close_if_idle()
+                    raise
+            if got:
+                self._held.add(policy_id)
+            else:
+                self._close_if_idle()
+            return got
 
-    def release(self) -> None:
+    def release(self, policy_id: str) -> None:
+        with self._mutex:
+            if policy_id not in self._held:
+                return
+            self._held.discard(policy_id)
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(policy_id)])
+            except Exception:  # the session is gone, and the lock with it
+                self._drop()
+            self._close_if_idle()
+
+    def release_all(self) -> None:
+        """Let every policy go (closing the session releases each of its locks) and close the connection."""
+        with self._mutex:
+            self._drop()
+
+    def _try(self, policy_id: str) -> bool:
         if self._conn is None:
-            return
-        try:
-            self._conn.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(self.policy_id)])
-        except Exception:  # closing the session releases it too
-            pass
-        self._drop()
+            from . import pg
+
+            self._conn = pg.connect(self._url, application_name=LOCK_APPLICATION_NAME)
+        return bool(self._conn.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(policy_id)]).fetchone()[0])
+
+    def _close_if_idle(self) -> None:
+        if not self._keep_open and not self._held:
+            self._drop()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        try:
-            conn.close()
-        except Exception:
-            pass
+        self._held.clear()
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+class PolicyLock:
+    """One policy's lock on a connection of its own (:class:`PolicyLocks` holding one policy, its
+    connection closed while it holds nothing); a worker uses :class:`PolicyLocks`, one connection
+    for all its policies."""
+
+    def __init__(self, store: Store, policy_id: str) -> None:
+        self.policy_id = policy_id
+        self._locks = PolicyLocks(store, keep_open=False)
+
+    @property
+    def shared(self) -> bool:
+        return self._locks.shared
+
+    @property
+    def held(self) -> bool:
+        return self._locks.held(self.policy_id)
+
+    def acquire(self) -> bool:
+        return self._locks.acquire(self.policy_id)
+
+    def release(self) -> None:
+        self._locks.release(self.policy_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,6 +595,7 @@ __all__: Sequence[str] = [
     "AutoDecision",
     "AutoPolicy",
     "PolicyLock",
+    "PolicyLocks",
     "AutoRoute",
     "active_routes",
     "as_dict",

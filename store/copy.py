@@ -4,12 +4,22 @@ Both stores are opened by the caller and must have the same schema version (chec
 store copy` opens the source read-only, so an older source is refused, not migrated). Every table
 is copied in batches; a row already in the destination (by its key) is skipped, so an interrupted
 copy is resumed by running it again, and the counts say how many rows were copied and skipped.
-Captured completions keep their ``seq`` (their order, and what feedback and datasets point at) and
+Captured completions keep their ``seq`` (their order, and what feedback and datasets point at; see
+``append`` below for the one exception) and
 are read as Arrow tables, a range of ``seq`` at a time, and written by :func:`insert_table` (Arrow
 on DuckDB; Arrow's CSV through one ``COPY`` on PostgreSQL), with no Python object per row; afterwards
 the destination's sequence (or counter) is moved past the copied numbers.
-The destination is meant to be new, or an earlier (partial) copy of the same source: rows the
-destination captured itself may share a ``seq`` with the source's.
+
+A destination with captures of its own (any completion that is not the source's, with the source's
+``seq``) is refused (:class:`DestinationHasOwnRows`): the source's numbers would collide with its
+own. ``append=True`` copies the source's completions after the destination's, renumbered (each
+copied ``seq`` moved by one offset per run, past the destination's largest), and re-points what
+refers to a completion's number: ``feedback.completion_seq`` and ``dataset_completions.seq`` by the
+completion's id (so a rerun, with another offset, still points at the right row), the cycles' and
+routes' watermarks (``until_seq``, ``stage_started_seq``) by the run's offset. On PostgreSQL the
+sequence is moved past the numbers a copy will use before the first row is written, so a replica
+capturing during the copy never draws one of them. A source completion whose id the destination
+holds already is taken as copied (ids are minted unique, migration 5).
 """
 
 from __future__ import annotations
@@ -48,6 +58,23 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 # auto_meta (the routes' change counter) is not copied row by row: see _copy_routes_version.
 
+# Columns holding a completion's seq, re-pointed by the completion's id when a copy renumbers.
+SEQ_REFS: dict[str, tuple[str, str]] = {
+    "feedback": ("completion_seq", "completion_id"),
+    "dataset_completions": ("seq", "completion_id"),
+}
+# Seq watermarks ("captures up to / since this number"), moved by the run's offset when it renumbers.
+WATERMARKS: dict[str, tuple[str, ...]] = {"auto_cycles": ("until_seq",), "auto_routes": ("stage_started_seq",)}
+
+
+class DestinationHasOwnRows(ValueError):
+    """The destination holds completions that are not the source's: copying with the source's
+    ``seq`` values would give two captures one number (``append=True`` renumbers instead)."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__(f"the destination already holds captures of its own ({held:,} completions, not a copy of the source)")
+        self.held = held
+
 
 @dataclass
 class CopyResult:
@@ -84,17 +111,24 @@ def copy_store(
     batch_size: int = 50_000,
     progress: Callable[[str, int], None] | None = None,
     streams: int | None = None,
+    append: bool = False,
 ) -> CopyResult:
     """Copy every table of ``src`` into ``dst`` (rows ``dst`` has already are skipped).
 
-    ``streams``: parallel writers of completions (default 4 into PostgreSQL, 1 into DuckDB)."""
+    ``streams``: parallel writers of completions (default 4 into PostgreSQL, 1 into DuckDB).
+    ``append``: ``dst`` may hold captures of its own; the copied ones are numbered after them
+    (without it such a ``dst`` raises :class:`DestinationHasOwnRows` before anything is written)."""
     if src.schema_version != dst.schema_version:
         raise ValueError(f"schema versions differ (source {src.schema_version}, destination {dst.schema_version})")
+    offset = _offset(src, dst, batch_size, append)
+    src_max = src.cursor().execute("SELECT coalesce(max(seq), 0) FROM completions").fetchone()[0]
+    if dst.dialect.name == "postgresql":
+        dst.seqs_above(int(src_max) + offset)  # live captures on dst draw numbers past the copy's
     result = CopyResult()
-    _copy_completions(src, dst, batch_size, result, progress, streams)
+    _copy_completions(src, dst, batch_size, result, progress, streams, offset, renumbered=append)
     for table, key in TABLES.items():
         if table != "completions":
-            _copy_table(src, dst, table, key, batch_size, result, progress)
+            _copy_table(src, dst, table, key, batch_size, result, progress, offset, renumbered=append)
     _copy_routes_version(src, dst)
     # new captures are numbered after the copied ones (PostgreSQL's sequence, DuckDB's counter)
     dst.seqs_above(int(dst.cursor().execute("SELECT coalesce(max(seq), 0) FROM completions").fetchone()[0]))
@@ -103,6 +137,43 @@ def copy_store(
         # choice reads them (store/completions._pg_filtered_page). A sample: ~1 s at 1M rows.
         dst.cursor().execute("ANALYZE completions")
     return result
+
+
+def _offset(src: Store, dst: Store, batch_size: int, append: bool) -> int:
+    """What this run adds to each copied ``seq``: 0 into a destination that is empty or holds only
+    the source's rows at the source's numbers (a rerun); past the destination's largest number
+    when it holds captures of its own and ``append`` is set; refused without ``append``."""
+    held, top = dst.cursor().execute("SELECT count(*), coalesce(max(seq), 0) FROM completions").fetchone()
+    if not held or not _has_own_rows(src, dst, batch_size):
+        return 0
+    if not append:
+        raise DestinationHasOwnRows(int(held))
+    first = src.cursor().execute("SELECT min(seq) FROM completions").fetchone()[0]
+    return max(0, int(top) - int(first if first is not None else 1) + 1)
+
+
+def _has_own_rows(src: Store, dst: Store, batch_size: int) -> bool:
+    """Whether ``dst`` holds a completion that is not ``src``'s at ``src``'s ``seq``: read in
+    ``seq`` ranges, each range's ids looked up in ``src`` at once; stops at the first one."""
+    cur = dst.cursor()
+    lo, top = (int(v) for v in cur.execute("SELECT min(seq), max(seq) FROM completions").fetchone())
+    while lo <= top:
+        rows = cur.execute(
+            "SELECT id, seq FROM completions WHERE seq >= ? AND seq < ?", [lo, lo + batch_size]
+        ).fetchall()
+        if rows:
+            theirs = src.cursor().execute(
+                f"SELECT id, seq FROM completions WHERE {src.dialect.in_list('id')}", [[r[0] for r in rows]]
+            ).fetchall()
+            if {(r[0], int(r[1])) for r in rows} - {(r[0], int(r[1])) for r in theirs}:
+                return True
+            lo += batch_size
+            continue
+        nxt = cur.execute("SELECT min(seq) FROM completions WHERE seq >= ?", [lo + batch_size]).fetchone()[0]
+        if nxt is None:
+            break
+        lo = int(nxt)  # a gap in the numbers is jumped over
+    return False
 
 
 def _copy_routes_version(src: Store, dst: Store) -> None:
@@ -158,14 +229,16 @@ def _completion_batches(src: Store, batch_size: int) -> Iterator[tuple[int, int,
 
 
 def _copy_completions(
-    src: Store, dst: Store, batch_size: int, result: CopyResult, progress: Any, streams: int | None = None
+    src: Store, dst: Store, batch_size: int, result: CopyResult, progress: Any, streams: int | None = None,
+    offset: int = 0, renumbered: bool = False,
 ) -> None:
     # Each batch is written (in ``streams`` parts, one COPY each on PostgreSQL, in parallel: the
     # server parses and indexes each part on its own core) while the next one is read, and the
     # progress callback runs once the whole batch is in; an interruption (a signal, ^C, a lost
     # connection) leaves whole parts behind. The rerun asks the destination which ids it has, but
     # only for a batch whose seq range meets the seqs the destination held when the copy started
-    # (an empty destination, the first run, asks nothing).
+    # (an empty destination, the first run, asks nothing); when copying renumbers (``append``) an
+    # earlier run's rows may lie at any number, so every batch asks.
     if streams is None:
         streams = 4 if dst.dialect.name == "postgresql" else 1  # DuckDB: one writer per file
     copied = skipped = 0
@@ -187,10 +260,13 @@ def _copy_completions(
 
         for lo, hi, table in _completion_batches(src, batch_size):
             n = table.num_rows
-            if held[0] is not None and lo <= int(held[1]) and hi > int(held[0]):
+            if held[0] is not None and (renumbered or (lo <= int(held[1]) and hi > int(held[0]))):
                 have = _existing_ids(dst, table.column("id"))
                 if len(have):
                     table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=have)))
+            if offset:
+                at = table.schema.get_field_index("seq")
+                table = table.set_column(at, "seq", pc.add(table.column("seq"), pa.scalar(offset, pa.int64())))
             finish()
             step = max(1, -(-table.num_rows // streams))
             parts = [pool.submit(insert_table, dst, table.slice(i, step)) for i in range(0, table.num_rows, step)]
@@ -200,7 +276,8 @@ def _copy_completions(
 
 
 def _copy_table(
-    src: Store, dst: Store, table: str, key: tuple[str, ...], batch_size: int, result: CopyResult, progress: Any
+    src: Store, dst: Store, table: str, key: tuple[str, ...], batch_size: int, result: CopyResult, progress: Any,
+    offset: int = 0, renumbered: bool = False,
 ) -> None:
     cols = _columns(dst, table)
     if not cols:  # not in this schema version
@@ -210,15 +287,24 @@ def _copy_table(
     copied = skipped = 0
     cur = src.cursor()
     cur.execute(f"SELECT {', '.join(names)} FROM {table} ORDER BY {', '.join(key)}")
-    match = " AND ".join(f"t.{k} = b.{k}" for k in key)
+    value = {n: f"b.{n}" for n in names}  # what each column is written as
+    source = "_protege_copy_batch b"
+    if renumbered and table in SEQ_REFS:
+        col, by_id = SEQ_REFS[table]
+        value[col] = f"coalesce(c.seq, b.{col})"
+        source += f" LEFT JOIN completions c ON c.id = b.{by_id}"
+    if offset:
+        for col in WATERMARKS.get(table, ()):
+            value[col] = f"CASE WHEN b.{col} > 0 THEN b.{col} + {int(offset)} ELSE b.{col} END"
+    match = " AND ".join(f"t.{k} = {value[k]}" for k in key)
     while rows := cur.fetchmany(batch_size):
         batch = pa.Table.from_arrays([pa.array(col, typ) for col, (_, typ) in zip(zip(*rows), cols)], schema=schema)
         out = dst.cursor()
         with registered(out, "_protege_copy_batch", batch), transaction(out):
             before = int(out.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
             out.execute(
-                f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join('b.' + n for n in names)} "
-                f"FROM _protege_copy_batch b WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
+                f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(value[n] for n in names)} "
+                f"FROM {source} WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
             )
             n = int(out.execute(f"SELECT count(*) FROM {table}").fetchone()[0]) - before
         copied += n
@@ -228,4 +314,4 @@ def _copy_table(
     result.copied[table], result.skipped[table] = copied, skipped
 
 
-__all__ = ["TABLES", "CopyResult", "copy_store"]
+__all__ = ["TABLES", "CopyResult", "DestinationHasOwnRows", "copy_store"]

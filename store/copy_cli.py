@@ -27,9 +27,14 @@ def copy_cmd(
     dst: str = typer.Argument(..., metavar="DST", help="Where to: a DuckDB file (created if missing) or a postgresql:// URL."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable counts."),
     batch_size: int = typer.Option(50_000, "--batch-size", min=1, help="Completions per batch (one transaction each)."),
+    append: bool = typer.Option(
+        False, "--append", help="DST may hold captures of its own: SRC's are numbered after them (feedback and dataset links follow)."
+    ),
 ) -> None:
-    """Copy every table of SRC into DST; rows DST has already are skipped, so a rerun resumes a copy."""
-    from .copy import TABLES, copy_store
+    """Copy every table of SRC into DST; rows DST has already are skipped, so a rerun resumes a copy.
+
+    A DST with captures of its own is refused unless --append is given."""
+    from .copy import TABLES, DestinationHasOwnRows, copy_store
 
     if _same_store(src, dst):
         clikit.fail(f"SRC and DST are the same store ({_shown(src)}): give another DST")
@@ -49,7 +54,10 @@ def copy_cmd(
             started = time.perf_counter()
             with clikit.progress(total, "copying") as advance:
                 try:
-                    result = copy_store(source, dest, batch_size=batch_size, progress=lambda _t, n: advance(n))
+                    result = copy_store(source, dest, batch_size=batch_size, progress=lambda _t, n: advance(n), append=append)
+                except DestinationHasOwnRows as exc:
+                    clikit.fail(f"DST {_shown(dst)} already holds captures of its own ({exc.held:,} completions, not a copy "
+                                "of SRC): add --append to number SRC's after them, or give an empty DST")
                 except KeyboardInterrupt:
                     clikit.fail("interrupted: run the same command again to resume", 130)
                 except Exception as exc:

@@ -70,10 +70,15 @@ def jsonb_safe(text: str) -> str:
     return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text) if "\\u0000" in text else text
 
 
-def connect(url: str, read_only: bool = False) -> psycopg.Connection:
-    """One autocommit connection whose ``jsonb``/``json`` columns read back as text."""
-    options = "-c default_transaction_read_only=on" if read_only else None
-    conn = psycopg.connect(url, autocommit=True, **({"options": options} if options else {}))
+def connect(url: str, read_only: bool = False, application_name: str | None = None) -> psycopg.Connection:
+    """One autocommit connection whose ``jsonb``/``json`` columns read back as text
+    (``application_name``: what pg_stat_activity shows for it)."""
+    extra: dict[str, str] = {}
+    if read_only:
+        extra["options"] = "-c default_transaction_read_only=on"
+    if application_name:
+        extra["application_name"] = application_name
+    conn = psycopg.connect(url, autocommit=True, **extra)
     for name in ("json", "jsonb"):
         conn.adapters.register_loader(name, TextLoader)
     return conn

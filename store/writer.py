@@ -43,6 +43,7 @@ import orjson
 
 from .completions import insert_records
 from .db import Store
+from .dirlock import DirLock, JournalInUseError
 from .journal import Journal, Spool, StoreUnavailable, load_lines, max_seq_in
 
 log = logging.getLogger("protege.store.writer")
@@ -92,6 +93,8 @@ class CaptureWriter:
         self.store = store
         self.spool = Spool(spool_path or store.data_dir / "capture-spool.jsonl")
         self.journal = Journal(journal_dir or store.data_dir / "capture-journal", fsync=journal_fsync)
+        # Held from start() (or claim()) to close(): one writer per journal directory (store/dirlock.py).
+        self._dir_lock = DirLock(self.journal.dir)
         self.max_queue = max_queue  # a count bound on captures held in memory, beside the byte budget
         self.memory_budget = memory_budget
         self.batch_size = batch_size
@@ -140,8 +143,15 @@ class CaptureWriter:
         self._spool_error_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Take the journal directory's lock, or raise :class:`JournalInUseError` (another process or
+        writer has it: its open segment is not ours to replay). :meth:`start` claims it too; a
+        server claims it before it starts listening, so the error is its one line at start-up."""
+        self._dir_lock.acquire()
+
     def start(self) -> "CaptureWriter":
         """Reload what an earlier process left (journal segments, spool), then start the threads."""
+        self.claim()
         leftovers = [p for _, p in self.journal.segments()]
         top = max_seq_in(leftovers + ([self.spool.path] if self.spool.exists() else []))
         if top:
@@ -225,6 +235,7 @@ class CaptureWriter:
         if journaled:
             log.warning("%d captures not yet in the database are kept in the journal %s for the next start", journaled, self.journal.dir)
         self.journal.close()
+        self._dir_lock.release()
         self._journal_thread = self._thread = None
         with self._progress:
             self._resolved = self._submitted
@@ -553,4 +564,4 @@ def new_capture_id() -> str:
     return f"chatcmpl-protege-{secrets.token_hex(12)}"
 
 
-__all__ = ["Capture", "CaptureWriter", "Journal", "Spool", "StoreUnavailable"]
+__all__ = ["Capture", "CaptureWriter", "Journal", "JournalInUseError", "Spool", "StoreUnavailable"]

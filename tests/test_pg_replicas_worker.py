@@ -102,3 +102,55 @@ def test_two_workers_run_a_cycle_once_and_the_survivor_resumes_a_killed_ones(pos
         store.close()
         ft.stop()
         chat.stop()
+
+
+def test_a_locked_out_worker_tries_every_policy_over_one_connection(postgres_server, tmp_path):
+    """N policies whose cycles another worker holds, several passes of a worker locked out of all of
+    them: the database sees one lock connection per worker (pg_stat_activity, by its
+    application_name) and no new session per policy per pass (pg_stat_database.sessions counts every
+    session ever started), where a connection per locked policy per pass exhausted max_connections."""
+    from protege.distill.auto.policies import parse_policy
+    from protege.settings import Settings
+
+    db = postgres_server.database()
+    store, other = Store(db, data_dir=tmp_path / "a"), Store(db, data_dir=tmp_path / "b")
+    n, passes = 12, 4
+    ids = [store_auto.put_policy(store, f"p{i}", parse_policy({**POLICY, "name": f"p{i}"}).to_dict()).id for i in range(n)]
+    holder = store_auto.PolicyLocks(other)  # the other worker, running every policy's cycle
+    assert all(holder.acquire(pid) for pid in ids)
+    worker = Worker(store, Settings(db=db))
+    cur = store.cursor()
+
+    def sessions() -> int:
+        cur.execute("SELECT pg_stat_clear_snapshot()")
+        return int(cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()[0])
+
+    def lock_connections() -> int:
+        return int(cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND application_name = ?", [store_auto.LOCK_APPLICATION_NAME]).fetchone()[0])
+
+    try:
+        assert worker.run_once() == []  # the first pass opens what the worker keeps (its store's, its locks')
+        time.sleep(0.5)  # sessions that ended are counted as their backends exit
+        before = sessions()
+        for _ in range(passes):
+            assert worker.run_once() == []
+            assert len([w for w in worker.waiting if "another worker runs this policy's cycle" in w]) == n
+        time.sleep(0.5)
+        assert sessions() - before <= 1, "new sessions while locked out"  # was n * passes
+        assert lock_connections() == 2  # the holder's and this worker's, one each
+        # The other worker's policies stay its own until it lets one go; then this worker runs it.
+        holder.release(ids[0])
+        worker.run_once()
+        assert len([w for w in worker.waiting if "another worker runs this policy's cycle" in w]) == n - 1
+        holder.release_all()
+        worker.release_locks()
+        deadline = time.monotonic() + 10
+        while lock_connections():  # closed: their backends exit (asynchronously) with them
+            assert time.monotonic() < deadline, "the lock connections stayed open"
+            time.sleep(0.05)
+    finally:
+        worker.release_locks()
+        holder.release_all()
+        store.close()
+        other.close()

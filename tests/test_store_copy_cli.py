@@ -155,3 +155,22 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_destination_with_captures_of_its_own_needs_append(postgres_server, tmp_path, cli):
+    seeded_store(str(tmp_path / "src.duckdb"), tmp_path / "src-data").close()
+    url = postgres_server.database()
+    dst = Store(url, data_dir=tmp_path / "dst-data")
+    insert_records(dst, [store_record(100 + i) for i in range(5)])  # seqs 1..5, as the source's first
+    dst.close()
+
+    err = one_line_error(cli("src.duckdb", url, cwd=tmp_path))
+    assert f"DST {url} already holds captures of its own (5 completions" in err and "--append" in err
+    res = copied(cli("src.duckdb", url, "--append", "--json", cwd=tmp_path))
+    assert res["tables"]["completions"] == {"copied": 25, "skipped": 0}
+    pg = Store(url, data_dir=tmp_path / "dst-data")
+    seqs = [r[0] for r in pg.cursor().execute("SELECT seq FROM completions ORDER BY seq").fetchall()]
+    assert len(seqs) == len(set(seqs)) == 30
+    insert_records(pg, [store_record(200)])  # a later capture gets a fresh number
+    assert pg.cursor().execute("SELECT seq FROM completions WHERE id = 'chatcmpl-200'").fetchone()[0] > max(seqs)
+    pg.close()

@@ -309,8 +309,9 @@ class Worker:
         self.last_pass_at: float | None = None
         self.last_actions: list[str] = []
         self._logged_waiting: dict[str, str] = {}
-        # policy id -> its lock, held from a cycle's start to its end (store.auto.PolicyLock)
-        self._locks: dict[str, store_auto.PolicyLock] = {}
+        # The policies' locks, each held from a cycle's start to its end, all over one connection
+        # (store.auto.PolicyLocks): a locked-out pass costs the database no connection per policy.
+        self._locks = store_auto.PolicyLocks(store)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -334,26 +335,20 @@ class Worker:
 
     def release_locks(self) -> None:
         """Let other workers take this worker's policies (its open cycles resume there)."""
-        for lock in self._locks.values():
-            lock.release()
-        self._locks.clear()
+        self._locks.release_all()
 
     def _may_run(self, policy_id: str) -> bool:
         """Whether this worker holds (or now takes) the policy's lock: another worker's cycle of it
         is left to that worker (on DuckDB always, one process writes the file)."""
-        lock = self._locks.get(policy_id)
-        if lock is None:
-            lock = self._locks[policy_id] = store_auto.PolicyLock(self.store, policy_id)
-        return lock.acquire()
+        return self._locks.acquire(policy_id)
 
     def _release_idle(self) -> None:
         """Release the locks of policies with no open cycle, so that any worker may start the next one
         (a lock is kept while its cycle is open, across passes: a local student training in this
         process is never restarted by another worker while this one lives)."""
-        for policy_id, lock in list(self._locks.items()):
-            if lock.shared and lock.held and store_auto.open_cycle(self.store, policy_id) is None:
-                lock.release()
-                del self._locks[policy_id]
+        for policy_id in self._locks.holding:
+            if store_auto.open_cycle(self.store, policy_id) is None:
+                self._locks.release(policy_id)
 
     @property
     def running(self) -> bool:
