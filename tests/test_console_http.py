@@ -1,9 +1,8 @@
 """The console's access rules and form handling over HTTP (no browser): the whole app's FastAPI part
-on a real DuckDB file, through Starlette's TestClient."""
+on a real store (each backend), through Starlette's TestClient."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,8 +25,8 @@ def _records(n: int, **extra) -> list[dict]:
 
 
 @pytest.fixture
-def app(tmp_path: Path):
-    application, store, _writer = build_app(Settings(db=str(tmp_path / "h.duckdb"), admin_keys=[ADMIN]))
+def app(make_db):
+    application, store, _writer = build_app(Settings(db=make_db("h"), admin_keys=[ADMIN]))
     insert_records(store, _records(30))
     with TestClient(application.api, base_url="http://127.0.0.1:8000") as client:
         client.store = store  # type: ignore[attr-defined]
