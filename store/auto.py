@@ -406,7 +406,9 @@ class PolicyLock:
     connection of its own that stays open while the cycle is open, so at most one worker of all the
     processes on the database advances it. The lock lives with that connection: a worker that is
     killed (SIGKILL, a crash) drops it, PostgreSQL releases the lock as the session ends, and the next
-    worker that asks takes the policy over and resumes its cycle from the store.
+    worker that asks takes the policy over and resumes its cycle from the store. Closing the store
+    closes that connection too: a store reopened in the same process is not locked out by a worker
+    left over the closed one.
 
     On DuckDB one process writes the file anyway, so the lock is always granted (today's behaviour).
     Not thread-safe: one worker thread uses it."""
@@ -414,6 +416,7 @@ class PolicyLock:
     def __init__(self, store: Store, policy_id: str) -> None:
         self.policy_id = policy_id
         self._url = store.path if store.dialect.name == "postgresql" else None
+        self._pg = getattr(store, "_pg", None)  # the store's connections: closed with it
         self._conn: Any = None
 
     @property
@@ -429,8 +432,6 @@ class PolicyLock:
         """Take (or confirm, with one round trip) the lock; False while another worker holds it."""
         if self._url is None:
             return True
-        from . import pg
-
         if self._conn is not None:
             try:
                 self._conn.execute("SELECT 1")
@@ -438,7 +439,7 @@ class PolicyLock:
             except Exception:  # the connection died (a server restart): the lock went with it
                 log.warning("lost the lock of policy %s with its connection; taking it again", self.policy_id)
                 self._drop()
-        conn = pg.connect(self._url)
+        conn = self._pg.dedicated()
         try:
             got = conn.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(self.policy_id)]).fetchone()[0]
         except BaseException:

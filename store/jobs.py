@@ -436,10 +436,10 @@ def student_verdicts(store) -> dict[str, dict[str, Any]]:
                 e["gate"] = e["gate"] or "reject"
             elif state == "promoted":
                 e["gate"] = "promote"
-        rows = cur.execute(
-            "SELECT outcome, json_extract_string(details, '$.student_model') FROM auto_decisions WHERE kind = 'gate' ORDER BY created_at"
-        ).fetchall()
-        for outcome, model in rows:
+        # details is JSON text on both backends (PostgreSQL has no json_extract_string): read in Python.
+        rows = cur.execute("SELECT outcome, details FROM auto_decisions WHERE kind = 'gate' ORDER BY created_at").fetchall()
+        for outcome, details in rows:
+            model = orjson.loads(details).get("student_model") if details else None
             if model:
                 e = entry(model)
                 e["gate"] = "promote" if outcome == "promote" else "reject"
