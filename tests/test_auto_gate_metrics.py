@@ -44,6 +44,12 @@ def decide_once(db: str, spec: dict, noisy: bool = False) -> dict:
         store.close()
 
 
+# The metric families differ in scoring only: DuckDB alone (each is a whole worker cycle, ~10-30 s).
+# The same store path (dataset, eval run, gate decision) runs on PostgreSQL in the eval-run tests
+# below and in test_auto_worker.py.
+FAMILY_ONLY = pytest.mark.backends("duckdb")
+
+
 def by_metric(d: dict) -> dict[str, dict]:
     return {m["metric"]: m for m in d["details"]["gate"]["metrics"]}
 
@@ -53,6 +59,7 @@ def assert_ci(m: dict) -> None:
     assert m["signature"] and m["test"] in ("paired-bootstrap", "mcnemar-exact", "mcnemar-chi2")
 
 
+@FAMILY_ONLY
 def test_sacrebleu_family_bleu_and_chrf(make_db) -> None:
     d = decide_once(make_db("g"), policy(["bleu", "chrf", "chrf++"]))
     ms = by_metric(d)
@@ -64,6 +71,7 @@ def test_sacrebleu_family_bleu_and_chrf(make_db) -> None:
     assert ms["bleu"]["signature"].startswith("nrefs:") or "bleu" in ms["bleu"]["signature"].lower()
 
 
+@FAMILY_ONLY
 def test_rouge_family(make_db) -> None:
     d = decide_once(make_db("g"), policy(["rougeL", "rouge1", "rougeLsum"]))
     ms = by_metric(d)
@@ -73,6 +81,7 @@ def test_rouge_family(make_db) -> None:
         assert 0.5 < m["student"] < 1.0 and m["diff"] < 0
 
 
+@FAMILY_ONLY
 def test_exact_and_label_family_rejects_a_student_that_cannot_learn(make_db) -> None:
     d = decide_once(make_db("g"), policy(["exact_match", "label_accuracy", "macro_f1"], tolerance=0.05), noisy=True)
     assert d["state"] == "rejected"
@@ -83,6 +92,7 @@ def test_exact_and_label_family_rejects_a_student_that_cannot_learn(make_db) -> 
     assert ms["exact_match"]["test"].startswith("mcnemar") and ms["macro_f1"]["test"] == "paired-bootstrap"
 
 
+@FAMILY_ONLY
 def test_json_family_is_reference_free(make_db) -> None:
     """Noise labels sink exact match, but every answer is still valid, schema-conforming JSON."""
     d = decide_once(make_db("g"), policy(["json_valid", {"name": "json_schema", "schema": SCHEMA}, "exact_match"], tolerance=0.05), noisy=True)
@@ -94,6 +104,7 @@ def test_json_family_is_reference_free(make_db) -> None:
     assert ms["exact_match"]["passed"] is False
 
 
+@FAMILY_ONLY
 def test_graders_family(make_db) -> None:
     metrics = [{"name": "string_check", "operation": "eq"},
                {"name": "text_similarity", "evaluation_metric": "fuzzy_match", "label": "fuzzy"},
@@ -107,6 +118,7 @@ def test_graders_family(make_db) -> None:
     assert "rouge_l" in ms["rouge_pass"]["signature"]
 
 
+@FAMILY_ONLY
 def test_judge_gates_on_win_rate_against_the_teacher(make_db, monkeypatch) -> None:
     truth = dict(corpus())
 

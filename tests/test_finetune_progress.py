@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from protege.distill.finetune import jobs
 from protege.store import Store
 from typer.testing import CliRunner
@@ -46,6 +47,9 @@ def test_cli_wait_shows_the_steps_and_json_stays_clean(tmp_path, make_db) -> Non
     assert json.loads(r.stdout)["fine_tuned_model"] == "protege/b@v1" and "training step" not in r.stderr
 
 
+# What a terminal shows (a process on a pty, ~10-40 s): DuckDB only; the steps it draws come from the
+# store, read on PostgreSQL too by test_cli_wait_shows_the_steps_and_json_stays_clean.
+@pytest.mark.backends("duckdb")
 def test_the_bar_is_drawn_on_a_terminal(tmp_path, make_db) -> None:
     train = _train_file(tmp_path / "t.jsonl")
     code, out, err = run_protege(["--db", make_db("p"), "finetune", "start", "--backend", "local",
