@@ -421,6 +421,7 @@ class PolicyLocks:
 
     def __init__(self, store: Store, *, keep_open: bool = True) -> None:
         self._url = store.path if store.dialect.name == "postgresql" else None
+        self._pg = getattr(store, "_pg", None)  # the store's connections: the locks' one closes with them
         self._keep_open = keep_open
         self._conn: Any = None
         self._held: set[str] = set()
@@ -489,9 +490,7 @@ class PolicyLocks:
 
     def _try(self, policy_id: str) -> bool:
         if self._conn is None:
-            from . import pg
-
-            self._conn = pg.connect(self._url, application_name=LOCK_APPLICATION_NAME)
+            self._conn = self._pg.dedicated(application_name=LOCK_APPLICATION_NAME)
         return bool(self._conn.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(policy_id)]).fetchone()[0])
 
     def _close_if_idle(self) -> None:

@@ -166,6 +166,17 @@ class PgConnections:
     def cursor(self) -> PgCursor:
         return PgCursor(self.get())
 
+    def dedicated(self, application_name: str | None = None) -> psycopg.Connection:
+        """A connection of the caller's own (not this thread's), closed with the others by
+        :meth:`close`: what holds a session-level lock that must end when the store is closed."""
+        if self._closed:
+            raise psycopg.OperationalError("the store is closed")
+        conn = connect(self.url, self.read_only, application_name=application_name)
+        with self._lock:
+            self._all = [c for c in self._all if not c.closed]
+            self._all.append(conn)
+        return conn
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

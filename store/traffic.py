@@ -13,6 +13,7 @@ vector of request text for every row it fetches.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -103,9 +104,10 @@ def traffic_models(store: Store, limit: int = 50) -> list[str]:
 def overview(store: Store, since: float, bucket_s: int = 60) -> dict[str, Any]:
     """Requests, errors, tokens and latency percentiles since ``since``, in total and per bucket."""
     cur = store.cursor()
+    q = functools.partial(store.dialect.quantile, "latency_ms")
     total, errors, tokens, p50, p95, p99 = cur.execute(
         "SELECT count(*), count(*) FILTER (WHERE outcome <> 'ok'), coalesce(sum(total_tokens), 0), "
-        "quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95), quantile_cont(latency_ms, 0.99) "
+        f"{q(0.5)}, {q(0.95)}, {q(0.99)} "
         "FROM completions WHERE created >= ? AND source <> 'shadow'",
         [int(since)],
     ).fetchone()
@@ -113,10 +115,11 @@ def overview(store: Store, since: float, bucket_s: int = 60) -> dict[str, Any]:
         {"t": int(t) * bucket_s, "requests": int(n), "errors": int(e), "tokens": int(tok),
          "p50_ms": None if a is None else round(float(a), 1), "p95_ms": None if b is None else round(float(b), 1)}
         for t, n, e, tok, a, b in cur.execute(
-            "SELECT created // ? AS b, count(*), count(*) FILTER (WHERE outcome <> 'ok'), coalesce(sum(total_tokens), 0), "
-            "quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95) "
+            # the bucket number as whole-number division both dialects spell alike (DuckDB's // is its own)
+            "SELECT (created - created % ?) / ? AS b, count(*), count(*) FILTER (WHERE outcome <> 'ok'), "
+            f"coalesce(sum(total_tokens), 0), {q(0.5)}, {q(0.95)} "
             "FROM completions WHERE created >= ? AND source <> 'shadow' GROUP BY b ORDER BY b",
-            [bucket_s, int(since)],
+            [bucket_s, bucket_s, int(since)],
         ).fetchall()
     ]
     return {

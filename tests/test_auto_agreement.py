@@ -45,8 +45,8 @@ def test_response_text_tool_calls() -> None:
     assert response_text(None) == "" and response_text({"choices": []}) == ""
 
 
-def test_online_agreement_from_stored_pairs(tmp_path) -> None:
-    store = Store(str(tmp_path / "a.duckdb"))
+def test_online_agreement_from_stored_pairs(make_db) -> None:
+    store = Store(make_db("a"))
     policy = parse_policy({"name": "p", "match": {"model": "teacher", "metadata": {"task": "t"}},
                            "trigger": {"min_new_completions": 1}, "rollout": {"comparison": "label"}})
     before = store_auto.max_seq(store)

@@ -26,14 +26,16 @@ POLICY = {
 
 
 @pytest.fixture
-def api(tmp_path):
+def api(make_db):
+    db = make_db("api")
+
     def start(**settings):
-        store = Store(str(tmp_path / "api.duckdb"))
+        store = Store(db)
         app = FastAPI()
         apikit.install(app)  # the app's error handler, as protege.app's app has it
         app.include_router(router)
         app.state.protege_store = store
-        app.state.protege_settings = Settings(db=str(tmp_path / "api.duckdb"), **settings)
+        app.state.protege_settings = Settings(db=db, **settings)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -18,12 +18,16 @@ from tests.fixtures.auto import fill, run_until, topic_policy
 pytest.importorskip("trl")
 
 
-def test_classifier_and_lora_compete_on_the_same_rows(tmp_path, tiny_chat_model) -> None:
+# Heavy (it trains a LoRA student in a job process): DuckDB only. The store side of a "best" cycle
+# (candidate jobs on the same rows, the select decision, the gate) runs on PostgreSQL too in
+# test_auto_best.py, with the classifier and a cloud candidate.
+@pytest.mark.backends("duckdb")
+def test_classifier_and_lora_compete_on_the_same_rows(make_db, tiny_chat_model) -> None:
     lora = {"backend": "lora", "base_model": str(tiny_chat_model),
             "hyperparameters": {"max_steps": 2, "batch_size": 8, "max_length": 64, "eval_generations": 0}}
     spec = topic_policy(trigger={"min_new_completions": 100}, rollout={"stages": ["shadow"]},
                         student={"backend": "best", "candidates": ["classifier", lora], "latency_budget_ms": 5000})
-    store = Store(str(tmp_path / "l.duckdb"))
+    store = Store(make_db("l"))
     try:
         pid = save_policy(store, parse_policy(spec)).id
         fill(store)

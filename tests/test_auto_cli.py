@@ -1,4 +1,4 @@
-"""`protege auto ...` through the real Typer app (the store is a tmp DuckDB file)."""
+"""`protege auto ...` through the real Typer app (the store is a fresh store on each backend)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def _run(db, *args: str):
     return runner.invoke(app, ["--db", str(db), *args])
 
 
-def test_apply_list_status_decisions_promote_rollback(tmp_path) -> None:
-    db = tmp_path / "cli.duckdb"
+def test_apply_list_status_decisions_promote_rollback(tmp_path, make_db) -> None:
+    db = make_db("cli")
     f = tmp_path / "policies.toml"
     f.write_text(POLICIES)
     r = _run(db, "auto", "validate", str(f))
@@ -54,7 +54,7 @@ def test_apply_list_status_decisions_promote_rollback(tmp_path) -> None:
     from protege.store import Store
     from protege.store import auto as store_auto
 
-    store = Store(str(db))
+    store = Store(db)
     cyc = store_auto.create_cycle(store, pid, 0)
     store_auto.update_cycle(store, cyc.id, state="rejected", student_model="protege/intent@v1")
     store.close()
@@ -72,22 +72,24 @@ def test_apply_list_status_decisions_promote_rollback(tmp_path) -> None:
     assert r.exit_code == 1 and "no policy 'nope'" in r.output
 
 
-def test_bad_policy_file_is_one_line(tmp_path) -> None:
+def test_bad_policy_file_is_one_line(tmp_path, make_db) -> None:
+    db = make_db("x")
     f = tmp_path / "bad.toml"
     f.write_text(POLICIES.replace("tolerance = 0.05", "tolerance = -1"))
-    r = _run(tmp_path / "x.duckdb", "auto", "apply", str(f))
+    r = _run(db, "auto", "apply", str(f))
     assert r.exit_code == 1
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "gate.tolerance" in lines[0]
-    r = _run(tmp_path / "x.duckdb", "worker", "--policies", str(f), "--once")
+    r = _run(db, "worker", "--policies", str(f), "--once")
     assert r.exit_code == 1 and "gate.tolerance" in r.output
 
 
-def test_worker_once_loads_policies(tmp_path) -> None:
+def test_worker_once_loads_policies(tmp_path, make_db) -> None:
+    db = make_db("w")
     f = tmp_path / "policies.toml"
     f.write_text(POLICIES)
-    r = _run(tmp_path / "w.duckdb", "worker", "--policies", str(f), "--once")
+    r = _run(db, "worker", "--policies", str(f), "--once")
     assert r.exit_code == 0, r.output
     assert f"loaded policies from {f}" in r.output
-    r = _run(tmp_path / "w.duckdb", "auto", "list")
+    r = _run(db, "auto", "list")
     assert "intent" in r.output

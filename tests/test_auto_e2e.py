@@ -27,7 +27,7 @@ POLICY = topic_policy(rollout={"stages": ["shadow", "canary", "full"], "canary_p
 class Stack:
     """Teacher + proxy (+ the worker over the proxy's own store, as `protege serve --worker` runs it)."""
 
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, db: str) -> None:
         import uvicorn
 
         from protege.app import build_app
@@ -42,7 +42,7 @@ class Stack:
             return teacher_answer(FLIP[label] if self.flip else label)
 
         self.teacher = start_fake_openai(reply)
-        self.settings = Settings(db=str(tmp_path / "e2e.duckdb"), upstream=self.teacher.base_url, flush_interval=0.01)
+        self.settings = Settings(db=db, upstream=self.teacher.base_url, flush_interval=0.01)
         self.app, self.store, self.writer = build_app(self.settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="uvloop", http="httptools", log_level="warning")
         self.server = uvicorn.Server(config)
@@ -79,8 +79,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path):
-    s = Stack(tmp_path)
+def stack(make_db):
+    s = Stack(make_db("e2e"))
     yield s
     s.stop()
 

@@ -26,8 +26,8 @@ def policy(metrics: list, tolerance: float = 0.15) -> dict:
     return topic_policy(trigger={"min_new_completions": 100}, gate={"metrics": metrics, "tolerance": tolerance, "min_items": 30})
 
 
-def decide_once(tmp_path, spec: dict, noisy: bool = False) -> dict:
-    store = Store(str(tmp_path / "g.duckdb"))
+def decide_once(db: str, spec: dict, noisy: bool = False) -> dict:
+    store = Store(db)
     try:
         pid = save_policy(store, parse_policy(spec)).id
         if noisy:  # a teacher whose labels are noise: nothing can learn them, but the answers stay JSON
@@ -44,6 +44,12 @@ def decide_once(tmp_path, spec: dict, noisy: bool = False) -> dict:
         store.close()
 
 
+# The metric families differ in scoring only: DuckDB alone (each is a whole worker cycle, ~10-30 s).
+# The same store path (dataset, eval run, gate decision) runs on PostgreSQL in the eval-run tests
+# below and in test_auto_worker.py.
+FAMILY_ONLY = pytest.mark.backends("duckdb")
+
+
 def by_metric(d: dict) -> dict[str, dict]:
     return {m["metric"]: m for m in d["details"]["gate"]["metrics"]}
 
@@ -53,8 +59,9 @@ def assert_ci(m: dict) -> None:
     assert m["signature"] and m["test"] in ("paired-bootstrap", "mcnemar-exact", "mcnemar-chi2")
 
 
-def test_sacrebleu_family_bleu_and_chrf(tmp_path) -> None:
-    d = decide_once(tmp_path, policy(["bleu", "chrf", "chrf++"]))
+@FAMILY_ONLY
+def test_sacrebleu_family_bleu_and_chrf(make_db) -> None:
+    d = decide_once(make_db("g"), policy(["bleu", "chrf", "chrf++"]))
     ms = by_metric(d)
     assert set(ms) == {"bleu", "chrf", "chrf++"} and d["state"] == "promoted"
     for m in ms.values():
@@ -64,8 +71,9 @@ def test_sacrebleu_family_bleu_and_chrf(tmp_path) -> None:
     assert ms["bleu"]["signature"].startswith("nrefs:") or "bleu" in ms["bleu"]["signature"].lower()
 
 
-def test_rouge_family(tmp_path) -> None:
-    d = decide_once(tmp_path, policy(["rougeL", "rouge1", "rougeLsum"]))
+@FAMILY_ONLY
+def test_rouge_family(make_db) -> None:
+    d = decide_once(make_db("g"), policy(["rougeL", "rouge1", "rougeLsum"]))
     ms = by_metric(d)
     assert d["state"] == "promoted" and set(ms) == {"rougeL", "rouge1", "rougeLsum"}
     for m in ms.values():
@@ -73,8 +81,9 @@ def test_rouge_family(tmp_path) -> None:
         assert 0.5 < m["student"] < 1.0 and m["diff"] < 0
 
 
-def test_exact_and_label_family_rejects_a_student_that_cannot_learn(tmp_path) -> None:
-    d = decide_once(tmp_path, policy(["exact_match", "label_accuracy", "macro_f1"], tolerance=0.05), noisy=True)
+@FAMILY_ONLY
+def test_exact_and_label_family_rejects_a_student_that_cannot_learn(make_db) -> None:
+    d = decide_once(make_db("g"), policy(["exact_match", "label_accuracy", "macro_f1"], tolerance=0.05), noisy=True)
     assert d["state"] == "rejected"
     ms = by_metric(d)
     for name in ("exact_match", "label_accuracy", "macro_f1"):
@@ -83,9 +92,10 @@ def test_exact_and_label_family_rejects_a_student_that_cannot_learn(tmp_path) ->
     assert ms["exact_match"]["test"].startswith("mcnemar") and ms["macro_f1"]["test"] == "paired-bootstrap"
 
 
-def test_json_family_is_reference_free(tmp_path) -> None:
+@FAMILY_ONLY
+def test_json_family_is_reference_free(make_db) -> None:
     """Noise labels sink exact match, but every answer is still valid, schema-conforming JSON."""
-    d = decide_once(tmp_path, policy(["json_valid", {"name": "json_schema", "schema": SCHEMA}, "exact_match"], tolerance=0.05), noisy=True)
+    d = decide_once(make_db("g"), policy(["json_valid", {"name": "json_schema", "schema": SCHEMA}, "exact_match"], tolerance=0.05), noisy=True)
     ms = by_metric(d)
     assert d["state"] == "rejected" and "exact_match" in d["reason"] and "json" not in d["reason"]
     for name in ("json_valid", "json_schema"):
@@ -94,11 +104,12 @@ def test_json_family_is_reference_free(tmp_path) -> None:
     assert ms["exact_match"]["passed"] is False
 
 
-def test_graders_family(tmp_path) -> None:
+@FAMILY_ONLY
+def test_graders_family(make_db) -> None:
     metrics = [{"name": "string_check", "operation": "eq"},
                {"name": "text_similarity", "evaluation_metric": "fuzzy_match", "label": "fuzzy"},
                {"name": "text_similarity", "evaluation_metric": "rouge_l", "pass_threshold": 0.9, "label": "rouge_pass"}]
-    d = decide_once(tmp_path, policy(metrics))
+    d = decide_once(make_db("g"), policy(metrics))
     ms = by_metric(d)
     assert set(ms) == {"string_check", "fuzzy", "rouge_pass"} and d["state"] == "promoted"
     for m in ms.values():
@@ -107,7 +118,8 @@ def test_graders_family(tmp_path) -> None:
     assert "rouge_l" in ms["rouge_pass"]["signature"]
 
 
-def test_judge_gates_on_win_rate_against_the_teacher(tmp_path, monkeypatch) -> None:
+@FAMILY_ONLY
+def test_judge_gates_on_win_rate_against_the_teacher(make_db, monkeypatch) -> None:
     truth = dict(corpus())
 
     def judge(body: dict) -> str:
@@ -122,7 +134,7 @@ def test_judge_gates_on_win_rate_against_the_teacher(tmp_path, monkeypatch) -> N
     server = start_fake_openai(reply=judge)
     monkeypatch.setenv("JUDGE_KEY", "sk-judge")
     try:
-        d = decide_once(tmp_path, policy([{"name": "judge", "model": "judge-1", "base_url": server.base_url, "api_key_env": "JUDGE_KEY"}]))
+        d = decide_once(make_db("g"), policy([{"name": "judge", "model": "judge-1", "base_url": server.base_url, "api_key_env": "JUDGE_KEY"}]))
     finally:
         server.stop()
     m = by_metric(d)["judge"]
@@ -154,12 +166,13 @@ def test_bad_gate_metrics_are_one_line_policy_errors(metrics, words) -> None:
     assert words in exc.value.message and "\n" not in exc.value.message and exc.value.param == "gate.metrics"
 
 
-def test_the_gate_evaluation_is_also_an_eval_run_with_table_metrics(tmp_path) -> None:
+def test_the_gate_evaluation_is_also_an_eval_run_with_table_metrics(make_db) -> None:
     from protege.store import evals as store_evals
 
-    d = decide_once(tmp_path, policy(["rougeL", {"name": "json_schema", "schema": SCHEMA, "label": "schema"}]))
+    db = make_db("g")
+    d = decide_once(db, policy(["rougeL", {"name": "json_schema", "schema": SCHEMA, "label": "schema"}]))
     assert set(by_metric(d)) == {"rougeL", "schema"}
-    store = Store(str(tmp_path / "g.duckdb"))
+    store = Store(db)
     try:
         run = store_evals.get_run(store, d["details"]["eval_run_id"])
         assert run["status"] == "completed"
@@ -168,9 +181,9 @@ def test_the_gate_evaluation_is_also_an_eval_run_with_table_metrics(tmp_path) ->
         store.close()
 
 
-def test_a_judge_without_its_key_fails_the_cycle_with_a_clear_reason(tmp_path, monkeypatch) -> None:
+def test_a_judge_without_its_key_fails_the_cycle_with_a_clear_reason(make_db, monkeypatch) -> None:
     monkeypatch.delenv("JUDGE_KEY_MISSING", raising=False)
-    store = Store(str(tmp_path / "k.duckdb"))
+    store = Store(make_db("k"))
     try:
         spec = policy([{"name": "judge", "model": "judge-1", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "JUDGE_KEY_MISSING"}])
         pid = save_policy(store, parse_policy(spec)).id
@@ -207,13 +220,14 @@ def counted_match(monkeypatch):
     return CountedMatch
 
 
-def test_the_held_out_outputs_are_scored_once_and_the_gate_decides_on_the_eval_run(tmp_path, counted_match) -> None:
+def test_the_held_out_outputs_are_scored_once_and_the_gate_decides_on_the_eval_run(make_db, counted_match) -> None:
     from protege.store import evals as store_evals
 
     spec = policy(["exact_match", "counted_match"], tolerance=0.05)
     spec["gate"]["confidence"] = 0.9
-    d = decide_once(tmp_path, spec, noisy=True)
-    store = Store(str(tmp_path / "g.duckdb"))
+    db = make_db("g")
+    d = decide_once(db, spec, noisy=True)
+    store = Store(db)
     try:
         run = store_evals.get_run(store, d["details"]["eval_run_id"])
         items = store_evals.list_items(store, run["id"])

@@ -108,10 +108,10 @@ def test_durations() -> None:
             parse_duration(bad)
 
 
-def test_policies_are_stored_by_name_with_stable_ids(tmp_path) -> None:
+def test_policies_are_stored_by_name_with_stable_ids(make_db) -> None:
     from protege.distill.auto.policies import policy_object, save_policy, stored_policy
 
-    store = Store(str(tmp_path / "p.duckdb"))
+    store = Store(make_db("p"))
     a, _b = parse_policies_toml(GOOD)
     row1 = save_policy(store, a)
     assert row1.id.startswith("policy_")

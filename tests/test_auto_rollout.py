@@ -39,16 +39,16 @@ def pairs(store: Store, agree: int, disagree: int, primary_by: str = "teacher") 
     insert_records(store, recs)
 
 
-def setup(tmp_path):
-    store = Store(str(tmp_path / "r.duckdb"))
+def setup(make_db):
+    store = Store(make_db("r"))
     policy = parse_policy(POLICY)
     pid = save_policy(store, policy).id
     route = open_route(store, pid, policy, "protege/topic@v1", "shadow")
     return store, pid, route, Worker(store, None)
 
 
-def test_advances_through_stages_and_holds_below_min_compared(tmp_path) -> None:
-    store, pid, route, worker = setup(tmp_path)
+def test_advances_through_stages_and_holds_below_min_compared(make_db) -> None:
+    store, pid, route, worker = setup(make_db)
     pairs(store, agree=9, disagree=0)
     assert worker.run_once() == []  # 9 < min_compared
     pairs(store, agree=1, disagree=0)
@@ -72,8 +72,8 @@ def test_advances_through_stages_and_holds_below_min_compared(tmp_path) -> None:
     store.close()
 
 
-def test_rolls_back_below_threshold(tmp_path) -> None:
-    store, pid, route, worker = setup(tmp_path)
+def test_rolls_back_below_threshold(make_db) -> None:
+    store, pid, route, worker = setup(make_db)
     pairs(store, agree=7, disagree=3)  # 0.7 < 0.8
     actions = worker.run_once()
     assert store_auto.active_routes(store) == []
@@ -87,8 +87,8 @@ def test_rolls_back_below_threshold(tmp_path) -> None:
     store.close()
 
 
-def test_pairs_of_other_traffic_do_not_count(tmp_path) -> None:
-    store, _pid, _route, worker = setup(tmp_path)
+def test_pairs_of_other_traffic_do_not_count(make_db) -> None:
+    store, _pid, _route, worker = setup(make_db)
     recs = []
     for i in range(30):
         req = {"model": "teacher-model", "messages": [{"role": "user", "content": f"o{i}"}]}

@@ -24,8 +24,8 @@ def _policy(trigger: dict):
     return parse_policy({"name": "p", "match": {"model": "m", "metadata": {"task": "t"}}, "trigger": trigger})
 
 
-def test_count_trigger_counts_only_new_teacher_answers(tmp_path) -> None:
-    store = Store(str(tmp_path / "t.duckdb"))
+def test_count_trigger_counts_only_new_teacher_answers(make_db) -> None:
+    store = Store(make_db("t"))
     p = _policy({"min_new_completions": 5})
     pid = store_auto.put_policy(store, "p", p.to_dict()).id
     _add(store, 4)
@@ -41,8 +41,8 @@ def test_count_trigger_counts_only_new_teacher_answers(tmp_path) -> None:
     store.close()
 
 
-def test_schedule_and_min_interval(tmp_path) -> None:
-    store = Store(str(tmp_path / "t.duckdb"))
+def test_schedule_and_min_interval(make_db) -> None:
+    store = Store(make_db("t"))
     every = _policy({"every": "1h"})
     pid = store_auto.put_policy(store, "p", every.to_dict()).id
     assert not due(store, pid, every)[0]  # nothing to learn from yet

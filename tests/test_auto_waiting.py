@@ -40,9 +40,9 @@ def cli(db, *args: str):
     return CliRunner().invoke(app, ["--db", str(db), *args])
 
 
-def test_below_trigger_and_min_interval_are_said_in_the_log_once_and_status(tmp_path, caplog) -> None:
-    db = tmp_path / "w.duckdb"
-    store = Store(str(db))
+def test_below_trigger_and_min_interval_are_said_in_the_log_once_and_status(make_db, caplog) -> None:
+    db = make_db("w")
+    store = Store(db)
     pid = save_policy(store, parse_policy(POLICY)).id
     add(store, 0, 4)
     worker = Worker(store, None, interval=0.02)
@@ -79,21 +79,21 @@ def test_below_trigger_and_min_interval_are_said_in_the_log_once_and_status(tmp_
     assert w["kind"] == "min_interval" and w["new_eligible"] == 6 and w["next_at"] == math.ceil(cycle.created_at + 3600)
 
 
-def test_a_running_fine_tune_is_said_and_the_worker_api_shows_it(tmp_path) -> None:
+def test_a_running_fine_tune_is_said_and_the_worker_api_shows_it(make_db) -> None:
     """`serve --worker` as it runs: the worker API reports the pass and what each policy waits on."""
     from protege.app import build_app
     from protege.settings import Settings
     from tests.fakes.openai_finetune import FakeFineTuneServer
 
     ft = FakeFineTuneServer(step_seconds=30).start()  # a job that stays running through the test
-    db = tmp_path / "s.duckdb"
-    store = Store(str(db))
+    db = make_db("s")
+    store = Store(db)
     policy = {**POLICY, "trigger": {"min_new_completions": 100}, "gate": {**POLICY["gate"], "min_items": 10},
               "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14"}}
     pid = save_policy(store, parse_policy(policy)).id
     add(store, 0, 120)
     # The fine-tuning API is the upstream's (the fake's), as a deployment against OpenAI has it.
-    settings = Settings(db=str(db), upstream=ft.base_url, upstream_api_key="sk-test-ft", finetune_poll_interval=0.01)
+    settings = Settings(db=db, upstream=ft.base_url, upstream_api_key="sk-test-ft", finetune_poll_interval=0.01)
     worker = Worker(store, settings)
     actions = worker.run_once()
     assert any("fine-tune ftjob_" in a for a in actions), actions
@@ -102,7 +102,7 @@ def test_a_running_fine_tune_is_said_and_the_worker_api_shows_it(tmp_path) -> No
     assert len(worker.waiting) == 1 and worker.waiting[0].startswith(f"topic: waiting for fine-tune {job_id} ")
     store.close()
 
-    srv_settings = Settings(db=str(db), upstream=ft.base_url, upstream_api_key="sk-test-ft", finetune_poll_interval=0.01, run_worker=True)
+    srv_settings = Settings(db=db, upstream=ft.base_url, upstream_api_key="sk-test-ft", finetune_poll_interval=0.01, run_worker=True)
     served, sstore, writer = build_app(srv_settings)
     server = Served(served, fast=False)
     try:
@@ -125,8 +125,8 @@ def test_a_running_fine_tune_is_said_and_the_worker_api_shows_it(tmp_path) -> No
         ft.stop()
 
 
-def test_too_few_held_out_items_reject_before_training_and_do_not_burn_min_interval(tmp_path) -> None:
-    store = Store(str(tmp_path / "f.duckdb"))
+def test_too_few_held_out_items_reject_before_training_and_do_not_burn_min_interval(make_db) -> None:
+    store = Store(make_db("f"))
     policy = parse_policy({**POLICY, "trigger": {"min_new_completions": 20, "min_interval": "1h"},
                            "dataset": {"validation_fraction": 0.2}})
     pid = save_policy(store, policy).id
@@ -158,7 +158,8 @@ def test_too_few_held_out_items_reject_before_training_and_do_not_burn_min_inter
     store.close()
 
 
-def test_validate_warns_when_min_items_cannot_be_reached(tmp_path) -> None:
+def test_validate_warns_when_min_items_cannot_be_reached(tmp_path, make_db) -> None:
+    db = make_db("x")
     f = tmp_path / "p.toml"
     f.write_text("""
 [[policy]]
@@ -168,7 +169,7 @@ trigger = { min_new_completions = 200 }
 dataset = { validation_fraction = 0.1 }
 gate = { metrics = ["label_accuracy"], min_items = 50 }
 """)
-    r = cli(tmp_path / "x.duckdb", "auto", "validate", str(f))
+    r = cli(db, "auto", "validate", str(f))
     assert r.exit_code == 0 and r.stdout == "1 policy OK: topics\n"
     assert r.stderr.splitlines() == [
         "warning: topics: gate.min_items 50 with dataset.validation_fraction 0.1 needs at least 500 examples in a cycle's "
@@ -176,5 +177,5 @@ gate = { metrics = ["label_accuracy"], min_items = 50 }
         "retried once there are 500)"
     ]
     f.write_text(f.read_text().replace("min_new_completions = 200", "min_new_completions = 500"))
-    r = cli(tmp_path / "x.duckdb", "auto", "validate", str(f))
+    r = cli(db, "auto", "validate", str(f))
     assert r.exit_code == 0 and r.stderr == ""

@@ -1,4 +1,4 @@
-"""The loop over real parts (dataset builder, local student, jobs, gate) on a real DuckDB file:
+"""The loop over real parts (dataset builder, local student, jobs, gate) on a real store (each backend):
 trigger, train, evaluate on the held-out split, decide, roll out; and resume after a crash or a
 SIGKILL without a second job."""
 
@@ -24,8 +24,8 @@ from tests.fixtures.auto import (POLICY, captured, corpus, fill, job_rows, polic
                                  teacher_answer)
 
 
-def test_trigger_train_gate_promote(tmp_path) -> None:
-    store = Store(str(tmp_path / "w.duckdb"))
+def test_trigger_train_gate_promote(make_db) -> None:
+    store = Store(make_db("w"))
     pid = save_policy(store, parse_policy(POLICY)).id
     worker = Worker(store, None)
     fill(store, 150)
@@ -60,8 +60,8 @@ def test_trigger_train_gate_promote(tmp_path) -> None:
     store.close()
 
 
-def test_gate_rejects_a_student_that_cannot_match_the_teacher(tmp_path) -> None:
-    store = Store(str(tmp_path / "w.duckdb"))
+def test_gate_rejects_a_student_that_cannot_match_the_teacher(make_db) -> None:
+    store = Store(make_db("w"))
     strict = {**POLICY, "gate": {"metrics": ["exact_match"], "tolerance": 0.0, "min_items": 30}}
     pid = save_policy(store, parse_policy(strict)).id
     # a teacher whose labels are noise: no student can learn them
@@ -76,8 +76,8 @@ def test_gate_rejects_a_student_that_cannot_match_the_teacher(tmp_path) -> None:
     store.close()
 
 
-def test_too_little_data_fails_the_cycle_with_a_reason(tmp_path) -> None:
-    store = Store(str(tmp_path / "w.duckdb"))
+def test_too_little_data_fails_the_cycle_with_a_reason(make_db) -> None:
+    store = Store(make_db("w"))
     pid = save_policy(store, parse_policy({**POLICY, "trigger": {"min_new_completions": 1},
                                            "dataset": {"validation_fraction": 0.5}})).id
     fill(store, 3)
@@ -89,8 +89,8 @@ def test_too_little_data_fails_the_cycle_with_a_reason(tmp_path) -> None:
     store.close()
 
 
-def test_crash_between_job_start_and_recording_adopts_the_job(tmp_path, monkeypatch) -> None:
-    path = str(tmp_path / "w.duckdb")
+def test_crash_between_job_start_and_recording_adopts_the_job(make_db, monkeypatch) -> None:
+    path = make_db("w")
     store = Store(path)
     pid = save_policy(store, parse_policy(POLICY)).id
     fill(store)
@@ -122,16 +122,17 @@ def test_crash_between_job_start_and_recording_adopts_the_job(tmp_path, monkeypa
     store.close()
 
 
-def test_sigkilled_worker_resumes_without_a_second_job(tmp_path) -> None:
-    db = tmp_path / "k.duckdb"
-    store = Store(str(db))
+def test_sigkilled_worker_resumes_without_a_second_job(tmp_path, make_db) -> None:
+    db = make_db("k")
+    store = Store(db)
+    data_dir = store.data_dir  # the worker process runs in the repo root: its artifacts go where this test reopens them
     fill(store)
     store.close()
     pfile = tmp_path / "policies.toml"
 
     pfile.write_text(policy_toml(POLICY))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "protege", "--db", str(db), "worker", "--policies", str(pfile), "--interval", "0.05"],
+    proc = subprocess.Popen([sys.executable, "-m", "protege", "--db", db, "--data-dir", str(data_dir), "worker", "--policies", str(pfile), "--interval", "0.05"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(Path(__file__).parent.parent))
     try:
         seen = started_job_lines(proc)
@@ -140,7 +141,7 @@ def test_sigkilled_worker_resumes_without_a_second_job(tmp_path) -> None:
         proc.kill()
         proc.wait(10)
     assert any("started" in s for s in seen), seen
-    store = Store(str(db))
+    store = Store(db, data_dir=data_dir)
     pid = store_auto.get_policy(store, "topic").id
     cycle = store_auto.last_cycle(store, pid)
     assert cycle.state in ("training", "launching", "evaluating", "promoted")
@@ -156,11 +157,11 @@ def test_sigkilled_worker_resumes_without_a_second_job(tmp_path) -> None:
     store.close()
 
 
-def test_local_job_whose_thread_died_is_retrained_into_the_same_job(tmp_path, monkeypatch) -> None:
+def test_local_job_whose_thread_died_is_retrained_into_the_same_job(make_db, monkeypatch) -> None:
     from protege.distill.finetune import local_student
     from protege.store import jobs as store_jobs
 
-    path = str(tmp_path / "w.duckdb")
+    path = make_db("w")
     store = Store(path)
     pid = save_policy(store, parse_policy(POLICY)).id
     fill(store)
@@ -190,7 +191,7 @@ def test_local_job_whose_thread_died_is_retrained_into_the_same_job(tmp_path, mo
     store.close()
 
 
-def test_openai_backend_cycle_against_fakes(tmp_path) -> None:
+def test_openai_backend_cycle_against_fakes(make_db) -> None:
     """Cloud student: the fine-tune goes through the openai SDK to the fake Fine-tuning API and is
     polled pass by pass; the gate asks the fine-tuned model (via the SDK) on the held-out prompts."""
     from protege.settings import Settings
@@ -206,12 +207,13 @@ def test_openai_backend_cycle_against_fakes(tmp_path) -> None:
 
     chat = start_fake_openai(student)
     ft = FakeFineTuneServer(step_seconds=0.5).start()  # ~3 s a job: a loaded machine must not finish it within the first pass
-    store = Store(str(tmp_path / "o.duckdb"))
+    db = make_db("o")
+    store = Store(db)
     try:
         policy = {**POLICY, "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14", "hyperparameters": {"n_epochs": 2}}}
         pid = save_policy(store, parse_policy(policy)).id
         fill(store)
-        settings = Settings(db=str(tmp_path / "o.duckdb"), upstream=chat.base_url, upstream_api_key="sk-test-upstream")
+        settings = Settings(db=db, upstream=chat.base_url, upstream_api_key="sk-test-upstream")
         worker = Worker(store, settings, backend_options={"openai": {"base_url": ft.base_url, "api_key": "sk-test-ft", "poll_interval": 0.01}})
         first = worker.run_once()
         assert any("fine-tune ftjob_" in a for a in first)
@@ -235,16 +237,17 @@ def test_openai_backend_cycle_against_fakes(tmp_path) -> None:
         chat.stop()
 
 
-def test_a_refused_fine_tune_fails_the_cycle_once(tmp_path, monkeypatch) -> None:
+def test_a_refused_fine_tune_fails_the_cycle_once(make_db, monkeypatch) -> None:
     from protege.settings import Settings
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("PROTEGE_UPSTREAM_API_KEY", raising=False)
-    store = Store(str(tmp_path / "n.duckdb"))
+    db = make_db("n")
+    store = Store(db)
     policy = {**POLICY, "student": {"backend": "openai", "base_model": "gpt-4.1-mini-2025-04-14"}}
     pid = save_policy(store, parse_policy(policy)).id
     fill(store)
-    worker = Worker(store, Settings(db=str(tmp_path / "n.duckdb"), upstream="http://127.0.0.1:9/v1"))
+    worker = Worker(store, Settings(db=db, upstream="http://127.0.0.1:9/v1"))
     actions = worker.run_once()
     cycle = store_auto.last_cycle(store, pid)
     assert cycle.state == "failed" and "OPENAI_API_KEY" in cycle.error, actions

@@ -45,13 +45,13 @@ def teacher_reply(body: dict) -> str | dict:
 class Stack:
     """Teacher + the whole Protege app (proxy, APIs, console) with an admin key configured."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, db: str, data_dir: Path | None = None) -> None:
         from protege.app import build_app
         from protege.settings import Settings
 
         self.teacher = start_fake_openai(teacher_reply)
-        self.settings = Settings(db=str(tmp / "console.duckdb"), upstream=self.teacher.base_url, flush_interval=0.01,
-                                 admin_keys=[ADMIN_KEY])
+        self.settings = Settings(db=db, data_dir=str(data_dir) if data_dir else None, upstream=self.teacher.base_url,
+                                 flush_interval=0.01, admin_keys=[ADMIN_KEY])
         self.app, self.store, self.writer = build_app(self.settings)
         self.served = Served(self.app)
         self.url = self.served.url
@@ -84,9 +84,15 @@ class Stack:
         self.teacher.stop()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    s = Stack(tmp_path_factory.mktemp("console"))
+# Each backend's module-wide stack (the conftest's ``backend`` parameter is per test; the pages here
+# share one app and store across the module's tests, so the parameter is the fixture's own).
+@pytest.fixture(scope="module", params=["duckdb", "postgresql"])
+def stack(request, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("console")
+    if request.param == "postgresql":
+        s = Stack(request.getfixturevalue("postgres_server").database(), data_dir=tmp / "protege-data")
+    else:
+        s = Stack(str(tmp / "console.duckdb"))
     yield s
     s.stop()
 

@@ -1,9 +1,8 @@
 """The console's access rules and form handling over HTTP (no browser): the whole app's FastAPI part
-on a real DuckDB file, through Starlette's TestClient."""
+on a real store (each backend), through Starlette's TestClient."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,8 +25,8 @@ def _records(n: int, **extra) -> list[dict]:
 
 
 @pytest.fixture
-def app(tmp_path: Path):
-    application, store, _writer = build_app(Settings(db=str(tmp_path / "h.duckdb"), admin_keys=[ADMIN]))
+def app(make_db):
+    application, store, _writer = build_app(Settings(db=make_db("h"), admin_keys=[ADMIN]))
     insert_records(store, _records(30))
     with TestClient(application.api, base_url="http://127.0.0.1:8000") as client:
         client.store = store  # type: ignore[attr-defined]
@@ -186,3 +185,21 @@ def test_dataset_page_shows_the_answers_label_distribution(app: TestClient) -> N
     assert set(rows) == {"spam", "ham"} and sum(map(sum, rows.values())) == 10
     for label, (train, val) in rows.items():
         assert f"<td>{label}</td><td class=\"n\">{train}</td><td class=\"n\">{val}</td>" in r.text
+
+
+def test_the_overview_counts_buckets_and_times_the_window(app: TestClient) -> None:
+    """The overview page's numbers (store/traffic.overview): on PostgreSQL too, whose SQL has no
+    quantile_cont or ``//`` (the page answered 500 there)."""
+    from protege.store.traffic import overview
+
+    insert_records(app.store, [{**r, "latency_ms": float(10 * (i + 1))} for i, r in enumerate(_records(40, source="proxy"))
+                               if i >= 30])  # 10 more, created 1_700_000_030..39, 310..400 ms
+    ov = overview(app.store, since=1_700_000_000, bucket_s=60)
+    assert ov["requests"] == 40 and ov["errors"] == 0 and ov["tokens"] == 280
+    assert ov["latency_ms"] == {"p50": 355.0, "p95": 395.5, "p99": 399.1}
+    # 1_700_000_000 is 20 s into its minute: captures 0..39 share one bucket
+    (bucket,) = ov["buckets"]
+    assert bucket["t"] == 1_700_000_000 - 20 and bucket["requests"] == 40 and bucket["p50_ms"] == 355.0
+    assert overview(app.store, since=1_700_000_035, bucket_s=60)["requests"] == 5
+    r = app.get("/ui/", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 200 and 'id="stat-requests">' in r.text

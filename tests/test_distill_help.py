@@ -44,8 +44,8 @@ def test_short_flags_mean_model_and_out() -> None:
     assert seen == {"-m": {"--model"}, "-o": {"--out"}}
 
 
-def test_renamed_options_keep_their_long_names_as_hidden_aliases(tmp_path) -> None:
-    db = str(tmp_path / "h.duckdb")
+def test_renamed_options_keep_their_long_names_as_hidden_aliases(make_db) -> None:
+    db = make_db("h")
     for old, new in (("--learning-rate-multiplier", "--lr-multiplier"), ("--gradient-accumulation-steps", "--grad-accum-steps")):
         value = "x" if "multiplier" in old else "y"
         for flag in (old, new):

@@ -6,7 +6,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -21,6 +20,7 @@ from protege.store import Store
 from protege.store import jobs as store_jobs
 from tests.fakes.openai_finetune import FakeFineTuneServer
 from tests.fixtures.jsonl import write_jsonl
+from tests.fixtures.stores import stored_bytes
 from tests.fixtures.http import RouterServer as _Server
 
 
@@ -43,8 +43,8 @@ def fast_polls(monkeypatch):
 
 
 @pytest.fixture
-def settings(fake, tmp_path):
-    return load_settings(db=str(tmp_path / "p.duckdb"), upstream=fake.base_url, upstream_api_key="sk-test")
+def settings(fake, make_db):
+    return load_settings(db=make_db("p"), upstream=fake.base_url, upstream_api_key="sk-test")
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_job_lifecycle_is_recorded_in_the_store(store, settings, tmp_path):
     n = len(events)
     jobs.sync_job(store, job["id"], settings=settings)
     assert len(jobs.list_events(store, job["id"], limit=100)[0]) == n
-    # the record survives reopening the file
+    # the record survives reopening the store
     path, data_dir = store.path, store.data_dir
     store.close()
     again = Store(path, data_dir=data_dir)
@@ -117,9 +117,9 @@ def test_provider_refusal_marks_the_job_failed(store, settings, tmp_path):
     assert [h["status"] for h in store_jobs.status_history(store, job["id"])] == ["validating_files", "failed"]
 
 
-def test_cancel_and_sync_all(tmp_path, monkeypatch):
+def test_cancel_and_sync_all(tmp_path, make_db, monkeypatch):
     with FakeFineTuneServer(step_seconds=0.5) as slow:
-        settings = load_settings(db=str(tmp_path / "c.duckdb"), upstream=slow.base_url, upstream_api_key="sk-test")
+        settings = load_settings(db=make_db("c"), upstream=slow.base_url, upstream_api_key="sk-test")
         store = Store(settings.db, data_dir=settings.data_path)
         try:
             train = write_jsonl(tmp_path / "t.jsonl", chat_rows())
@@ -176,8 +176,8 @@ def _cli(args: list[str], env: dict[str, str]):
     return CliRunner().invoke(app, args, env=env)
 
 
-def test_cli_start_status_list_events_cancel(fake, tmp_path):
-    db = str(tmp_path / "cli.duckdb")
+def test_cli_start_status_list_events_cancel(fake, tmp_path, make_db):
+    db = make_db("cli")
     env = {"PROTEGE_UPSTREAM": fake.base_url, "OPENAI_API_KEY": "sk-test", "PROTEGE_FINETUNE_POLL_INTERVAL": "0.02"}
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows())
     r = _cli(["--db", db, "finetune", "start", "-t", train, "-m", "gpt-4o-mini", "--n-epochs", "2", "--suffix", "cli",
@@ -274,8 +274,9 @@ def test_continue_from_an_earlier_job_and_azure_from_settings(fake, store, tmp_p
     seen = fake.requests[before:]
     assert all(r["path"].startswith("/openai/") and r["query"]["api-version"] == "2024-10-21" for r in seen)
     assert {r["credential"] for r in seen} == {"az-settings-key"}
-    # the key came from settings and is nowhere in the store
-    for f in Path(store.path).parent.rglob("*"):
+    # the key came from settings and is nowhere in the store (its tables, or any file of this test's)
+    assert b"az-settings-key" not in stored_bytes(store.path)
+    for f in tmp_path.rglob("*"):
         if f.is_file():
             assert b"az-settings-key" not in f.read_bytes(), f
 

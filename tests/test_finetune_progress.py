@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from protege.distill.finetune import jobs
 from protege.store import Store
 from typer.testing import CliRunner
@@ -22,8 +23,8 @@ def _train_file(path: Path) -> str:
     return str(path)
 
 
-def test_local_job_records_its_steps(tmp_path) -> None:
-    store = Store(str(tmp_path / "s.duckdb"))
+def test_local_job_records_its_steps(tmp_path, make_db) -> None:
+    store = Store(make_db("s"))
     seen: list[tuple[int, int]] = []
     job = jobs.start_job(store, backend="local", training_file=_train_file(tmp_path / "t.jsonl"), name="steps")
     job = jobs.wait_job(store, job["id"], interval=0.01, timeout=120,
@@ -35,9 +36,9 @@ def test_local_job_records_its_steps(tmp_path) -> None:
     store.close()
 
 
-def test_cli_wait_shows_the_steps_and_json_stays_clean(tmp_path) -> None:
+def test_cli_wait_shows_the_steps_and_json_stays_clean(tmp_path, make_db) -> None:
     train = _train_file(tmp_path / "t.jsonl")
-    db = str(tmp_path / "c.duckdb")
+    db = make_db("c")
     r = CliRunner().invoke(app, ["--db", db, "finetune", "start", "--backend", "local", "-t", train, "--name", "a", "--wait"])
     assert r.exit_code == 0, r.output
     assert "training step 5/5 (saved)" in r.stderr and "protege/a@v1" in r.stdout
@@ -46,9 +47,12 @@ def test_cli_wait_shows_the_steps_and_json_stays_clean(tmp_path) -> None:
     assert json.loads(r.stdout)["fine_tuned_model"] == "protege/b@v1" and "training step" not in r.stderr
 
 
-def test_the_bar_is_drawn_on_a_terminal(tmp_path) -> None:
+# What a terminal shows (a process on a pty, ~10-40 s): DuckDB only; the steps it draws come from the
+# store, read on PostgreSQL too by test_cli_wait_shows_the_steps_and_json_stays_clean.
+@pytest.mark.backends("duckdb")
+def test_the_bar_is_drawn_on_a_terminal(tmp_path, make_db) -> None:
     train = _train_file(tmp_path / "t.jsonl")
-    code, out, err = run_protege(["--db", str(tmp_path / "p.duckdb"), "finetune", "start", "--backend", "local",
+    code, out, err = run_protege(["--db", make_db("p"), "finetune", "start", "--backend", "local",
                                   "-t", train, "--name", "tty", "--wait", "--poll-interval", "0.01"])
     assert code == 0, err
     assert "training step 5/5" in err and "5/5" in err and "protege/tty@v1" in out

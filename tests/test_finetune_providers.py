@@ -136,7 +136,7 @@ def test_openai_refusal_reaches_the_user_verbatim_with_the_way_out(tmp_path) -> 
     assert exc.value.status == 403 and exc.value.code == "fine_tuning_unavailable"
 
 
-def test_openai_refusal_through_the_cli(tmp_path, monkeypatch) -> None:
+def test_openai_refusal_through_the_cli(tmp_path, make_db, monkeypatch) -> None:
     """The CLI prints the refusal and the hint on stderr and exits non-zero."""
     from typer.testing import CliRunner
 
@@ -147,7 +147,7 @@ def test_openai_refusal_through_the_cli(tmp_path, monkeypatch) -> None:
         monkeypatch.setenv("PROTEGE_UPSTREAM_API_KEY", "sk-test")
         monkeypatch.setenv("PROTEGE_FINETUNE_POLL_INTERVAL", "0.01")
         train = jsonl(tmp_path / "t.jsonl", rows())
-        result = CliRunner().invoke(app, ["--db", str(tmp_path / "p.duckdb"), "finetune", "start", "--backend", "openai",
+        result = CliRunner().invoke(app, ["--db", make_db("p"), "finetune", "start", "--backend", "openai",
                                           "--model", "gpt-4.1-mini", "--training-file", train])
     assert result.exit_code != 0
     err = result.stderr if hasattr(result, "stderr") else result.output

@@ -93,6 +93,8 @@ def capture_walkthrough_traffic(db: Path) -> None:
     assert not thread.is_alive()
 
 
+# DuckDB only, as the README is written: section 6 runs on the default protege.duckdb and shows no
+# PostgreSQL command (the same policies and commands run on PostgreSQL in test_auto_cli/test_auto_worker).
 def test_readme_section_6_runs_as_written(tmp_path) -> None:
     assert len(corpus()) == 428  # "the 428 captured requests of this walkthrough"
     capture_walkthrough_traffic(tmp_path / "protege.duckdb")

@@ -205,6 +205,8 @@ def _processes_with(cmdline: str) -> list[int]:
     return found
 
 
+# The walkthrough runs on the README's default store (DuckDB): its PostgreSQL commands are in the
+# unnumbered Configuration section, which the runner does not run (they name a server of their own).
 @pytest.mark.skipif(os.environ.get("PROTEGE_WALKTHROUGH") != "1", reason="minutes long: set PROTEGE_WALKTHROUGH=1 to run the README walkthrough")
 def test_the_readme_walkthrough_runs_as_written(tmp_path):
     out = tmp_path / "results.json"
