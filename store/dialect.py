@@ -37,6 +37,11 @@ class Dialect:
         """The continuous (interpolated) ``q`` quantile of ``col``, an aggregate."""
         return f"quantile_cont({col}, {float(q)!r})"
 
+    def json_text(self, col: str, key: str) -> str:
+        """The top-level field ``key`` (a literal identifier, never a value) of the JSON text in
+        ``col``, as text (NULL where absent)."""
+        return f"json_extract_string({col}, '$.{key}')"
+
 
 class PostgresDialect(Dialect):
     """PostgreSQL's spelling: ``jsonb`` containment (``@>``) on the metadata, served by the GIN
@@ -66,6 +71,9 @@ class PostgresDialect(Dialect):
 
     def quantile(self, col: str, q: float) -> str:
         return f"percentile_cont({float(q)!r}) WITHIN GROUP (ORDER BY {col})"
+
+    def json_text(self, col: str, key: str) -> str:
+        return f"(({col})::jsonb ->> '{key}')"
 
 
 DUCKDB = Dialect()

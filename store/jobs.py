@@ -437,7 +437,7 @@ def student_verdicts(store) -> dict[str, dict[str, Any]]:
             elif state == "promoted":
                 e["gate"] = "promote"
         rows = cur.execute(
-            "SELECT outcome, json_extract_string(details, '$.student_model') FROM auto_decisions WHERE kind = 'gate' ORDER BY created_at"
+            f"SELECT outcome, {store.dialect.json_text('details', 'student_model')} FROM auto_decisions WHERE kind = 'gate' ORDER BY created_at"
         ).fetchall()
         for outcome, model in rows:
             if model:

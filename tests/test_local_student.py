@@ -111,6 +111,9 @@ def test_artifact_is_versioned_hashed_and_reloads(trained, data):
     assert label == "trivia" and answer == '{"label": "trivia"}' and 0 <= conf <= 1
 
 
+# A training job (seconds) to check the artifact file against its row: DuckDB only; the row's sha256
+# on PostgreSQL is test_artifact_is_versioned_hashed_and_reloads[postgresql].
+@pytest.mark.backends("duckdb")
 def test_tampered_artifact_is_refused(store_db, data):
     store = Store(store_db)
     try:
@@ -236,6 +239,9 @@ def test_served_through_the_proxy_with_the_openai_sdk(data, store_db, tmp_path):
         served.stop(10)
 
 
+# Two training jobs: DuckDB only. On PostgreSQL a job through the runner is the `trained` tests, and
+# one started over HTTP is test_http_jobs_train_on_examples_uploaded_inline[postgresql].
+@pytest.mark.backends("duckdb")
 def test_cli_and_http_start_local_jobs(data, make_db, tmp_path):
     from fastapi import FastAPI
 
