@@ -179,6 +179,24 @@ def test_student_without_server_is_a_one_line_error(dbfile: str) -> None:
         store.close()
 
 
+@pytest.mark.backends("postgresql")  # a database URL: its replicas leave no server record to follow
+def test_student_on_a_database_url_says_to_name_a_replica_and_hides_the_password(dbfile: str) -> None:
+    """On PostgreSQL no one server holds the store, so a protege/ candidate without base_url cannot
+    be sent anywhere: one line that says to give a replica's base_url, with the URL's password hidden."""
+    user, rest = dbfile.split("://", 1)[1].split("@", 1)
+    with_password = f"postgresql://{user}:sk-not-a-real-password@{rest}"  # the test server trusts 127.0.0.1
+    res = cli(with_password, "run", "--model", "gpt-4o", "--candidate", "name=s,model=protege/geo")
+    assert res.exit_code != 0
+    line = one_error_line(res)
+    assert "protege/geo" in line and "base_url of a `protege serve` replica" in line and ":***@" in line, line
+    assert "sk-not-a-real-password" not in res.stdout + res.stderr
+    store = Store(dbfile, read_only=True)
+    try:
+        assert db.list_runs(store)[0] == []  # refused before any item was frozen
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors are counted apart from scores
 
