@@ -181,6 +181,9 @@ def test_histograms_show_their_counts(report_html: dict[str, str]) -> None:
     assert sorted(int(t) for c, t in hist[0]["texts"] if c == "count") == [3, 9]
 
 
+# A picture of the same HTML whatever the store (the tests above check that HTML on both backends),
+# and a chromium start: DuckDB only.
+@pytest.mark.backends("duckdb")
 def test_screenshot_in_chromium(report_html: dict[str, str], tmp_path: Path) -> None:
     chromium = os.environ.get("PROTEGE_CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).exists():
