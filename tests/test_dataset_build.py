@@ -1,4 +1,4 @@
-"""Building datasets from captured completions in a real DuckDB file."""
+"""Building datasets from captured completions in a real store, on each backend."""
 
 from __future__ import annotations
 
@@ -20,12 +20,6 @@ from protege.store import Store, insert_records
 from protege.store.feedback import add_feedback
 
 from tests.fixtures.records import SYSTEM, make_record
-
-def make_store(tmp_path: Path, records: list[dict]) -> Store:
-    store = Store(str(tmp_path / "p.duckdb"))
-    insert_records(store, records)
-    return store
-
 
 def read_jsonl(path) -> list[dict]:
     return [orjson.loads(line) for line in Path(path).read_bytes().splitlines()]

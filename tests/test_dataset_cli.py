@@ -1,4 +1,4 @@
-"""`protege dataset build|list|show` and `protege feedback add|list` against a real DuckDB file."""
+"""`protege dataset build|list|show` and `protege feedback add|list` against a real store, on each backend."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ def run(db, *args):
     return CliRunner().invoke(app, ["--db", str(db), *args])
 
 
-def test_feedback_and_dataset_commands(tmp_path):
-    db = tmp_path / "cli.duckdb"
-    store = Store(str(db))
+def test_feedback_and_dataset_commands(store_db):
+    db = store_db
+    store = Store(db)
     insert_records(store, [make_record(i, answer=["billing", "technical"][i % 2]) for i in range(20)])
     store.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 from protege.distill import DatasetOptions, build_dataset
 from protege.store import Store, insert_records
 from protege.store.messages import normalise_label
@@ -23,8 +24,8 @@ def _records(n: int) -> list[dict]:
     return [make_record(i, answer=ANSWERS[i % len(ANSWERS)]) for i in range(n)]
 
 
-def test_label_distribution_uses_the_one_label_rule_in_object_and_card(tmp_path) -> None:
-    store = Store(str(tmp_path / "l.duckdb"))
+def test_label_distribution_uses_the_one_label_rule_in_object_and_card(store_db) -> None:
+    store = Store(store_db)
     insert_records(store, _records(60))
     for stratify in (False, True):  # the one-pass and the two-pass build count the same
         dv = build_dataset(store, DatasetOptions(name=f"labels{stratify}", validation_fraction=0.2, seed=1, stratify=stratify,
@@ -45,8 +46,8 @@ def test_label_distribution_uses_the_one_label_rule_in_object_and_card(tmp_path)
     store.close()
 
 
-def test_free_form_answers_are_said_to_be_and_capped(tmp_path) -> None:
-    store = Store(str(tmp_path / "f.duckdb"))
+def test_free_form_answers_are_said_to_be_and_capped(store_db) -> None:
+    store = Store(store_db)
     insert_records(store, [make_record(i, answer=f"A long free answer number {i}.") for i in range(80)])
     dv = build_dataset(store, DatasetOptions(name="free", validation_fraction=0.1))
     dist = dv.stats["label_distribution"]
@@ -57,13 +58,13 @@ def test_free_form_answers_are_said_to_be_and_capped(tmp_path) -> None:
     store.close()
 
 
-def _cli(db: Path, *args: str):
+def _cli(db: str, *args: str):
     return CliRunner().invoke(app, ["--db", str(db), *args])
 
 
-def test_build_says_what_validation_found_on_stderr_and_in_json(tmp_path) -> None:
-    db = tmp_path / "v.duckdb"
-    store = Store(str(db))
+def test_build_says_what_validation_found_on_stderr_and_in_json(store_db) -> None:
+    db = store_db
+    store = Store(db)
     recs = _records(6)
     recs.append(make_record(40, user=""))  # empty user content: dropped as missing_content
     recs.append(make_record(41, user="", answer="ham"))
@@ -87,7 +88,7 @@ def test_build_says_what_validation_found_on_stderr_and_in_json(tmp_path) -> Non
     assert "warning: train: 6 examples" in r.stderr
 
     # A clean build says nothing of the kind.
-    store = Store(str(db))
+    store = Store(db)
     insert_records(store, [make_record(100 + i, answer=ANSWERS[i % 6]) for i in range(20)])
     store.close()
     r = _cli(db, "dataset", "build", "--name", "clean", "--model", "gpt-4o", "--validation", "0.1", "--since", "1700000100")
@@ -95,14 +96,17 @@ def test_build_says_what_validation_found_on_stderr_and_in_json(tmp_path) -> Non
     assert r.stderr == "" and "problem" not in r.stdout
 
 
-def _build_process(db: Path, *extra: str, tty: bool) -> tuple[int, str, str]:
+def _build_process(db: str, *extra: str, tty: bool) -> tuple[int, str, str]:
     """`protege dataset build` as its own process, stderr a pseudo-terminal when ``tty``."""
     return run_protege(["--db", str(db), "dataset", "build", "--name", "bar", *extra], tty=tty)
 
 
-def test_progress_bar_on_a_terminal_only_and_json_untouched(tmp_path) -> None:
-    db = tmp_path / "p.duckdb"
-    store = Store(str(db))
+# The bar does not depend on the store and each run is a CLI process: DuckDB only; `dataset build`
+# through the CLI on PostgreSQL is test_build_says_what_validation_found_... and test_dataset_cli.py.
+@pytest.mark.backends("duckdb")
+def test_progress_bar_on_a_terminal_only_and_json_untouched(store_db) -> None:
+    db = store_db
+    store = Store(db)
     insert_records(store, _records(30))
     store.close()
     rc, out, err = _build_process(db, "--json", tty=True)
@@ -115,10 +119,10 @@ def test_progress_bar_on_a_terminal_only_and_json_untouched(tmp_path) -> None:
     assert "bar v2" in out
 
 
-def test_free_form_batches_stop_reading_labels_but_label_like_ones_never_do(tmp_path) -> None:
+def test_free_form_batches_stop_reading_labels_but_label_like_ones_never_do(make_db) -> None:
     from protege.distill.datasets.builder import LABEL_SAMPLE
 
-    store = Store(str(tmp_path / "ff.duckdb"))
+    store = Store(make_db("ff"))
     n = LABEL_SAMPLE + 200
     insert_records(store, [make_record(i, answer=f"Free answer {i}, long enough to be prose.") for i in range(n)])
     dv = build_dataset(store, DatasetOptions(name="ff", validation_fraction=0.1))
@@ -128,7 +132,7 @@ def test_free_form_batches_stop_reading_labels_but_label_like_ones_never_do(tmp_
     assert dist["other"]["count"] == n - 50
     store.close()
     # A label-like dataset of the same size is read in full.
-    store = Store(str(tmp_path / "ll.duckdb"))
+    store = Store(make_db("ll"))
     insert_records(store, [make_record(i, answer=ANSWERS[i % 6]) for i in range(n)])
     dist = build_dataset(store, DatasetOptions(name="ll", validation_fraction=0.1)).stats["label_distribution"]
     assert dist["not_read"] == 0 and dist["distinct"] == 2 and dist["free_form"] is False and dist["examples"] == n

@@ -8,12 +8,12 @@ from protege.settings import load_settings
 from tests.fixtures.http import Served, call
 
 
-def test_traffic_through_the_proxy_becomes_a_dataset(tmp_path, fake_openai):
+def test_traffic_through_the_proxy_becomes_a_dataset(store_db, fake_openai):
     from openai import OpenAI
 
     from protege.app import build_app
 
-    settings = load_settings(db=str(tmp_path / "e2e.duckdb"), upstream=fake_openai.base_url)
+    settings = load_settings(db=store_db, upstream=fake_openai.base_url)
     app, store, writer = build_app(settings)
     served = Served(app, fast=False)
     try:

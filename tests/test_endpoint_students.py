@@ -14,15 +14,16 @@ from protege.settings import Settings
 from protege.store import Store
 from protege.store import auto as store_auto
 from tests.fakes.openai_upstream import start_fake_openai
+from tests.fixtures.stores import stored_bytes
 from tests.servers import AppServer, http_json
 
 
 @pytest.fixture
-def servers(tmp_path, monkeypatch):
+def servers(store_db, monkeypatch):
     teacher = start_fake_openai(lambda body: "teacher says hi")
     remote = start_fake_openai(lambda body: f"remote({body.get('model')}) says hi")
     monkeypatch.setenv("REMOTE_STUDENT_KEY", "sk-remote-secret")
-    db = str(tmp_path / "e.duckdb")
+    db = store_db
     from protege.cli import app as cli_app
 
     r = CliRunner().invoke(cli_app, ["--db", db, "students", "add", "remote", "--base-url", remote.base_url, "--model", "llama3",
@@ -69,18 +70,18 @@ def test_key_is_never_stored_and_api_registers(servers):
     listed = http_json("GET", srv.url + "/protege/v1/students")[1]["data"]
     assert {s["name"] for s in listed if s["kind"] == "endpoint"} == {"remote", "other"}
     srv.stop()
-    raw = open(db, "rb").read() + b"".join(p.read_bytes() for p in __import__("pathlib").Path(db).parent.glob("*.wal"))
+    raw = stored_bytes(db)
     assert b"sk-remote-secret" not in raw and b"REMOTE_STUDENT_KEY" in raw
 
 
-def test_endpoint_errors_are_passed_on(tmp_path, monkeypatch):
+def test_endpoint_errors_are_passed_on(store_db, monkeypatch):
     from tests.fakes.openai_upstream import FakeError
 
     def refuse(body):
         raise FakeError(400, "context too long", code="context_length_exceeded", param="messages")
 
     remote = start_fake_openai(refuse)
-    store = Store(str(tmp_path / "x.duckdb"))
+    store = Store(store_db)
     from protege.distill.finetune import students_admin
 
     students_admin.add_endpoint(store, name="picky", base_url=remote.base_url, model="m", api_key_env="PICKY_KEY_UNSET")
@@ -125,14 +126,14 @@ def test_full_route_to_an_endpoint_student_and_rollback(servers):
     assert raw.parse().choices[0].message.content == "teacher says hi"
 
 
-def test_the_gate_asks_an_endpoint_student(tmp_path):
+def test_the_gate_asks_an_endpoint_student(store_db):
     """The automatic loop's gate evaluation reaches endpoint students through the registry too."""
     from protege.distill.auto.worker import _predict
     from protege.distill.auto.policies import parse_policy
     from protege.distill.finetune import students_admin
 
     remote = start_fake_openai(lambda body: f"label:{body['messages'][-1]['content']}")
-    store = Store(str(tmp_path / "g.duckdb"))
+    store = Store(store_db)
     try:
         students_admin.add_endpoint(store, name="gated", base_url=remote.base_url, model="m")
         policy = parse_policy({"name": "p", "match": {"model": "gpt-4o-mini"}, "trigger": {"min_new_completions": 100}, "gate": {"metrics": ["exact_match"]}})

@@ -6,8 +6,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-
 import pytest
 from fastapi import FastAPI
 from protege import apikit
@@ -32,14 +30,15 @@ def fake():
 
 
 @pytest.fixture
-def client(tmp_path: Path):
-    store = Store(str(tmp_path / "a.duckdb"))
+def client(make_db):
+    db = make_db("a")
+    store = Store(db)
     app = FastAPI()
     apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)
     app.state.protege_store = store
     # The fake candidates run on 127.0.0.1: a server credential (api_key_env) may go there.
-    app.state.protege_settings = load_settings(db=str(tmp_path / "a.duckdb"), eval_allowed_hosts=["127.0.0.1"])
+    app.state.protege_settings = load_settings(db=db, eval_allowed_hosts=["127.0.0.1"])
     with TestClient(app) as c:
         c.store = store  # type: ignore[attr-defined]
         yield c
@@ -131,15 +130,15 @@ def _http(method: str, url: str, body: dict | None = None, key: str | None = Non
         return exc.code, json.loads(exc.read())
 
 
-def test_real_server_runs_an_eval_over_captured_completions(tmp_path: Path, fake) -> None:
+def test_real_server_runs_an_eval_over_captured_completions(make_db, fake) -> None:
     """protege.app's whole app under uvicorn on 127.0.0.1: start a run, follow it, fetch the report."""
     from protege.app import build_app
 
-    dbfile = tmp_path / "srv.duckdb"
-    s = Store(str(dbfile))
+    dbfile = make_db("srv")
+    s = Store(dbfile)
     seed_completions(s)
     s.close()
-    settings = load_settings(db=str(dbfile), upstream=fake.base_url, admin_keys=["admin-test-key"])
+    settings = load_settings(db=dbfile, upstream=fake.base_url, admin_keys=["admin-test-key"])
     app, _store, _writer = build_app(settings)
     server = Served(app, fast=False)
     try:
@@ -172,10 +171,10 @@ def test_run_cut_off_by_a_restart_shows_interrupted_and_resumes(client: TestClie
     assert client.post("/protege/v1/evals/evalrun_nope/resume").status_code == 404
 
 
-def test_handlers_call_the_store_off_the_event_loop(tmp_path: Path, fake) -> None:
+def test_handlers_call_the_store_off_the_event_loop(make_db, fake) -> None:
     """Every handler (create, list, get, resume, report) and the background run reach the store
     from worker threads only: a slow disk must not stall the loop that serves every other request."""
-    store = WatchedStore(str(tmp_path / "w.duckdb"))
+    store = WatchedStore(make_db("w"))
     app = FastAPI()
     apikit.install(app)  # the app's error handler, as protege.app's app has it
     app.include_router(router)

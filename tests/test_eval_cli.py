@@ -1,4 +1,4 @@
-"""`protege eval run|list|show|report` through the real CLI app, on a DuckDB file."""
+"""`protege eval run|list|show|report` through the real CLI app, on each store backend."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def dbfile(tmp_path: Path) -> str:
-    return seeded_store_file(tmp_path / "c.duckdb")
+def dbfile(make_db) -> str:
+    return seeded_store_file(make_db("c"))
 
 
 @pytest.fixture

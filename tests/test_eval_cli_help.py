@@ -59,8 +59,8 @@ def test_run_help_lists_candidate_fields_and_metrics() -> None:
 
 
 @pytest.fixture
-def dbfile(tmp_path: Path) -> str:
-    return seeded_store_file(tmp_path / "h.duckdb")
+def dbfile(make_db) -> str:
+    return seeded_store_file(make_db("h"))
 
 
 def test_unknown_metric_lists_the_metrics_once(dbfile: str) -> None:

@@ -2,7 +2,7 @@
 exit, failed outputs are counted apart from scores everywhere (never scored as wrong answers), and a
 ``protege/<name>`` candidate without a base URL goes to the server that serves this store.
 
-Real parts throughout: a DuckDB file, the fake OpenAI server on 127.0.0.1, the ``openai`` SDK, the
+Real parts throughout: a store on each backend, the fake OpenAI server on 127.0.0.1, the ``openai`` SDK, the
 CLI app and the HTTP API; an unreachable candidate is a closed port on 127.0.0.1.
 """
 
@@ -27,6 +27,7 @@ from protege.store import Store, served
 from protege.store import evals as db
 from tests.fakes.openai_upstream import FakeError, start_fake_openai
 from tests.fixtures.evals import FAST, seed_completions, seeded_store_file, student_reply
+from tests.fixtures.once import once_per_backend
 
 runner = CliRunner()
 
@@ -39,8 +40,8 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def dbfile(tmp_path: Path) -> str:
-    return seeded_store_file(tmp_path / "loud.duckdb")
+def dbfile(make_db) -> str:
+    return seeded_store_file(make_db("loud"))
 
 
 def cli(dbfile: str, *args: str):
@@ -80,9 +81,9 @@ def test_unreachable_candidate_stops_the_cli_run_at_once(dbfile: str) -> None:
         store.close()
 
 
-def test_refused_model_stops_after_five_items_in_a_row(tmp_path: Path) -> None:
+def test_refused_model_stops_after_five_items_in_a_row(store_db: str) -> None:
     """401/403/404 are the same for every item: after five in a row, the run stops."""
-    store = Store(str(tmp_path / "r.duckdb"))
+    store = Store(store_db)
     seed_completions(store)
 
     def unknown(body: dict) -> str:
@@ -105,9 +106,9 @@ def test_refused_model_stops_after_five_items_in_a_row(tmp_path: Path) -> None:
         store.close()
 
 
-def test_item_errors_do_not_stop_a_run(tmp_path: Path) -> None:
+def test_item_errors_do_not_stop_a_run(store_db: str) -> None:
     """A 400 is about one item's request: every item may fail so and the run still completes."""
-    store = Store(str(tmp_path / "b.duckdb"))
+    store = Store(store_db)
     seed_completions(store)
 
     def reject(body: dict) -> str:
@@ -130,6 +131,7 @@ def test_item_errors_do_not_stop_a_run(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.backends("duckdb")  # the server record (store/served.py) exists beside a DuckDB file only
 def test_candidate_that_goes_down_mid_run_stops_and_resumes(tmp_path: Path) -> None:
     """A protege/ candidate without base_url goes to the server recorded beside the database; when
     that server is gone the run stops, and ``--resume`` continues once one is up again."""
@@ -177,16 +179,38 @@ def test_student_without_server_is_a_one_line_error(dbfile: str) -> None:
         store.close()
 
 
+@pytest.mark.backends("postgresql")  # a database URL: its replicas leave no server record to follow
+def test_student_on_a_database_url_says_to_name_a_replica_and_hides_the_password(dbfile: str) -> None:
+    """On PostgreSQL no one server holds the store, so a protege/ candidate without base_url cannot
+    be sent anywhere: one line that says to give a replica's base_url, with the URL's password hidden."""
+    user, rest = dbfile.split("://", 1)[1].split("@", 1)
+    with_password = f"postgresql://{user}:sk-not-a-real-password@{rest}"  # the test server trusts 127.0.0.1
+    res = cli(with_password, "run", "--model", "gpt-4o", "--candidate", "name=s,model=protege/geo")
+    assert res.exit_code != 0
+    line = one_error_line(res)
+    assert "protege/geo" in line and "base_url of a `protege serve` replica" in line and ":***@" in line, line
+    assert "sk-not-a-real-password" not in res.stdout + res.stderr
+    store = Store(dbfile, read_only=True)
+    try:
+        assert db.list_runs(store)[0] == []  # refused before any item was frozen
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors are counted apart from scores
 
 
-@pytest.fixture(scope="module")
-def half_failed(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture
+def half_failed(backend: str, request: pytest.FixtureRequest) -> tuple[str, str]:
     """A finished run where the student fails (HTTP 500, after retries) on 2 of 8 items and answers
-    the others right: its exact_match is 1.0 over 6 answered items, not 0.75 over 8."""
-    path = tmp_path_factory.mktemp("half") / "h.duckdb"
-    store = Store(str(path))
+    the others right: its exact_match is 1.0 over 6 answered items, not 0.75 over 8. Built once per
+    backend (``--db``, run id)."""
+    return once_per_backend(request, "half", _half_failed)
+
+
+def _half_failed(path: str, data_dir: Path) -> tuple[str, str]:
+    store = Store(path, data_dir=data_dir)
     seed_completions(store)
     good = student_reply(wrong=set())
 
@@ -204,7 +228,7 @@ def half_failed(tmp_path_factory: pytest.TempPathFactory):
     finally:
         fake.stop()
     store.close()
-    yield str(path), run["id"]
+    return path, run["id"]
 
 
 def test_scores_are_over_answered_items(half_failed) -> None:
@@ -318,14 +342,14 @@ def test_eval_api_counts_errors_per_candidate(half_failed) -> None:
 
 
 @pytest.fixture
-def api(tmp_path: Path):
+def api(make_db):
     from fastapi import FastAPI
 
     from protege import apikit
     from protege.evals.api import router
     from protege.settings import load_settings
 
-    path = str(tmp_path / "api.duckdb")
+    path = make_db("api")
     store = Store(path)
     seed_completions(store)
     application = FastAPI()
@@ -369,6 +393,7 @@ def test_api_student_without_server_is_an_openai_style_400(api: TestClient) -> N
     assert "`protege serve`" in err["message"] and err["type"] == "invalid_request_error"
 
 
+@pytest.mark.backends("duckdb")  # the server record (store/served.py) exists beside a DuckDB file only
 def test_api_student_goes_to_the_server_of_this_store(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the record `protege serve` writes, a protege/ candidate is answered there (and a key
     named by api_key_env may go with it: it stays with this server)."""

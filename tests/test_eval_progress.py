@@ -8,8 +8,6 @@ against a DuckDB file and the fake OpenAI server on 127.0.0.1.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 
 from protege.store import Store
@@ -17,11 +15,16 @@ from tests.fakes.openai_upstream import start_fake_openai
 from tests.fixtures.evals import seed_completions, student_reply
 from tests.fixtures.terminal import run_protege
 
+# Progress drawing does not depend on the store, and each test here starts a CLI process (the costly
+# part): DuckDB only. A CLI eval run as its own process on PostgreSQL is test_eval_runs.py's
+# test_sigkilled_cli_run_resumes and test_ctrl_c_cancels_cleanly_and_says_how_to_resume (both backends).
+pytestmark = pytest.mark.backends("duckdb")
+
 
 @pytest.fixture
-def setup(tmp_path: Path):
-    db = tmp_path / "p.duckdb"
-    s = Store(str(db))
+def setup(store_db: str):
+    db = store_db
+    s = Store(db)
     seed_completions(s)
     s.close()
     fake = start_fake_openai(student_reply(), delay=0.05)

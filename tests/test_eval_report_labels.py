@@ -1,7 +1,7 @@
 """The HTML report of a classification run reads well: confusion-matrix labels in full (or keys with
 a legend when they are long), "N of M disagreements", and histograms that show their counts.
 
-A real run on a real DuckDB file (the student is the fake OpenAI server on 127.0.0.1, called through
+A real run on a real store, on each backend (the student is the fake OpenAI server on 127.0.0.1, called through
 the openai SDK), its HTML report parsed with the stdlib HTML parser; a screenshot of it in Debian's
 chromium is written to ``$PROTEGE_TEST_ARTIFACTS`` (default tests/artifacts/eval-report) when
 chromium is installed.
@@ -23,6 +23,7 @@ from protege.evals.runs import RunSpec, create_run, execute_run
 from protege.store import Store
 from tests.fakes.openai_upstream import start_fake_openai
 from tests.fixtures.evals import FAST
+from tests.fixtures.once import once_per_backend
 
 LABELS = ["positive", "negative", "neutral"]
 N = 12
@@ -38,10 +39,15 @@ def answer(label: str) -> str:
     return orjson.dumps({"label": label, "confidence": "high"}).decode()
 
 
-@pytest.fixture(scope="module")
-def report_html(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    tmp = tmp_path_factory.mktemp("labels")
-    items = tmp / "items.jsonl"
+@pytest.fixture
+def report_html(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The "long" and "short" label runs' HTML reports, built once per backend."""
+    return once_per_backend(request, "labels", _report_html)
+
+
+def _report_html(db: str, data_dir: Path) -> dict[str, str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    items = data_dir / "items.jsonl"
     items.write_text("".join(
         orjson.dumps({"messages": [{"role": "user", "content": f"Review {i}: classify it."},
                                    {"role": "assistant", "content": answer(gold(i))}]}).decode() + "\n"
@@ -51,7 +57,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         i = int(re.search(r"Review (\d+)", body["messages"][-1]["content"]).group(1))
         return answer(WRONG.get(i, gold(i)))
 
-    store = Store(str(tmp / "labels.duckdb"))
+    store = Store(db, data_dir=data_dir)
     fake = start_fake_openai(student)
     html = {}
     try:
@@ -175,6 +181,9 @@ def test_histograms_show_their_counts(report_html: dict[str, str]) -> None:
     assert sorted(int(t) for c, t in hist[0]["texts"] if c == "count") == [3, 9]
 
 
+# A picture of the same HTML whatever the store (the tests above check that HTML on both backends),
+# and a chromium start: DuckDB only.
+@pytest.mark.backends("duckdb")
 def test_screenshot_in_chromium(report_html: dict[str, str], tmp_path: Path) -> None:
     chromium = os.environ.get("PROTEGE_CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).exists():

@@ -18,15 +18,20 @@ from protege.store import Store, insert_records, record_from_completion
 from protege.store import evals as db
 from tests.fakes.openai_upstream import start_fake_openai
 from tests.fixtures.evals import FAST, seed_completions, student_reply
+from tests.fixtures.once import once_per_backend
 
 HOSTILE = '<script>alert("pwned")</script> | `x` </pre><img src=x onerror=alert(1)>'
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory):
-    """One completed run: a good student and one that sometimes answers with hostile HTML."""
-    path = tmp_path_factory.mktemp("rep") / "r.duckdb"
-    store = Store(str(path))
+@pytest.fixture
+def finished(backend: str, request: pytest.FixtureRequest) -> tuple[Store, str]:
+    """One completed run: a good student and one that sometimes answers with hostile HTML (built
+    once per backend; the store stays open)."""
+    return once_per_backend(request, "rep", _finished)
+
+
+def _finished(path: str, data_dir: Path) -> tuple[Store, str]:
+    store = Store(path, data_dir=data_dir)
     seed_completions(store)
     good = student_reply()
 
@@ -47,8 +52,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory):
         asyncio.run(execute_run(store, run["id"], policy=FAST))
     finally:
         fake.stop()
-    yield store, run["id"]
-    store.close()
+    return store, run["id"]
 
 
 def test_headline_numbers(finished) -> None:
@@ -150,8 +154,8 @@ def test_html_report_is_self_contained_and_escaped(finished) -> None:
     assert "exact_match (95% CI)" in page and "seed 7" in page
 
 
-def test_label_metric_confusion_matrix_and_kappa(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "l.duckdb"))
+def test_label_metric_confusion_matrix_and_kappa(store_db: str) -> None:
+    store = Store(store_db)
     texts = [("great film", "positive"), ("awful", "negative"), ("fine I guess", "neutral"), ("loved it", "positive"),
              ("boring", "negative"), ("meh", "neutral")]
     recs = [record_from_completion(
@@ -180,8 +184,8 @@ def test_label_metric_confusion_matrix_and_kappa(tmp_path: Path) -> None:
     store.close()
 
 
-def test_report_of_unfinished_run_is_refused(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "u.duckdb"))
+def test_report_of_unfinished_run_is_refused(store_db: str) -> None:
+    store = Store(store_db)
     seed_completions(store, 1)
     run = create_run(store, RunSpec.from_dict({"candidates": [{"model": "m", "base_url": "http://127.0.0.1:9/v1"}],
                                                "model": "gpt-4o"}))

@@ -166,9 +166,9 @@ def test_cancelled_run_resumes_without_redoing_finished_items(store: Store) -> N
     assert len(fake.chat_requests) - before == 16 - saved
 
 
-def test_sigkilled_cli_run_resumes(tmp_path: Path) -> None:
+def test_sigkilled_cli_run_resumes(store_db: str) -> None:
     """A real crash: the CLI process is SIGKILLed mid-run; the rerun generates only what is missing."""
-    dbfile = seeded_store_file(tmp_path / "k.duckdb")
+    dbfile = seeded_store_file(store_db)
     fake = start_fake_openai(student_reply(), delay=0.15)
     try:
         cand = f"name=mini,model=gpt-4o-mini,base_url={fake.base_url},api_key_env=EVAL_TEST_KEY"
@@ -284,8 +284,8 @@ def test_spec_and_candidate_validation(monkeypatch: pytest.MonkeyPatch, store: S
     assert db.get_run(store, run["id"])["status"] == "failed"
 
 
-def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
-    dbfile = seeded_store_file(tmp_path / "i.duckdb")
+def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(store_db: str) -> None:
+    dbfile = seeded_store_file(store_db)
     fake = start_fake_openai(student_reply(), delay=0.15)
     try:
         cand = f"name=mini,model=gpt-4o-mini,base_url={fake.base_url}"
@@ -334,11 +334,11 @@ def test_azure_candidate_uses_deployment_path_and_api_key_header(store: Store, m
     assert req["headers"]["api-key"] == "az-test-key"
 
 
-def test_execute_run_calls_the_store_off_the_event_loop(tmp_path: Path) -> None:
+def test_execute_run_calls_the_store_off_the_event_loop(store_db: str) -> None:
     """execute_run shares its loop with the HTTP API and the proxy under `protege serve`: every store
     call it makes (reading the run, marking it running, saving outputs, scoring, the final object,
     and the failure path) runs in a worker thread."""
-    store = WatchedStore(str(tmp_path / "w.duckdb"))
+    store = WatchedStore(store_db)
     fake = start_fake_openai(student_reply())
     try:
         seed_completions(store)

@@ -23,6 +23,7 @@ from protege.distill.finetune.local_student import (
 from protege.distill.finetune.students import StudentRegistry, parse_model
 from protege.store import Store
 from protege.store import jobs as store_jobs
+from tests.fixtures.once import once_per_backend
 from tests.fixtures.topics import SYSTEM, corpus, json_template, split, write_chat
 
 
@@ -48,15 +49,17 @@ def data(tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
-    """One local job through the job runner, shared by the tests that read its result."""
-    root = tmp_path_factory.mktemp("store")
-    store = Store(str(root / "p.duckdb"), data_dir=root / "data")
-    job = jobs.start_job(store, backend="local", training_file=data["train"], validation_file=data["validation"], name="topics")
-    job = jobs.wait_job(store, job["id"], interval=0.05, timeout=120)
-    yield store, job
-    store.close()
+@pytest.fixture
+def trained(data, backend, request):
+    """One local job through the job runner, shared by the tests that read its result (once per
+    backend; the store stays open)."""
+
+    def build(db: str, data_dir: Path) -> tuple[Store, dict]:
+        store = Store(db, data_dir=data_dir)
+        job = jobs.start_job(store, backend="local", training_file=data["train"], validation_file=data["validation"], name="topics")
+        return store, jobs.wait_job(store, job["id"], interval=0.05, timeout=120)
+
+    return once_per_backend(request, "trained", build)
 
 
 def test_corpus_is_real_and_labelled():
@@ -108,8 +111,11 @@ def test_artifact_is_versioned_hashed_and_reloads(trained, data):
     assert label == "trivia" and answer == '{"label": "trivia"}' and 0 <= conf <= 1
 
 
-def test_tampered_artifact_is_refused(tmp_path, data):
-    store = Store(str(tmp_path / "t.duckdb"))
+# A training job (seconds) to check the artifact file against its row: DuckDB only; the row's sha256
+# on PostgreSQL is test_artifact_is_versioned_hashed_and_reloads[postgresql].
+@pytest.mark.backends("duckdb")
+def test_tampered_artifact_is_refused(store_db, data):
+    store = Store(store_db)
     try:
         job = jobs.start_job(store, backend="local", training_file=data["train"], name="tamper")
         job = jobs.wait_job(store, job["id"], interval=0.05, timeout=120)
@@ -149,8 +155,8 @@ def test_free_form_answers_are_refused():
         train([("a", "x"), ("b", "x"), ("c", "x")])
 
 
-def test_bad_local_job_fails_with_a_reason(tmp_path):
-    store = Store(str(tmp_path / "b.duckdb"))
+def test_bad_local_job_fails_with_a_reason(store_db, tmp_path):
+    store = Store(store_db)
     try:
         free = tmp_path / "free.jsonl"
         free.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"unique answer {i}"}]}) for i in range(30)))
@@ -204,7 +210,7 @@ def test_registry_has_and_complete(trained, data):
     assert reg.complete(dict(body, model="protege/topics@v1"))["model"] == "protege/topics@v1"
 
 
-def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
+def test_served_through_the_proxy_with_the_openai_sdk(data, store_db, tmp_path):
     """End to end: protege.app.build_app under uvicorn on 127.0.0.1, the OpenAI SDK as client."""
     import openai
 
@@ -213,7 +219,7 @@ def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
     from protege.settings import load_settings
 
     # Its own store: the proxy's lifespan closes the store it was given on shutdown.
-    store = Store(str(tmp_path / "e2e.duckdb"), data_dir=tmp_path / "e2e-data")
+    store = Store(store_db, data_dir=tmp_path / "e2e-data")
     job = jobs.start_job(store, backend="local", training_file=data["train"], name="topics")
     assert jobs.wait_job(store, job["id"], interval=0.05, timeout=120)["status"] == "succeeded"
     settings = load_settings(db=store.path, data_dir=str(store.data_dir), upstream="http://127.0.0.1:9/v1", upstream_api_key="sk-unused")
@@ -233,7 +239,10 @@ def test_served_through_the_proxy_with_the_openai_sdk(data, tmp_path):
         served.stop(10)
 
 
-def test_cli_and_http_start_local_jobs(data, tmp_path):
+# Two training jobs: DuckDB only. On PostgreSQL a job through the runner is the `trained` tests, and
+# one started over HTTP is test_http_jobs_train_on_examples_uploaded_inline[postgresql].
+@pytest.mark.backends("duckdb")
+def test_cli_and_http_start_local_jobs(data, make_db, tmp_path):
     from fastapi import FastAPI
 
     from protege import apikit
@@ -243,7 +252,7 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
     from protege.distill.finetune.api import router
     from tests.fixtures.http import RouterServer as _Server
 
-    db = str(tmp_path / "cli.duckdb")
+    db = make_db("cli")
     r = CliRunner().invoke(cli_app, ["--db", db, "finetune", "start", "--backend", "local", "-t", data["train"], "-v", data["validation"], "--name", "topics", "--json"])
     assert r.exit_code == 0, r.output
     job = json.loads(r.stdout)
@@ -252,7 +261,7 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
     r = CliRunner().invoke(cli_app, ["--db", db, "finetune", "status", job["id"]])
     assert "val_acc=" in r.stdout and "tech support" in r.stdout  # per-class lines
 
-    store = Store(str(tmp_path / "http.duckdb"))
+    store = Store(make_db("http"), data_dir=tmp_path / "http-data")  # not the CLI's data dir (PostgreSQL: ./protege-data)
     try:
         api = FastAPI()
         apikit.install(api)  # the app's error handler, as protege.app's app has it
@@ -276,8 +285,8 @@ def test_cli_and_http_start_local_jobs(data, tmp_path):
         store.close()
 
 
-def test_local_job_of_an_exited_process_reads_as_interrupted(tmp_path):
-    store = Store(str(tmp_path / "i.duckdb"))
+def test_local_job_of_an_exited_process_reads_as_interrupted(store_db):
+    store = Store(store_db)
     try:
         job = store_jobs.create_job(store, backend="local", model="tfidf-sgd", name="gone", status="running")
         store_jobs.update_job(store, job["id"], provider_job_id=f"local-{job['id']}")
@@ -288,7 +297,7 @@ def test_local_job_of_an_exited_process_reads_as_interrupted(tmp_path):
         store.close()
 
 
-def test_http_jobs_train_on_examples_uploaded_inline(data, tmp_path):
+def test_http_jobs_train_on_examples_uploaded_inline(data, store_db, tmp_path):
     """Over HTTP a job may also train on examples sent in the request (the server writes them to a
     content-addressed file in its data directory); a bad upload is an OpenAI-style 400."""
     from fastapi import FastAPI
@@ -298,7 +307,7 @@ def test_http_jobs_train_on_examples_uploaded_inline(data, tmp_path):
     from tests.fixtures.http import RouterServer
 
     lines = lambda path: [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]  # noqa: E731
-    store = Store(str(tmp_path / "up.duckdb"), data_dir=tmp_path / "up-data")
+    store = Store(store_db, data_dir=tmp_path / "up-data")
     try:
         api = FastAPI()
         apikit.install(api)

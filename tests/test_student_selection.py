@@ -70,11 +70,14 @@ def test_every_model_in_the_grid_serves_and_reloads(pairs, tmp_path, model) -> N
     assert [FastScorer(st.pipeline).predict(t)[0] for t in texts] == st.predict_labels(texts)
 
 
-def test_choice_is_recorded_in_the_job_and_manifest(tmp_path) -> None:
+# A training job whose store use is incidental: DuckDB only; a local job's result, events and
+# manifest on PostgreSQL are test_local_student.py's `trained` tests.
+@pytest.mark.backends("duckdb")
+def test_choice_is_recorded_in_the_job_and_manifest(store_db, tmp_path) -> None:
     tr, va = split(corpus())
     train_file = write_chat(tmp_path / "train.jsonl", tr, json_template)
     val_file = write_chat(tmp_path / "val.jsonl", va, json_template)
-    store = Store(str(tmp_path / "s.duckdb"), data_dir=tmp_path / "data")
+    store = Store(store_db, data_dir=tmp_path / "data")
     try:
         job = jobs.start_job(store, backend="local", training_file=train_file, validation_file=val_file, name="sel")
         job = jobs.wait_job(store, job["id"], interval=0.05, timeout=120)

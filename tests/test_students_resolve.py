@@ -28,8 +28,8 @@ def _answer_model(client, model: str) -> str:
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0).model
 
 
-def test_bare_name_serves_the_latest_version_its_gate_passed(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "g.duckdb"), data_dir=tmp_path / "g-data")
+def test_bare_name_serves_the_latest_version_its_gate_passed(store_db, tmp_path, tiny_chat_model):
+    store = Store(store_db, data_dir=tmp_path / "g-data")
     for _ in range(3):
         make_lora_student(store, tiny_chat_model, "g")
     _gate(store, "protege/g@v2", "promote")
@@ -61,8 +61,8 @@ def test_bare_name_serves_the_latest_version_its_gate_passed(tmp_path, tiny_chat
         srv.stop()
 
 
-def test_only_rejected_versions_is_404_with_a_reason(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "r.duckdb"), data_dir=tmp_path / "r-data")
+def test_only_rejected_versions_is_404_with_a_reason(store_db, tmp_path, tiny_chat_model):
+    store = Store(store_db, data_dir=tmp_path / "r-data")
     try:
         make_lora_student(store, tiny_chat_model, "r")
         _gate(store, "protege/r@v1", "reject")
@@ -75,10 +75,10 @@ def test_only_rejected_versions_is_404_with_a_reason(tmp_path, tiny_chat_model):
         store.close()
 
 
-def test_cli_promote_needs_force_for_a_rejected_version(tmp_path, tiny_chat_model):
+def test_cli_promote_needs_force_for_a_rejected_version(store_db, tiny_chat_model):
     from protege.cli import app as cli_app
 
-    db = str(tmp_path / "c.duckdb")
+    db = store_db
     store = Store(db)
     make_lora_student(store, tiny_chat_model, "c")
     _gate(store, "protege/c@v1", "reject")
@@ -91,6 +91,9 @@ def test_cli_promote_needs_force_for_a_rejected_version(tmp_path, tiny_chat_mode
     assert "protege/c@v1" in r.stdout and "forced" in r.stdout
 
 
+# A relative DuckDB path and its "<stem>-data" directory, and rows of an older DuckDB release; a
+# PostgreSQL store's data_dir is given or absolute (test_bare_name_... serves one given on both backends).
+@pytest.mark.backends("duckdb")
 def test_served_from_another_directory(tmp_path, tiny_chat_model, monkeypatch):
     """Trained with a relative --db in one directory, served from another: paths are data-dir-relative;
     an old row holding the cwd-relative path of its day still works."""
@@ -118,8 +121,8 @@ def test_served_from_another_directory(tmp_path, tiny_chat_model, monkeypatch):
     assert row2["version"] == 2
 
 
-def test_resolution_on_the_loop_reads_memory_only(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "m.duckdb"), data_dir=tmp_path / "m-data")
+def test_resolution_on_the_loop_reads_memory_only(store_db, tmp_path, tiny_chat_model):
+    store = Store(store_db, data_dir=tmp_path / "m-data")
     try:
         reg = StudentRegistry(store, latest_ttl=0.0)
         make_lora_student(store, tiny_chat_model, "late")
@@ -139,8 +142,8 @@ def test_resolution_on_the_loop_reads_memory_only(tmp_path, tiny_chat_model):
         store.close()
 
 
-def test_migration_creates_the_students_tables(tmp_path):
-    store = Store(str(tmp_path / "v.duckdb"))
+def test_migration_creates_the_students_tables(store_db):
+    store = Store(store_db)
     try:
         assert store.schema_version >= 6
         store_jobs.put_endpoint_student(store, name="e", base_url="http://127.0.0.1:1/v1", model="m", api_key_env="E_KEY")

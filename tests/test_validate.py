@@ -83,18 +83,18 @@ def test_dpo_format(tmp_path):
     assert {(e.line, e.key) for e in rep.errors} == {(11, "invalid_preference_output")}
 
 
-def test_cli_validate_exit_codes(tmp_path):
+def test_cli_validate_exit_codes(tmp_path, store_db):
     runner = CliRunner()
     good = write(tmp_path / "ok.jsonl", [GOOD] * 10)
-    res = runner.invoke(app, ["--db", str(tmp_path / "x.duckdb"), "dataset", "validate", str(good)])
+    res = runner.invoke(app, ["--db", store_db, "dataset", "validate", str(good)])
     assert res.exit_code == 0, res.output
     assert "10 examples" in res.output
     bad = write(tmp_path / "bad.jsonl", [GOOD] * 10 + [{"messages": [{"role": "user", "content": "u"}]}])
-    res = runner.invoke(app, ["--db", str(tmp_path / "x.duckdb"), "dataset", "validate", str(bad)])
+    res = runner.invoke(app, ["--db", store_db, "dataset", "validate", str(bad)])
     assert res.exit_code == 1
     assert f"{bad}:11: example_missing_assistant_message" in res.output
-    res = runner.invoke(app, ["--db", str(tmp_path / "x.duckdb"), "dataset", "validate", str(bad), "--json"])
+    res = runner.invoke(app, ["--db", store_db, "dataset", "validate", str(bad), "--json"])
     assert res.exit_code == 1
     assert orjson.loads(res.stdout)["error_counts"] == {"example_missing_assistant_message": 1}
-    res = runner.invoke(app, ["--db", str(tmp_path / "x.duckdb"), "dataset", "validate", str(tmp_path / "missing.jsonl")])
+    res = runner.invoke(app, ["--db", store_db, "dataset", "validate", str(tmp_path / "missing.jsonl")])
     assert res.exit_code == 1 and "no such file" in res.output
