@@ -436,10 +436,11 @@ def student_verdicts(store) -> dict[str, dict[str, Any]]:
                 e["gate"] = e["gate"] or "reject"
             elif state == "promoted":
                 e["gate"] = "promote"
-        rows = cur.execute(
-            "SELECT outcome, json_extract_string(details, '$.student_model') FROM auto_decisions WHERE kind = 'gate' ORDER BY created_at"
-        ).fetchall()
-        for outcome, model in rows:
+        # The details are JSON text on both backends; parsed here (a few gate rows), not with a
+        # dialect's JSON function (DuckDB's json_extract_string does not exist on PostgreSQL).
+        rows = cur.execute("SELECT outcome, details FROM auto_decisions WHERE kind = 'gate' ORDER BY created_at").fetchall()
+        for outcome, details in rows:
+            model = orjson.loads(details).get("student_model") if details else None
             if model:
                 e = entry(model)
                 e["gate"] = "promote" if outcome == "promote" else "reject"

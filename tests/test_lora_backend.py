@@ -60,8 +60,8 @@ def test_hyperparameters_are_checked_and_resolved():
         assert err.value.param == f"hyperparameters.{param}"
 
 
-def test_bad_requests_are_refused_before_anything_is_recorded(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "db.duckdb"))
+def test_bad_requests_are_refused_before_anything_is_recorded(make_db, tmp_path, tiny_chat_model):
+    store = Store(make_db("db"))
     train = write_jsonl(tmp_path / "t.jsonl", sft_examples(4))
     cases = [
         ({"model": str(tmp_path / "missing.gguf")}, "model"),
@@ -239,8 +239,10 @@ def test_exports_for_transformers_vllm_and_ollama(sft_job, tmp_path):
     store.close()
 
 
-def test_dpo_job_on_preference_pairs(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "db.duckdb"))
+def test_dpo_job_on_preference_pairs(make_db, tmp_path, tiny_chat_model):
+    """A whole job on each store backend: recorded, its process launched and followed to the end
+    through the store (wait_job), and its student recorded in the store's registry."""
+    store = Store(make_db("db"))
     train = write_jsonl(tmp_path / "pairs.jsonl", dpo_pairs(8))
     job = jobs.start_job(store, backend="lora", model=str(tiny_chat_model), training_file=train, method="dpo", name="prefs",
                          hyperparameters={"max_steps": 3, "batch_size": 4, "beta": 0.2}, settings=None)

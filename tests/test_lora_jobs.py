@@ -32,8 +32,9 @@ def _step(job_dir: Path) -> int:
     return int((jobfiles.read_json(job_dir / jobfiles.STATUS) or {}).get("step") or 0)
 
 
-def test_cancel_stops_the_job_process(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "db.duckdb"))
+def test_cancel_stops_the_job_process(make_db, tmp_path, tiny_chat_model):
+    db = make_db("db")
+    store = Store(db)
     train = write_jsonl(tmp_path / "t.jsonl", sft_examples(16))
     job = jobs.start_job(store, backend="lora", model=str(tiny_chat_model), training_file=train, name="long",
                          hyperparameters={"max_steps": 5000, "batch_size": 2, "save_steps": 4000}, settings=None)
@@ -46,7 +47,7 @@ def test_cancel_stops_the_job_process(tmp_path, tiny_chat_model):
 
     from protege.cli import app
 
-    r = CliRunner().invoke(app, ["--db", str(tmp_path / "db.duckdb"), "finetune", "status", job["id"]])
+    r = CliRunner().invoke(app, ["--db", db, "finetune", "status", job["id"]])
     assert r.exit_code == 0 and "running" in r.output and "/5000  loss=" in r.output and "ETA" in r.output, r.output
     job = jobs.cancel_job(store, job["id"])
     assert job["status"] == "cancelled"
