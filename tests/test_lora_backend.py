@@ -104,6 +104,8 @@ def _built(tmp_path, model, rows, **hp):
     return worker.build(worker.Job(job_dir))
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_dpo_job_on_preference_pairs.
+@pytest.mark.backends("duckdb")
 def test_the_loss_covers_the_assistant_answer_only(tmp_path, tiny_chat_model):
     built = _built(tmp_path, tiny_chat_model, sft_examples(4), lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules="q_proj,v_proj", max_steps=3, batch_size=2)
     ds = built.trainer.train_dataset
@@ -121,6 +123,8 @@ def test_the_loss_covers_the_assistant_answer_only(tmp_path, tiny_chat_model):
     assert built.counts["tool_examples_skipped"] == 0
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_dpo_job_on_preference_pairs.
+@pytest.mark.backends("duckdb")
 def test_tool_calls_are_trained_where_the_template_renders_them(tmp_path, tools_model):
     built = _built(tmp_path, tools_model, sft_examples(2) + [TOOL_EXAMPLE], max_steps=1)
     assert built.tools_ok and built.counts["tool_examples"] == 1
@@ -131,6 +135,7 @@ def test_tool_calls_are_trained_where_the_template_renders_them(tmp_path, tools_
     assert "Tools:" in tok.decode(row["input_ids"])  # the tool definition is in the (masked) prompt
 
 
+# On DuckDB only (a module-scoped store, shared by the tests below: the backend parameter is per test); a whole job on PostgreSQL: test_dpo_job_on_preference_pairs.
 @pytest.fixture(scope="module")
 def sft_job(tiny_chat_model, tmp_path_factory):
     """One real job process, started with the CLI and --wait: 6 steps, merged model, a tool example."""

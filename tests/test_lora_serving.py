@@ -26,6 +26,7 @@ PROMPTS = ["The pizza was great.", "The service was terrible.", "Hello, how can 
            '{"name": "Ada"}', "user assistant", "positive negative", "x"]
 
 
+# On DuckDB only (a module-scoped store, shared by the tests below: the backend parameter is per test); a student served from a PostgreSQL registry: test_a_student_in_a_postgresql_registry_answers_and_is_captured.
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_chat_model):
     root = tmp_path_factory.mktemp("lora-serve")
