@@ -320,9 +320,9 @@ def test_on_postgresql_the_cli_beside_a_server_opens_the_database(make_db, tmp_p
         data = ("--data-dir", str(tmp_path / "cli-data"))
         (caller / "policies.toml").write_text(POLICIES)
         (caller / "new.jsonl").write_text(json.dumps(IMPORTED) + "\n")
-        # The CLI as a process, beside the server and without its admin key.
-        imported = cli("completions", "import", "new.jsonl", "--db", db, *data, cwd=caller)
-        assert (imported.returncode, imported.stdout) == (0, "imported 1 of 1 lines from new.jsonl\n"), imported.stderr
+        # The CLI beside the server, without its admin key (in_process: the code `python -m protege` runs).
+        imported = in_process("completions", "import", "new.jsonl", "--db", db, *data, cwd=caller)
+        assert imported == (0, "imported 1 of 1 lines from new.jsonl\n", ""), imported
         applied = in_process("auto", "apply", "policies.toml", "--db", db, *data, cwd=caller)
         assert applied[0] == 0 and re.fullmatch(r"policy_\w+  topics\n", applied[1]), applied
         code, out, err = in_process("completions", "stats", "--db", db, *data, cwd=caller)
@@ -336,8 +336,8 @@ def test_on_postgresql_the_cli_beside_a_server_opens_the_database(make_db, tmp_p
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key=ADMIN, max_retries=0)
         assert client.chat.completions.retrieve(IMPORTED["id"]).id == IMPORTED["id"]
         # and the worker, refused beside a DuckDB file's server, runs beside this one
-        worker = cli("worker", "--once", "--db", db, *data, cwd=caller)
-        assert worker.returncode == 0, worker.stderr
+        worker = in_process("worker", "--once", "--db", db, *data, cwd=caller)
+        assert worker[0] == 0, worker
         assert srv.proc.poll() is None  # the server went on serving throughout
     finally:
         srv.stop()
