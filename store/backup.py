@@ -34,7 +34,17 @@ class Backup:
 
 
 def backup_store(store: Any, dest: str | os.PathLike[str]) -> Backup:
-    """Copy ``store``'s database into the new file ``dest`` (refused if it exists)."""
+    """Copy ``store``'s database into the new file ``dest`` (refused if it exists).
+
+    A DuckDB store only: a PostgreSQL database has no file of its own to copy, and a copy taken
+    table by table would not be one snapshot while replicas write; its server's tools back it up."""
+    if store.dialect.name == "postgresql":
+        from .pg import without_password
+
+        raise BackupError(
+            "a PostgreSQL store is backed up by its server (pg_dump); "
+            f"`protege store copy {without_password(store.path)} {os.fspath(dest)}` copies it into a DuckDB file"
+        )
     target = Path(os.fspath(dest)).absolute()
     if str(store.path).startswith(":memory:") is False and target == Path(store.path).absolute():
         raise BackupError(f"{dest} is the store itself; give another file")

@@ -5,6 +5,10 @@ port the OS chose) on real DuckDB files, the fake OpenAI upstream, the openai SD
 and the CLI as `python -m protege` subprocesses. A command sent through the server is compared
 with the same command run locally on a `protege store backup` of the served store (taken through
 the server, which is itself under test: the copy has every capture).
+
+All of that is about a DuckDB file's single writer (the record beside the file, forwarding, the
+held file). On PostgreSQL the CLI beside a running server works on the database itself:
+test_on_postgresql_the_cli_beside_a_server_opens_the_database.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import openai
 import pytest
 
 from protege.store import served
 from tests.fakes.openai_upstream import start_fake_openai
 from tests.fixtures.beside import ServeProcess, clean_env
+
+# A DuckDB file's single writer: the CLI forwards to the server that holds the file.
+pytestmark = pytest.mark.backends("duckdb")
 
 ADMIN = "ak-beside-server-test-1"
 
@@ -291,3 +299,45 @@ def test_a_caller_that_goes_away_interrupts_its_command(open_server, tmp_path):
         assert "completed" not in runs.stdout.splitlines()[-1], runs.stdout
     finally:
         slow.stop()
+
+
+@pytest.mark.backends("postgresql")
+def test_on_postgresql_the_cli_beside_a_server_opens_the_database(make_db, tmp_path, upstream, in_process):
+    """A keyed server on a PostgreSQL database: the CLI beside it needs no admin key (it sends
+    nothing to the server, there is no record to find), reads what the server captured, and its
+    writes (an import, a policy) are what the server serves at once; the worker runs beside it."""
+    db = make_db("served")
+    srv_cwd, caller = tmp_path / "srv", tmp_path / "caller"
+    srv_cwd.mkdir()
+    caller.mkdir()
+    # keyed: proxy clients present a proxy key, the server its own upstream key (the fake's)
+    env = clean_env(PROTEGE_ADMIN_KEYS=json.dumps([ADMIN]), PROTEGE_PROXY_KEYS=json.dumps(["pk-client"]),
+                    OPENAI_API_KEY="sk-server")
+    srv = ServeProcess(db, srv_cwd, upstream.base_url, env, data_dir=tmp_path / "srv-data")
+    try:
+        ids = srv.capture(key="pk-client", admin_key=ADMIN)
+        assert served.record_path(db) is None
+        data = ("--data-dir", str(tmp_path / "cli-data"))
+        (caller / "policies.toml").write_text(POLICIES)
+        (caller / "new.jsonl").write_text(json.dumps(IMPORTED) + "\n")
+        # The CLI beside the server, without its admin key (in_process: the code `python -m protege` runs).
+        imported = in_process("completions", "import", "new.jsonl", "--db", db, *data, cwd=caller)
+        assert imported == (0, "imported 1 of 1 lines from new.jsonl\n", ""), imported
+        applied = in_process("auto", "apply", "policies.toml", "--db", db, *data, cwd=caller)
+        assert applied[0] == 0 and re.fullmatch(r"policy_\w+  topics\n", applied[1]), applied
+        code, out, err = in_process("completions", "stats", "--db", db, *data, cwd=caller)
+        assert (code, err) == (0, "") and "captures     4 (4 ok" in out
+        code, out, err = in_process("completions", "show", ids[1], "--db", db, *data, cwd=caller)
+        assert code == 0 and ids[1] in out, err
+        listed = json.loads(in_process("completions", "list", "--metadata", "task=topic", "--json", "--db", db, *data, cwd=caller)[1])
+        assert sorted(c["id"] for c in listed["data"]) == sorted(ids)
+        assert "topics" in in_process("auto", "list", "--db", db, *data, cwd=caller)[1]
+        # the server serves what the CLI wrote
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key=ADMIN, max_retries=0)
+        assert client.chat.completions.retrieve(IMPORTED["id"]).id == IMPORTED["id"]
+        # and the worker, refused beside a DuckDB file's server, runs beside this one
+        worker = in_process("worker", "--once", "--db", db, *data, cwd=caller)
+        assert worker[0] == 0, worker
+        assert srv.proc.poll() is None  # the server went on serving throughout
+    finally:
+        srv.stop()

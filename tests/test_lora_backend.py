@@ -60,8 +60,8 @@ def test_hyperparameters_are_checked_and_resolved():
         assert err.value.param == f"hyperparameters.{param}"
 
 
-def test_bad_requests_are_refused_before_anything_is_recorded(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "db.duckdb"))
+def test_bad_requests_are_refused_before_anything_is_recorded(make_db, tmp_path, tiny_chat_model):
+    store = Store(make_db("db"))
     train = write_jsonl(tmp_path / "t.jsonl", sft_examples(4))
     cases = [
         ({"model": str(tmp_path / "missing.gguf")}, "model"),
@@ -104,6 +104,8 @@ def _built(tmp_path, model, rows, **hp):
     return worker.build(worker.Job(job_dir))
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_dpo_job_on_preference_pairs.
+@pytest.mark.backends("duckdb")
 def test_the_loss_covers_the_assistant_answer_only(tmp_path, tiny_chat_model):
     built = _built(tmp_path, tiny_chat_model, sft_examples(4), lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules="q_proj,v_proj", max_steps=3, batch_size=2)
     ds = built.trainer.train_dataset
@@ -121,6 +123,8 @@ def test_the_loss_covers_the_assistant_answer_only(tmp_path, tiny_chat_model):
     assert built.counts["tool_examples_skipped"] == 0
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_dpo_job_on_preference_pairs.
+@pytest.mark.backends("duckdb")
 def test_tool_calls_are_trained_where_the_template_renders_them(tmp_path, tools_model):
     built = _built(tmp_path, tools_model, sft_examples(2) + [TOOL_EXAMPLE], max_steps=1)
     assert built.tools_ok and built.counts["tool_examples"] == 1
@@ -131,6 +135,7 @@ def test_tool_calls_are_trained_where_the_template_renders_them(tmp_path, tools_
     assert "Tools:" in tok.decode(row["input_ids"])  # the tool definition is in the (masked) prompt
 
 
+# On DuckDB only (a module-scoped store, shared by the tests below: the backend parameter is per test); a whole job on PostgreSQL: test_dpo_job_on_preference_pairs.
 @pytest.fixture(scope="module")
 def sft_job(tiny_chat_model, tmp_path_factory):
     """One real job process, started with the CLI and --wait: 6 steps, merged model, a tool example."""
@@ -239,8 +244,10 @@ def test_exports_for_transformers_vllm_and_ollama(sft_job, tmp_path):
     store.close()
 
 
-def test_dpo_job_on_preference_pairs(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "db.duckdb"))
+def test_dpo_job_on_preference_pairs(make_db, tmp_path, tiny_chat_model):
+    """A whole job on each store backend: recorded, its process launched and followed to the end
+    through the store (wait_job), and its student recorded in the store's registry."""
+    store = Store(make_db("db"))
     train = write_jsonl(tmp_path / "pairs.jsonl", dpo_pairs(8))
     job = jobs.start_job(store, backend="lora", model=str(tiny_chat_model), training_file=train, method="dpo", name="prefs",
                          hyperparameters={"max_steps": 3, "batch_size": 4, "beta": 0.2}, settings=None)

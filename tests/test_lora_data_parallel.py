@@ -22,6 +22,8 @@ pytest.importorskip("trl")
 pytest.importorskip("accelerate")
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_lora_backend.py::test_dpo_job_on_preference_pairs.
+@pytest.mark.backends("duckdb")
 def test_two_cpu_ranks_train_one_student(tmp_path, tiny_chat_model):
     store = Store(str(tmp_path / "db.duckdb"))
     train = write_jsonl(tmp_path / "t.jsonl", sft_examples(16))

@@ -32,8 +32,9 @@ def _step(job_dir: Path) -> int:
     return int((jobfiles.read_json(job_dir / jobfiles.STATUS) or {}).get("step") or 0)
 
 
-def test_cancel_stops_the_job_process(tmp_path, tiny_chat_model):
-    store = Store(str(tmp_path / "db.duckdb"))
+def test_cancel_stops_the_job_process(make_db, tmp_path, tiny_chat_model):
+    db = make_db("db")
+    store = Store(db)
     train = write_jsonl(tmp_path / "t.jsonl", sft_examples(16))
     job = jobs.start_job(store, backend="lora", model=str(tiny_chat_model), training_file=train, name="long",
                          hyperparameters={"max_steps": 5000, "batch_size": 2, "save_steps": 4000}, settings=None)
@@ -46,7 +47,7 @@ def test_cancel_stops_the_job_process(tmp_path, tiny_chat_model):
 
     from protege.cli import app
 
-    r = CliRunner().invoke(app, ["--db", str(tmp_path / "db.duckdb"), "finetune", "status", job["id"]])
+    r = CliRunner().invoke(app, ["--db", db, "finetune", "status", job["id"]])
     assert r.exit_code == 0 and "running" in r.output and "/5000  loss=" in r.output and "ETA" in r.output, r.output
     job = jobs.cancel_job(store, job["id"])
     assert job["status"] == "cancelled"
@@ -61,6 +62,8 @@ def test_cancel_stops_the_job_process(tmp_path, tiny_chat_model):
     assert _step(job_dir) < 5000
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_cancel_stops_the_job_process (the job's restart state is its files).
+@pytest.mark.backends("duckdb")
 def test_a_killed_job_resumes_from_its_last_checkpoint(tmp_path, tiny_chat_model):
     store = Store(str(tmp_path / "db.duckdb"))
     train = write_jsonl(tmp_path / "t.jsonl", sft_examples(16))
@@ -101,6 +104,8 @@ def _teacher(body: dict) -> str:
     return "negative" if any(w in text for w in ("terrible", "awful", "rude", "dirty", "cold")) else "positive"
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_lora_backend.py::test_dpo_job_on_preference_pairs and test_lora_serving.py.
+@pytest.mark.backends("duckdb")
 def test_smollm2_gguf_trains_on_traffic_captured_through_the_proxy(tmp_path, lora_train_smollm2_base, smollm2_gguf):
     import uvicorn
     from openai import OpenAI
@@ -167,6 +172,8 @@ def test_smollm2_gguf_trains_on_traffic_captured_through_the_proxy(tmp_path, lor
         fake.stop()
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_cancel_stops_the_job_process (this one is about the job's process files).
+@pytest.mark.backends("duckdb")
 def test_a_poll_before_the_first_launch_starts_no_second_process(tmp_path, tiny_chat_model):
     """A poller (the server's job sync, `--wait`) that looks at a job between its files being
     written and its process being launched must not take it for a job whose process died: before,

@@ -26,6 +26,7 @@ PROMPTS = ["The pizza was great.", "The service was terrible.", "Hello, how can 
            '{"name": "Ada"}', "user assistant", "positive negative", "x"]
 
 
+# On DuckDB only (a module-scoped store, shared by the tests below: the backend parameter is per test); a student served from a PostgreSQL registry: test_a_student_in_a_postgresql_registry_answers_and_is_captured.
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_chat_model):
     root = tmp_path_factory.mktemp("lora-serve")
@@ -178,3 +179,28 @@ def test_a_students_answer_carries_its_capture_id_streamed_and_not(served):
     assert client.chat.completions.retrieve(out.id).id == out.id
     streamed = client.chat.completions.retrieve(ids.pop())
     assert streamed.choices[0].message.content == "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+# DuckDB: the module's `served` fixture (its student registry and captures are in a DuckDB file).
+@pytest.mark.backends("postgresql")
+def test_a_student_in_a_postgresql_registry_answers_and_is_captured(make_db, tmp_path, tiny_chat_model):
+    """The student registry and the captures on PostgreSQL: a recorded student is served by name
+    and version, its answer is the one its capture id retrieves, and its versions are listed."""
+    store = Store(make_db("s"), data_dir=tmp_path / "s-data")
+    make_lora_student(store, tiny_chat_model, "tiny", nudge=8.0)
+    make_lora_student(store, tiny_chat_model, "tiny", nudge=8.0, merged=True)
+    teacher = start_fake_openai()
+    settings = Settings(db=store.path, data_dir=str(store.data_dir), upstream=teacher.base_url, upstream_api_key="sk-teacher")
+    srv = AppServer(settings, store=store)
+    try:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="sk-client", max_retries=0)
+        out = _ask(client, PROMPTS[0], model="protege/tiny@v2")
+        assert out.model == "protege/tiny@v2" and out.choices[0].message.content
+        assert not teacher.chat_requests  # the student answered, not the teacher
+        srv.records()  # the writer has passed the capture
+        assert client.chat.completions.retrieve(out.id).choices[0].message.content == out.choices[0].message.content
+        models = {m.id for m in client.models.list()}
+        assert {"protege/tiny@v1", "protege/tiny@v2"} <= models
+    finally:
+        srv.stop()
+        teacher.stop()

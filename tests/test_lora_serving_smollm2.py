@@ -21,6 +21,8 @@ def lora_serve_smollm2(smollm2_gguf) -> Path:
     return dequantised_base(smollm2_gguf, cache_dir() / "smollm2-135m-instruct-dequantised")
 
 
+# DuckDB only: training time, not the store, is this test's cost; the LoRA job's records, its student registry and serving run on PostgreSQL in test_lora_serving.py::test_a_student_in_a_postgresql_registry_answers_and_is_captured.
+@pytest.mark.backends("duckdb")
 def test_smollm2_student_through_the_proxy(tmp_path, lora_serve_smollm2):
     store = Store(str(tmp_path / "s.duckdb"), data_dir=tmp_path / "s-data")
     make_lora_student(store, lora_serve_smollm2, "smol", nudge=0.0, r=8)  # an adapter that leaves the base's answers

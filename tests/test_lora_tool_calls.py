@@ -31,6 +31,7 @@ PLAIN = ("Hello", "Hi there")
 HP = {"max_steps": 60, "batch_size": 3, "learning_rate": 0.02, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "save_steps": 1000, "logging_steps": 10}
 
 
+# On DuckDB only (a module-scoped store, shared by the tests below: the backend parameter is per test); the store part (a job, its student, serving) runs on PostgreSQL in test_lora_backend.py and test_lora_serving.py.
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-tools")

@@ -1,4 +1,7 @@
-"""store/backup.py: a copy of a store that is open (and being written) is a whole store."""
+"""store/backup.py: a copy of a store that is open (and being written) is a whole store.
+
+The backup is a DuckDB file copied through the DuckDB connection that holds it: DuckDB's alone. On
+PostgreSQL it is refused in one line that names the way there (test_a_postgresql_store_is_not_backed_up_into_a_file)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ def _tables(store: Store) -> dict[str, int]:
     return {name: cur.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in sorted(names)}
 
 
+@pytest.mark.backends("duckdb")  # a DuckDB file's backup (COPY FROM DATABASE into a new file)
 def test_backup_of_an_open_store_has_every_table_and_row(tmp_path):
     src = tmp_path / "live.duckdb"
     (tmp_path / "c.jsonl").write_text(_lines(25))
@@ -45,6 +49,7 @@ def test_backup_of_an_open_store_has_every_table_and_row(tmp_path):
         copy.close()
 
 
+@pytest.mark.backends("duckdb")  # a DuckDB file's backup
 def test_backup_never_overwrites(tmp_path):
     store = Store(str(tmp_path / "s.duckdb"))
     try:
@@ -58,3 +63,18 @@ def test_backup_never_overwrites(tmp_path):
             backup_store(store, tmp_path / "no" / "dir.duckdb")
     finally:
         store.close()
+
+
+@pytest.mark.backends("postgresql")
+def test_a_postgresql_store_is_not_backed_up_into_a_file(make_db, tmp_path, in_process):
+    db = make_db("pg")
+    store = Store(db, data_dir=tmp_path / "data")
+    try:
+        with pytest.raises(BackupError, match=r"pg_dump.*protege store copy"):
+            backup_store(store, tmp_path / "copy.duckdb")
+    finally:
+        store.close()
+    code, out, err = in_process("store", "backup", "copy.duckdb", "--db", db, cwd=tmp_path)
+    assert (code, out) == (1, "") and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "pg_dump" in err and f"protege store copy {db} copy.duckdb" in err
+    assert not (tmp_path / "copy.duckdb").exists()

@@ -134,6 +134,8 @@ def test_refusals_are_one_line(postgres_server, tmp_path, cli):
     check.close()
 
 
+# A DuckDB file's single writer: a served PostgreSQL database is copied to and from like any other.
+@pytest.mark.backends("duckdb")
 def test_a_store_a_running_server_holds_is_refused(tmp_path, cli):
     upstream = start_fake_openai()
     (tmp_path / "srv").mkdir()

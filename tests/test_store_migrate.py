@@ -6,6 +6,10 @@ table's columns (name, type, nullability, default), indexes and keys are compare
 snapshot below. A fresh store must come out identical. The snapshot is literal on purpose: when a
 model changes, this test fails until a NEW migration makes the schema match (released migrations
 are never edited, see store/migrations.py).
+
+The snapshot is DuckDB's (its catalog functions, old DuckDB files): those tests are DuckDB's alone.
+On PostgreSQL, a database left at any earlier version must reach exactly a fresh database's
+schema (test_postgresql_database_at_each_version_upgrades_to_a_fresh_schema).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 
 from protege.store import SCHEMA_VERSION, Store, get_stored, list_stored, migrate
 from tests.fixtures.migrations import v1_capture
+from tests.fixtures.raw_stores import migrate_raw, raw_connection
 
 SCHEMA: dict[str, list[tuple[str, str, bool, str | None]]] = {
     'auto_cycles': [
@@ -321,6 +327,8 @@ def schema_of(conn: Any) -> dict[str, Any]:
     return {"columns": columns, "indexes": indexes, "keys": keys}
 
 
+# Old DuckDB files, compared through DuckDB's own catalog (duckdb_indexes, duckdb_constraints).
+@pytest.mark.backends("duckdb")
 def test_v1_store_upgrades_to_the_snapshot(tmp_path: Path) -> None:
     path = str(tmp_path / "v1.duckdb")
     conn = duckdb.connect(path)
@@ -345,6 +353,7 @@ def test_v1_store_upgrades_to_the_snapshot(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.backends("duckdb")  # DuckDB files and catalog: see the PostgreSQL test at the end
 def test_fresh_store_equals_upgraded_store(tmp_path: Path) -> None:
     old = str(tmp_path / "old.duckdb")
     conn = duckdb.connect(old)
@@ -360,6 +369,7 @@ def test_fresh_store_equals_upgraded_store(tmp_path: Path) -> None:
         fresh.close()
 
 
+@pytest.mark.backends("duckdb")  # DuckDB files and catalog: see the PostgreSQL test below
 def test_each_intermediate_version_upgrades_to_the_same_schema(tmp_path: Path) -> None:
     """A file left at any released version (not only v1) reaches the same schema."""
     for version in range(1, SCHEMA_VERSION):
@@ -371,5 +381,44 @@ def test_each_intermediate_version_upgrades_to_the_same_schema(tmp_path: Path) -
         try:
             assert store.schema_version == SCHEMA_VERSION
             assert schema_of(store.cursor())["columns"] == SCHEMA, f"from v{version}"
+        finally:
+            store.close()
+
+
+def pg_schema_of(cur: Any) -> dict[str, Any]:
+    """Columns per table (name, type, nullability, default), index definitions and keys of a
+    PostgreSQL store, from its catalog."""
+    tables = [r[0] for r in cur.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1").fetchall()]
+    columns = {
+        t: cur.execute(
+            "SELECT column_name, data_type, is_nullable, column_default, is_identity FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name = ? ORDER BY ordinal_position", [t]).fetchall()
+        for t in tables
+    }
+    indexes = set(cur.execute("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'").fetchall())
+    keys = set(cur.execute(
+        "SELECT conrelid::regclass::text, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE connamespace = 'public'::regnamespace").fetchall())
+    return {"columns": columns, "indexes": indexes, "keys": keys}
+
+
+@pytest.mark.backends("postgresql")
+def test_postgresql_database_at_each_version_upgrades_to_a_fresh_schema(make_db, tmp_path: Path) -> None:
+    fresh = Store(make_db("fresh"), data_dir=tmp_path / "fresh-data")
+    want = pg_schema_of(fresh.cursor())
+    fresh.close()
+    assert set(want["columns"]) == set(SCHEMA)  # the same tables as the DuckDB snapshot
+    assert [c[0] for c in want["columns"]["completions"]] == [c[0] for c in SCHEMA["completions"] if c[0] != "meta_pairs"]
+    # v7: what the first release with PostgreSQL created; v1: every migration's upgrade path (the
+    # DuckDB test above walks every version; on PostgreSQL each is a database of its own, ~1 s)
+    for version in (1, 7):
+        db = make_db(f"v{version}")
+        with raw_connection(db) as conn:
+            assert migrate_raw(conn, db, target=version) == version
+        store = Store(db, data_dir=tmp_path / f"v{version}-data")
+        try:
+            assert store.schema_version == SCHEMA_VERSION
+            assert pg_schema_of(store.cursor()) == want, f"from v{version}"
         finally:
             store.close()

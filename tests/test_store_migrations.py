@@ -1,4 +1,5 @@
-"""Schema versions: a newer release opens an older file; an older release refuses a newer one."""
+"""Schema versions: a newer release opens an older store; an older release refuses a newer one
+(on both backends: a DuckDB file, a PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ import pytest
 from protege.store import SCHEMA_VERSION, SchemaTooNewError, Store, get_stored, list_stored, migrate
 from protege.store.migrations import current_version
 from tests.fixtures.migrations import v1_capture
+from tests.fixtures.raw_stores import migrate_raw, raw_connection
+
+# The schema version the first release with a PostgreSQL store created (migration 8 came after).
+FIRST_PG_VERSION = 7
 
 
+# v1 files exist on DuckDB only (PostgreSQL stores began at FIRST_PG_VERSION, and v1's PostgreSQL
+# layout has no meta_pairs to write): the PostgreSQL upgrade is test_v7_database_is_upgraded_with_rows_intact.
+@pytest.mark.backends("duckdb")
 def test_v1_file_is_upgraded_with_rows_intact(tmp_path):
     path = str(tmp_path / "old.duckdb")
     conn = duckdb.connect(path)
@@ -39,37 +47,65 @@ def test_v1_file_is_upgraded_with_rows_intact(tmp_path):
     store.close()
 
 
-def test_newer_file_is_refused_clearly(tmp_path):
-    path = str(tmp_path / "new.duckdb")
-    Store(path).close()
-    conn = duckdb.connect(path)
-    conn.execute("INSERT INTO protege_schema (version, name) VALUES (?, 'from the future')", [SCHEMA_VERSION + 1])
-    conn.close()
+@pytest.mark.backends("postgresql")
+def test_v7_database_is_upgraded_with_rows_intact(make_db, tmp_path):
+    """A PostgreSQL database as the first release with PostgreSQL left it (version 7, a capture
+    numbered by the table's identity) opens at today's version with its rows, and capture
+    numbers continue after the old ones."""
+    db = make_db("old")
+    with raw_connection(db) as conn:
+        assert migrate_raw(conn, db, target=FIRST_PG_VERSION) == FIRST_PG_VERSION
+        conn.execute(
+            "INSERT INTO completions (id, created, started_at, request, response, metadata, outcome, model) "
+            "VALUES ('chatcmpl-old', 1700000000, 1700000000.0, ?, ?, ?, 'ok', 'gpt-4o')",
+            ['{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}',
+             '{"id":"chatcmpl-old","object":"chat.completion","created":1700000000,"model":"gpt-4o","choices":[]}',
+             '{"env":"prod"}'],
+        )
+        old_seq = conn.execute("SELECT seq FROM completions").fetchone()[0]
+    store = Store(db, data_dir=tmp_path / "data")
+    try:
+        assert store.schema_version == SCHEMA_VERSION
+        assert get_stored(store, "chatcmpl-old")["model"] == "gpt-4o"
+        assert [o["id"] for o in list_stored(store, metadata={"env": "prod"}).data] == ["chatcmpl-old"]
+        assert store.next_seqs(1)[0] > old_seq  # capture order continues after the old rows
+        versions = [r[0] for r in store.cursor().execute("SELECT version FROM protege_schema ORDER BY version").fetchall()]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        store.close()
+
+
+def test_newer_file_is_refused_clearly(make_db, tmp_path):
+    db = make_db("new")
+    Store(db, data_dir=tmp_path / "data").close()
+    with raw_connection(db) as conn:
+        conn.execute("INSERT INTO protege_schema (version, name) VALUES (?, 'from the future')", [SCHEMA_VERSION + 1])
     with pytest.raises(SchemaTooNewError, match=rf"schema version {SCHEMA_VERSION + 1}, newer than this release"):
-        Store(path)
-    # the refused open released the file: another connection can have it
-    conn = duckdb.connect(path)
-    assert current_version(conn) == SCHEMA_VERSION + 1
-    conn.close()
+        Store(db, data_dir=tmp_path / "data")
+    # the refused open released the store (DuckDB's file lock, PostgreSQL's migration lock):
+    # another connection can have it, and migrate there
+    with raw_connection(db) as conn:
+        assert current_version(conn) == SCHEMA_VERSION + 1
+        with pytest.raises(SchemaTooNewError):
+            migrate_raw(conn, db)
 
 
-def test_failed_migration_rolls_back(tmp_path, monkeypatch):
+def test_failed_migration_rolls_back(make_db, monkeypatch):
     from protege.store import migrations
 
-    path = str(tmp_path / "f.duckdb")
-    conn = duckdb.connect(path)
-    migrate(conn, target=1)
+    db = make_db("f")
+    with raw_connection(db) as conn:
+        migrate_raw(conn, db, target=1)
 
-    def broken(c):
-        c.execute("CREATE TABLE half_done (x INTEGER)")
-        raise RuntimeError("boom")
+        def broken(c):
+            c.execute("CREATE TABLE half_done (x INTEGER)")
+            raise RuntimeError("boom")
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [migrations.MIGRATIONS[0], (2, "broken", broken)])
-    with pytest.raises(RuntimeError, match="boom"):
-        migrations.migrate(conn)
-    assert current_version(conn) == 1
-    assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half_done'").fetchone()[0] == 0
-    conn.close()
+        monkeypatch.setattr(migrations, "MIGRATIONS", [migrations.MIGRATIONS[0], (2, "broken", broken)])
+        with pytest.raises(RuntimeError, match="boom"):
+            migrate_raw(conn, db)
+        assert current_version(conn) == 1
+        assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half_done'").fetchone()[0] == 0
 
 
 class _Recorder:
