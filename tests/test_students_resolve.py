@@ -152,3 +152,16 @@ def test_migration_creates_the_students_tables(store_db):
         assert store_jobs.student_verdicts(store)["protege/x@v1"]["promoted"] is True
     finally:
         store.close()
+
+
+def test_a_failing_index_refresh_is_a_warning_once(store_db, tmp_path, caplog):
+    """A refresh that fails serves no new student; it says why at warning level (once per error,
+    not at every refresh), where it used to be a debug line that hid a backend's SQL error."""
+    store = Store(store_db, data_dir=tmp_path / "data")
+    reg = StudentRegistry(store, latest_ttl=0.0)
+    store.close()
+    with caplog.at_level("DEBUG", logger="protege.distill.finetune.students"):
+        reg.refresh()
+        reg.refresh()
+    failed = [r for r in caplog.records if "student index refresh failed" in r.getMessage()]
+    assert [r.levelname for r in failed] == ["WARNING", "DEBUG"]

@@ -115,6 +115,7 @@ class StudentRegistry:
         self._index = _Index()
         self._refresh_lock = threading.Lock()
         self._refreshing = False
+        self._last_error: str | None = None
         self._models: dict[tuple[str, int], Any] = {}
         self._endpoints: dict[str, Any] = {}
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
@@ -136,9 +137,14 @@ class StudentRegistry:
                 rows = store_jobs.list_students(self.store)
                 verdicts = store_jobs.student_verdicts(self.store)
                 endpoints = store_jobs.list_endpoint_students(self.store)
-            except Exception as exc:  # a closing store: keep serving what we knew
-                log.debug("student index refresh failed: %s", exc)
+            except Exception as exc:  # keep serving what we knew
+                # A warning once per distinct error (a store closing at shutdown repeats one), not
+                # debug: a refresh that always fails serves no student, and says why only here.
+                level = logging.DEBUG if str(exc) == self._last_error else logging.WARNING
+                self._last_error = str(exc)
+                log.log(level, "student index refresh failed (students are served from the last index): %s", exc)
                 return
+            self._last_error = None
             idx = _Index(built_at=time.monotonic(), started_at=started)
             for r in rows:
                 idx.versions.setdefault(r["name"], {})[int(r["version"])] = r
