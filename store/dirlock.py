@@ -62,8 +62,11 @@ class DirLock:
         except BaseException:
             fh.close()
             raise
-        os.ftruncate(fh.fileno(), 0)
-        os.pwrite(fh.fileno(), f"{os.getpid()}\n".encode(), 0)  # who holds it, for the next one's message
+        try:  # who holds it, for the next one's message; a full disk must not stop the writer starting
+            os.ftruncate(fh.fileno(), 0)
+            os.pwrite(fh.fileno(), f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         self._fh = fh
 
     def release(self) -> None:

@@ -433,3 +433,31 @@ def test_a_spool_written_before_minted_ids_loads_without_duplicate_ids(tmp_path,
     assert [r["id"] for r in rows].count("chatcmpl-123") == 1  # the stored one keeps its id
     assert {r["upstream_id"] for r in rows if r["id"] != "chatcmpl-123"} == {"chatcmpl-123"}
     store.close()
+
+
+def test_a_writer_starts_on_a_full_disk_and_still_holds_its_journal(tmp_path, store_db):
+    """The journal directory's lock file records its holder's PID; on a full disk that write fails,
+    and the writer must start anyway (holding the lock: a second writer is still refused), its
+    captures reaching the database."""
+    from protege.store import JournalInUseError
+
+    from tests.fixtures.stores import store_record
+
+    class Cap:
+        def to_record(self) -> dict:
+            return store_record(1)
+
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        store = Store(store_db, data_dir=disk / "data")
+        (disk / "data" / "capture-journal").mkdir(parents=True, exist_ok=True)
+        filler = fill(disk)
+        writer = CaptureWriter(store, flush_interval=0.01).start()
+        try:
+            with pytest.raises(JournalInUseError):
+                CaptureWriter(store, flush_interval=0.01).start()
+            filler.unlink()
+            writer.submit(Cap())
+            assert writer.flush(10) and count(store) == 1
+        finally:
+            writer.close()
+            store.close()
