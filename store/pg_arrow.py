@@ -34,6 +34,7 @@ class _CopyStream(io.RawIOBase):
     def __init__(self, copy: Any) -> None:
         self._chunks = iter(copy)
         self._buf = memoryview(b"")
+        self.total = 0  # bytes read so far
 
     def readable(self) -> bool:
         return True
@@ -47,6 +48,7 @@ class _CopyStream(io.RawIOBase):
         n = min(len(b), len(self._buf))
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
+        self.total += n
         return n
 
 
@@ -62,8 +64,14 @@ def copy_batches(pg_cursor: Any, sql: str, schema: pa.Schema, batch_size: int) -
     )
     options = f"FORMAT csv, DELIMITER e'\\x{ord(_DELIMITER):02x}', QUOTE e'\\x{ord(_QUOTE):02x}'"
     with pg_cursor.copy(f"COPY ({sql}) TO STDOUT ({options})") as copy:
-        reader = csv.open_csv(io.BufferedReader(_CopyStream(copy), 1 << 20), read_options=read,
-                              parse_options=parse, convert_options=convert)
+        stream = _CopyStream(copy)
+        try:
+            reader = csv.open_csv(io.BufferedReader(stream, 1 << 20), read_options=read,
+                                  parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid:
+            if stream.total == 0:  # no rows: pyarrow calls that an "empty CSV file"
+                return
+            raise
         yield from _rebatch(reader, schema, batch_size)
 
 

@@ -49,6 +49,7 @@ def test_values_read_back_as_the_cursor_returns_them(cur):
     got = [tuple(r.values()) for b in batches for r in b.to_pylist()]
     assert got == expected
     assert {r[1] for r in got} == set(AWKWARD)
+    assert list(cur.arrow_batches(sql.replace("ORDER BY", "WHERE n < 0 ORDER BY"), SCHEMA, 7)) == []
 
 
 def test_stopping_early_leaves_the_connection_usable(cur):
