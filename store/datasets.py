@@ -104,6 +104,9 @@ def _scope(store: Store, sel: Selection) -> tuple[str, list[Any]]:
     )
 
 
+# What the kept rows carry from the candidates (so that fetching them joins only the captures).
+_KEEP_COLS = "seq, needs_scrub, fb_score, fb_label, fb_correction, fb_accepted"
+
 STEPS = ("selected", "status_ok", "finish_reason", "no_refusal", "min_score", "exact_dedupe")
 
 
@@ -202,11 +205,11 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
     """
     cur.execute(sql, params + fin_params + ref_params + score_params + flag_params)
     if sel.dedupe and pg:
-        keep = "SELECT DISTINCT ON (dkey) seq, needs_scrub FROM _ds_cand WHERE f_pass ORDER BY dkey, seq"
+        keep = f"SELECT DISTINCT ON (dkey) {_KEEP_COLS} FROM _ds_cand WHERE f_pass ORDER BY dkey, seq"
     elif sel.dedupe:
-        keep = "SELECT seq, needs_scrub FROM _ds_cand WHERE f_pass QUALIFY row_number() OVER (PARTITION BY dkey ORDER BY seq) = 1"
+        keep = f"SELECT {_KEEP_COLS} FROM _ds_cand WHERE f_pass QUALIFY row_number() OVER (PARTITION BY dkey ORDER BY seq) = 1"
     else:
-        keep = "SELECT seq, needs_scrub FROM _ds_cand WHERE f_pass"
+        keep = f"SELECT {_KEEP_COLS} FROM _ds_cand WHERE f_pass"
     cur.execute(f"{'CREATE' if pg else 'CREATE OR REPLACE'} TEMP TABLE _ds_keep AS {keep}")
     row = cur.execute(
         """
@@ -265,8 +268,8 @@ KEPT_COLUMNS = (
 
 _KEPT_SQL = """
     SELECT c.seq, c.id, c.created, c.request, c.response, c.metadata, c.prompt_tokens, c.completion_tokens,
-           t.fb_score, t.fb_label, t.fb_correction, t.fb_accepted, k.needs_scrub
-    FROM _ds_keep k JOIN _ds_cand t ON t.seq = k.seq JOIN completions c ON c.seq = k.seq
+           k.fb_score, k.fb_label, k.fb_correction, k.fb_accepted, k.needs_scrub
+    FROM _ds_keep k JOIN completions c ON c.seq = k.seq
     ORDER BY c.seq
 """
 # The batches' Arrow schema (DuckDB's own for _KEPT_SQL; PostgreSQL rows are converted to it).
