@@ -272,7 +272,7 @@ _KEPT_SQL = """
     FROM _ds_keep k JOIN completions c ON c.seq = k.seq
     ORDER BY c.seq
 """
-# The batches' Arrow schema (DuckDB's own for _KEPT_SQL; PostgreSQL rows are converted to it).
+# The batches' Arrow schema (DuckDB's own for _KEPT_SQL; PostgreSQL's COPY output is parsed into it).
 KEPT_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("id", pa.string()), ("created", pa.int64()), ("request", pa.string()),
     ("response", pa.string()), ("metadata", pa.string()), ("prompt_tokens", pa.int32()),
