@@ -15,7 +15,9 @@ Figures:
   database each run; baseline: the same copy DuckDB -> DuckDB (target >= 20,000/s);
 - ``list_stored`` with a metadata filter over the 1M rows, ms per page of 20 (target <= 100 ms);
   baseline: the DuckDB store;
-- ``build_dataset`` from the 1M rows, seconds (target <= 60 s); baseline: the DuckDB store.
+- ``build_dataset`` from the 1M rows, seconds (target <= 60 s); baseline: the DuckDB store. Each
+  build prints its phases (the dataset's ``stats["timings"]``: sql, examples, split_and_files), and
+  each run whether both stores wrote the same train/validation files (their sha256).
 The PostgreSQL server is tests/postgres.py's (fsync off, 127.0.0.1, the default 128 MB of shared
 buffers): it shares the machine's CPUs with this process.
 """
@@ -194,14 +196,16 @@ def main() -> int:
             duck.close()
             writable = Store(str(src_path), data_dir=work / "duck-data")
             for run in range(args.build_runs or args.runs):
+                hashes = []
                 for store, out in ((pg, pg_s), (writable, duck_s)):
                     t = time.perf_counter()
                     ds = build_dataset(store, opts)
                     out.append(time.perf_counter() - t)
                     print(f"  {store.dialect.name} phases (s): {ds.stats['timings']}", flush=True)
+                    hashes.append({k: f["sha256"] for k, f in ds.files.items() if k != "card"})
                     shutil.rmtree(Path(ds.files["train"]["path"]).parent, ignore_errors=True)
                 print(f"build run {run + 1}: postgresql {pg_s[-1]:.1f} s, duckdb {duck_s[-1]:.1f} s "
-                      f"(counts {ds.counts})", flush=True)
+                      f"(counts {ds.counts}; same files on both: {hashes[0] == hashes[1]})", flush=True)
             p, d = statistics.median(pg_s), statistics.median(duck_s)
             print(f"| build_dataset from {args.rows:,}, s | {d:.1f} | {p:.1f} | {p / d:.2f} |", flush=True)
             writable.close()

@@ -78,6 +78,10 @@ class Selection:
     finish_reasons: list[str] | None = field(default_factory=lambda: ["stop", "tool_calls"])
     exclude_refusals: bool = True
     refusal_pattern: str | None = None  # a regex over the lower-cased answer
+    # The same test as lower-cased literal phrases (the regex's alternatives), where the caller has
+    # them: PostgreSQL matches them with LIKE ANY, ~40 % cheaper than its regex engine on the
+    # alternation (DuckDB's RE2 takes the regex).
+    refusal_phrases: list[str] | None = None
     min_score: float | None = None
     exclude_rejected: bool = True
     dedupe: bool = True
@@ -99,6 +103,9 @@ def _scope(store: Store, sel: Selection) -> tuple[str, list[Any]]:
         dialect=store.dialect,
     )
 
+
+# What the kept rows carry from the candidates (so that fetching them joins only the captures).
+_KEEP_COLS = "seq, needs_scrub, fb_score, fb_label, fb_correction, fb_accepted"
 
 STEPS = ("selected", "status_ok", "finish_reason", "no_refusal", "min_score", "exact_dedupe")
 
@@ -131,7 +138,10 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
     if sel.exclude_refusals:
         ref = f"(fb.correction IS NOT NULL OR ({x2} IS NULL"
         ref_params: list[Any] = []
-        if sel.refusal_pattern:
+        if pg and sel.refusal_phrases:
+            ref += f" AND NOT coalesce(lower(left({x1}, 260)) LIKE ANY(?), false)"
+            ref_params.append(["%" + _like_escape(p) + "%" for p in sel.refusal_phrases])
+        elif sel.refusal_pattern:
             ref += f" AND NOT coalesce({_matches(pg, f'lower(left({x1}, 260))')}, false)"
             ref_params.append(sel.refusal_pattern)
         ref += "))"
@@ -195,11 +205,11 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
     """
     cur.execute(sql, params + fin_params + ref_params + score_params + flag_params)
     if sel.dedupe and pg:
-        keep = "SELECT DISTINCT ON (dkey) seq, needs_scrub FROM _ds_cand WHERE f_pass ORDER BY dkey, seq"
+        keep = f"SELECT DISTINCT ON (dkey) {_KEEP_COLS} FROM _ds_cand WHERE f_pass ORDER BY dkey, seq"
     elif sel.dedupe:
-        keep = "SELECT seq, needs_scrub FROM _ds_cand WHERE f_pass QUALIFY row_number() OVER (PARTITION BY dkey ORDER BY seq) = 1"
+        keep = f"SELECT {_KEEP_COLS} FROM _ds_cand WHERE f_pass QUALIFY row_number() OVER (PARTITION BY dkey ORDER BY seq) = 1"
     else:
-        keep = "SELECT seq, needs_scrub FROM _ds_cand WHERE f_pass"
+        keep = f"SELECT {_KEEP_COLS} FROM _ds_cand WHERE f_pass"
     cur.execute(f"{'CREATE' if pg else 'CREATE OR REPLACE'} TEMP TABLE _ds_keep AS {keep}")
     row = cur.execute(
         """
@@ -218,6 +228,11 @@ def prepare_selection(store: Store, sel: Selection) -> tuple[duckdb.DuckDBPyConn
 def _matches(pg: bool, text: str) -> str:
     """``text`` matches the regex bound as the next parameter."""
     return f"({text} ~ ?)" if pg else f"regexp_matches({text}, ?)"
+
+
+def _like_escape(text: str) -> str:
+    """A literal for LIKE: its wildcards and the escape character (backslash) escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def top_system_prompt(cur: Any) -> tuple[str | None, int, int]:
@@ -253,11 +268,11 @@ KEPT_COLUMNS = (
 
 _KEPT_SQL = """
     SELECT c.seq, c.id, c.created, c.request, c.response, c.metadata, c.prompt_tokens, c.completion_tokens,
-           t.fb_score, t.fb_label, t.fb_correction, t.fb_accepted, k.needs_scrub
-    FROM _ds_keep k JOIN _ds_cand t ON t.seq = k.seq JOIN completions c ON c.seq = k.seq
+           k.fb_score, k.fb_label, k.fb_correction, k.fb_accepted, k.needs_scrub
+    FROM _ds_keep k JOIN completions c ON c.seq = k.seq
     ORDER BY c.seq
 """
-# The batches' Arrow schema (DuckDB's own for _KEPT_SQL; PostgreSQL rows are converted to it).
+# The batches' Arrow schema (DuckDB's own for _KEPT_SQL; PostgreSQL's COPY output is parsed into it).
 KEPT_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("id", pa.string()), ("created", pa.int64()), ("request", pa.string()),
     ("response", pa.string()), ("metadata", pa.string()), ("prompt_tokens", pa.int32()),
@@ -269,11 +284,8 @@ KEPT_SCHEMA = pa.schema([
 def iter_kept_batches(cur: Any, batch_size: int = 20_000) -> Iterator[pa.RecordBatch]:
     """The surviving rows in capture order, as Arrow batches (never all in memory at once)."""
     if isinstance(cur, PgCursor):
-        cur.execute(_KEPT_SQL)
-        while rows := cur.fetchmany(batch_size):
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(col, typ.type) for col, typ in zip(zip(*rows), KEPT_SCHEMA)], schema=KEPT_SCHEMA
-            )
+        # COPY parsed into Arrow (not a cursor's tuples): streamed, no Python object per value.
+        yield from cur.arrow_batches(_KEPT_SQL, KEPT_SCHEMA, batch_size)
         return
     yield from cur.sql(_KEPT_SQL).to_arrow_reader(batch_size)
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import psycopg
 import pyarrow as pa
 from psycopg.types.string import TextLoader
+
+from .pg_arrow import copy_batches
 
 # Arrow column type -> PostgreSQL type, for registered (temporary) tables.
 _PG_TYPES: dict[pa.DataType, str] = {
@@ -120,6 +122,10 @@ class PgCursor:
         with self._cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def arrow_batches(self, sql: str, schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """A query's rows as Arrow batches of ``schema`` (streamed by COPY; see :mod:`.pg_arrow`)."""
+        return copy_batches(self._cur, sql, schema, batch_size)
 
     def register(self, name: str, table: pa.Table) -> None:
         """Make an Arrow table queryable as ``name`` (a temporary table loaded by COPY)."""

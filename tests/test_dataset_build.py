@@ -75,6 +75,17 @@ def test_refusal_phrases_are_configurable(store):
     assert custom.version == 2
 
 
+def test_refusal_phrases_match_literally(store):
+    # Wildcards of LIKE (% _ \) and of regexes (. * ( ) |) in a phrase are its own characters.
+    recs = [make_record(i) for i in range(10)]
+    recs += [make_record(50, answer="Sorry: 50% off_limits (a.b) \\ here"), make_record(51, answer="Sorry: 50 is offXlimits")]
+    recs += [make_record(52, answer="Sorry: (aXb) \\ there"), make_record(53, answer="Sorry: a|b or c*")]
+    insert_records(store, recs)
+    dv = build_dataset(store, DatasetOptions(name="a", refusal_phrases=["50% off_limits", "(a.b) \\", "A|B OR C*"]))
+    assert dv.counts["finish_reason"] - dv.counts["no_refusal"] == 2  # #50 and #53; #51 and #52 would match as patterns
+    assert "chatcmpl-51" in dataset_completion_ids(store, dv.id) and "chatcmpl-52" in dataset_completion_ids(store, dv.id)
+
+
 def test_metadata_time_and_score_filters(store):
     recs = [make_record(i, metadata={"app": "a" if i < 20 else "b"}, created=1_700_000_000 + i * 100) for i in range(30)]
     insert_records(store, recs)

@@ -63,6 +63,7 @@ def selection_from(options) -> Selection:  # options: DatasetOptions
         finish_reasons=list(options.finish_reasons) if options.finish_reasons else None,
         exclude_refusals=options.exclude_refusals,
         refusal_pattern=refusal_regex(options.refusal_phrases) if options.exclude_refusals else None,
+        refusal_phrases=[p.lower() for p in options.refusal_phrases if p] if options.exclude_refusals else None,
         min_score=options.min_score,
         exclude_rejected=options.exclude_rejected,
         dedupe=options.dedupe,
