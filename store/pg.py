@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import psycopg
 import pyarrow as pa
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import TextLoader
 
 from .pg_arrow import copy_batches
@@ -72,12 +73,23 @@ def jsonb_safe(text: str) -> str:
     return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text) if "\\u0000" in text else text
 
 
+# A session's memory for temporary tables (PostgreSQL's default is 8 MB; it is taken only as
+# temporary tables fill, and can be set only before a session first uses one). A dataset build's
+# selection writes ~1M candidate rows into one: with 8 MB they go through temp files, 10 s of a
+# 1M-row build's 35 s of SQL (docs/benchmarks.md).
+TEMP_BUFFERS = "256MB"
+
+
 def connect(url: str, read_only: bool = False, application_name: str | None = None) -> psycopg.Connection:
     """One autocommit connection whose ``jsonb``/``json`` columns read back as text
     (``application_name``: what pg_stat_activity shows for it)."""
     extra: dict[str, str] = {}
+    # Server settings for the session, after any the URL gives (``?options=...``): kwargs replace
+    # the URL's options, so they are carried over.
+    options = [conninfo_to_dict(url).get("options") or "", f"-c temp_buffers={TEMP_BUFFERS}"]
     if read_only:
-        extra["options"] = "-c default_transaction_read_only=on"
+        options.append("-c default_transaction_read_only=on")
+    extra["options"] = " ".join(o for o in options if o)
     if application_name:
         extra["application_name"] = application_name
     conn = psycopg.connect(url, autocommit=True, **extra)

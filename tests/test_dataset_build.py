@@ -278,3 +278,20 @@ def test_pruned_token_counts_stay_sane_when_upstream_counts_fewer_tokens(store):
     train = dv.stats["tokens"]["train"]
     assert train["min"] >= 5  # the user message and the answer are still there
     assert train["estimated"] == 12
+
+
+def test_odd_shaped_responses_are_dropped_not_fatal(store):
+    """The selection reads the answer out of each stored response: one with no choices, an empty
+    list, a message that is not an object or choices that are not a list builds (the rest of the
+    rows make the dataset), and is counted, on both backends."""
+    recs = [make_record(i, answer=["billing", "technical"][i % 2]) for i in range(12)]
+    odd = [{"id": "x"}, {"choices": []}, {"choices": [{"index": 0, "message": "billing"}]},
+           {"choices": {"0": {"message": {"role": "assistant", "content": "billing"}}}}]
+    for k, response in enumerate(odd):
+        rec = make_record(50 + k, user=f"odd {k}")
+        rec["response"] = orjson.dumps(response).decode()
+        recs.append(rec)
+    insert_records(store, recs)
+    dv = build_dataset(store, DatasetOptions(name="odd", validation_fraction=0.1, seed=2))
+    assert dv.counts["final"] == 12
+    assert dv.stats["invalid_dropped"] == {"missing_choices": 4}

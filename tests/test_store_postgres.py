@@ -233,3 +233,16 @@ def test_upstream_id_lookups_use_an_index(db, tmp_path):
     plan = "\n".join(r[0] for r in cur.execute("EXPLAIN SELECT seq FROM completions WHERE upstream_id = 'up-7'").fetchall())
     assert "completions_upstream_id" in plan
     store.close()
+
+
+def test_session_settings_keep_the_urls_own_options(db, tmp_path):
+    """Protege's session settings (temp_buffers, for a dataset build's temporary tables; read-only)
+    are added to the options a URL gives, not put in their place."""
+    url = db + "?options=-c%20work_mem%3D5MB"
+    for read_only in (False, True):
+        s = Store(url, data_dir=tmp_path, read_only=read_only)
+        cur = s.cursor()
+        assert cur.execute("SHOW work_mem").fetchone()[0] == "5MB"
+        assert cur.execute("SHOW temp_buffers").fetchone()[0] == "256MB"
+        assert cur.execute("SHOW default_transaction_read_only").fetchone()[0] == ("on" if read_only else "off")
+        s.close()

@@ -42,10 +42,12 @@ def assistant_message(response: dict[str, Any], correction: str | None = None) -
     """The teacher's answer (first choice), or the correction that replaces it."""
     if correction is not None:
         return {"role": "assistant", "content": correction}
-    choices = response.get("choices") or ()
-    if not choices:
-        return None
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None  # not a chat completion's shape: counted as missing_choices, never fatal
     msg = choices[0].get("message") or {}
+    if not isinstance(msg, dict):
+        return None
     out: dict[str, Any] = {"role": "assistant"}
     content = msg.get("content")
     if content is not None:
