@@ -61,11 +61,9 @@ def serve(
         check_exposure(settings)
         split_upstream(settings)
         run(settings)
-    except StartupError as exc:
-        clikit.fail(str(exc))
-    except StoreLockedError as exc:  # held by a process that is not a server (a CLI command, a worker)
-        clikit.fail(str(exc))
-    except JournalInUseError as exc:  # another replica on this data dir
+    # Each is one line already: a refused setting, a DuckDB file held by a process that is not a
+    # server (a CLI command, a worker), another replica on this data dir.
+    except (StartupError, StoreLockedError, JournalInUseError) as exc:
         clikit.fail(str(exc))
 
 
